@@ -1,0 +1,20 @@
+//! rocm-llm: declare local LLMs in one YAML file; the daemon keeps llama-server
+//! processes matching it and serves them behind one OpenAI-compatible endpoint.
+//!
+//! Layout (data flows top to bottom):
+//! - [`spec`]: the pure core. YAML text -> validated desired state, with
+//!   located, actionable errors.
+//! - [`plan`]: the pure core. Desired state + observed instances -> actions.
+//! - [`gguf`]: reading GGUF headers (and writing tiny test models).
+//! - [`supervisor`]: the effectful edge for one model instance: one owner task
+//!   per model, spawning, readiness, stop, restart backoff.
+//! - [`daemon`]: the reconcile loop over a closed set of events, the spec
+//!   watcher, the status API and systemd notification.
+//! - [`proxy`]: the OpenAI-compatible endpoint.
+
+pub mod daemon;
+pub mod gguf;
+pub mod plan;
+pub mod proxy;
+pub mod spec;
+pub mod supervisor;
