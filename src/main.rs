@@ -1,1 +1,7 @@
-fn main() {}
+//! The `rocm-llm` command line: the effectful edge around the library.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

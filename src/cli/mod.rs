@@ -1,0 +1,152 @@
+//! Subcommands. Exit codes: 0 success; 1 the spec is invalid (or the
+//! daemon reports a problem); 2 usage error; 3 an operational failure (a file
+//! or the daemon could not be reached).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use rocm_llm::plan::{self, Launch};
+use rocm_llm::spec::validate::{self, Context, Disk};
+use rocm_llm::spec::{Desired, SpecErrors};
+
+pub const EXIT_INVALID: u8 = 1;
+pub const EXIT_FAILURE: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "rocm-llm", version, about = "Declare local LLMs in one YAML file; rocm-llm keeps llama-server matching it.",
+    after_help = "Exit codes: 0 success, 1 invalid spec, 2 usage error, 3 operational failure.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check spec files and print every mistake with file:line:column.
+    Validate {
+        /// Spec files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show the exact llama-server command line and environment of each model.
+    Plan {
+        /// The spec file.
+        file: PathBuf,
+    },
+    /// Print the spec's JSON Schema (for editors and CI).
+    Schema,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { files } => validate_files(&files),
+        Command::Plan { file } => plan_file(&file),
+        Command::Schema => {
+            println!("{}", schema_json());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+pub fn schema_json() -> String {
+    serde_json::to_string_pretty(&rocm_llm::spec::decode::spec_schema()).unwrap_or_default()
+}
+
+/// `$ROCM_LLM_LLAMA_SERVER`, then `llama-server` on PATH, then the bare name
+/// (which fails at spawn with a clear error).
+pub fn default_llama_server() -> PathBuf {
+    if let Some(p) = std::env::var_os("ROCM_LLM_LLAMA_SERVER").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("llama-server"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| PathBuf::from("llama-server"))
+}
+
+pub enum LoadError {
+    Read(String),
+    Invalid { errors: SpecErrors, source: String },
+}
+
+pub fn load_spec(path: &Path) -> Result<Desired, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| LoadError::Read(format!("{}: cannot read the spec: {e}", path.display())))?;
+    let ctx = Context { spec_path: path, default_llama_server: default_llama_server(), probe: &Disk };
+    validate::load(&text, &ctx).map_err(|errors| LoadError::Invalid { errors, source: text })
+}
+
+fn report(err: &LoadError) -> u8 {
+    match err {
+        LoadError::Read(message) => {
+            eprintln!("error: {message}");
+            EXIT_FAILURE
+        }
+        LoadError::Invalid { errors, source } => {
+            for d in &errors.diagnostics {
+                eprintln!("error: {}\n", d.render(source));
+            }
+            eprintln!("{} error{} found", errors.diagnostics.len(), if errors.diagnostics.len() == 1 { "" } else { "s" });
+            EXIT_INVALID
+        }
+    }
+}
+
+fn validate_files(files: &[PathBuf]) -> ExitCode {
+    let mut worst = 0;
+    for file in files {
+        match load_spec(file) {
+            Ok(desired) => {
+                let enabled = desired.enabled_models().count();
+                println!("{}: ok ({} model{}, {enabled} enabled)", file.display(), desired.models.len(), if desired.models.len() == 1 { "" } else { "s" });
+            }
+            Err(e) => worst = worst.max(report(&e)),
+        }
+    }
+    ExitCode::from(worst)
+}
+
+fn plan_file(file: &Path) -> ExitCode {
+    let desired = match load_spec(file) {
+        Ok(d) => d,
+        Err(e) => return ExitCode::from(report(&e)),
+    };
+    print!("{}", render_plan(&desired));
+    ExitCode::SUCCESS
+}
+
+pub fn render_plan(desired: &Desired) -> String {
+    let mut out = String::new();
+    for m in desired.models.values() {
+        let launch = Launch::for_model(m, &desired.llama_server);
+        out.push_str(&format!("# {}  (launch id {})\n", m.name, launch.identity()));
+        if !m.enabled {
+            out.push_str("#   disabled: nothing runs\n\n");
+            continue;
+        }
+        if m.lifecycle.on_demand {
+            out.push_str("#   on demand: starts at its first request\n");
+        }
+        for (k, v) in &launch.env {
+            out.push_str(&format!("{k}={} \\\n  ", shell_word(v)));
+        }
+        out.push_str(&launch.shell_line());
+        out.push_str(" --host 127.0.0.1 --port <chosen at start>\n\n");
+    }
+    let actions = plan::plan(desired, &Default::default());
+    if !actions.is_empty() {
+        out.push_str("# from nothing running, the daemon would:\n");
+        for a in actions {
+            out.push_str(&format!("#   {a}\n"));
+        }
+    }
+    out
+}
+
+fn shell_word(s: &str) -> String {
+    Launch { program: PathBuf::from(s), args: vec![], env: Default::default() }.shell_line()
+}
