@@ -89,9 +89,13 @@ pub fn load(text: &str, ctx: &Context<'_>) -> Result<Desired, SpecErrors> {
     }
 }
 
+/// The parser's message without the place it repeats (we print our own).
 fn strip_location_prefix(message: &str) -> String {
-    let first = message.lines().next().unwrap_or(message);
-    first.trim().to_owned()
+    let first = message.lines().next().unwrap_or(message).trim();
+    match first.rfind(" at line ") {
+        Some(i) if first[i..].contains("column") => first[..i].to_owned(),
+        _ => first.to_owned(),
+    }
 }
 
 struct Validator<'a> {
