@@ -95,16 +95,12 @@ pub fn parse(text: &str) -> Result<Located<Node>, serde_saphyr::Error> {
     }) {
         return Ok(Located { value: Node::Map(Vec::new()), pos: Pos { line: 1, column: 1 } });
     }
-    let options = serde_saphyr::Options {
-        // A spec is small; refuse anchors that expand into gigabytes.
-        budget: Some(serde_saphyr::Budget {
-            max_reader_input_bytes: Some(4 << 20),
-            ..Default::default()
-        }),
+    let options = serde_saphyr::options! {
+        // A spec is small; refuse input (and anchors) that expand into gigabytes.
+        budget: serde_saphyr::budget! { max_reader_input_bytes: Some(4 << 20) },
         // YAML 1.2: only true/false are booleans, so `flash_attn: on` and
         // `no` as a name stay strings.
         strict_booleans: true,
-        ..Default::default()
     };
     let spanned: Spanned<Node> = serde_saphyr::from_str_with_options(text, options)?;
     Ok(from_spanned(spanned))
