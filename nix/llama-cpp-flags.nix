@@ -1,0 +1,110 @@
+# The CMake cache entries that turn nixpkgs' llama-cpp into the pinned
+# llama.cpp b11434 build for one backend. Pure: needs only nixpkgs' `lib`, so
+# scripts/check-nix.sh can evaluate it without nixpkgs and compare every name
+# against the CMake files of the pinned source.
+{
+  lib,
+  # "rocm", "vulkan" or "cpu"
+  backend,
+  # HIP offload targets; only read when backend == "rocm"
+  rocmGpuTargets ? [ "gfx1101" ],
+  # llama.cpp's build number (LLAMA_BUILD_NUMBER)
+  buildNumber,
+  # what `llama-server --version` prints as the commit
+  buildCommit,
+  # null keeps llama.cpp's default set of FlashAttention K/V type pairs;
+  # "all" or "q8_0-q8_0,q4_0-q4_0,..." compiles others (longer HIP build)
+  faQuants ? null,
+}:
+let
+  inherit (lib) cmakeBool cmakeFeature optionals;
+  rocm = backend == "rocm";
+  vulkan = backend == "vulkan";
+in
+assert lib.assertOneOf "backend" backend [
+  "rocm"
+  "vulkan"
+  "cpu"
+];
+assert lib.assertMsg (
+  !rocm || rocmGpuTargets != [ ]
+) "llama-cpp-rocm: rocmGpuTargets must name at least one gfx target";
+rec {
+  # Cache entries that nixpkgs' llama-cpp passes and b11434 reads. Every other
+  # -D flag nixpkgs passes is dropped, so that no flag reaches cmake that the
+  # pinned llama.cpp would ignore (nixpkgs passes GGML_CLBLAST, for example,
+  # which b11434 no longer has). CMAKE_* entries are cmake's own and are kept.
+  keptFromNixpkgs = [
+    "BUILD_SHARED_LIBS"
+    "GGML_BACKEND_DL"
+    "GGML_BLAS"
+    "GGML_BLAS_VENDOR"
+    "GGML_CPU_ALL_VARIANTS"
+    "GGML_METAL"
+    "GGML_RPC"
+    "LLAMA_BUILD_EXAMPLES"
+    "LLAMA_BUILD_IS_DEV"
+    "LLAMA_BUILD_SERVER"
+    "LLAMA_BUILD_TESTS"
+    "LLAMA_METAL_EMBED_LIBRARY"
+    "LLAMA_OPENSSL"
+  ];
+
+  # Set here, replacing whatever nixpkgs passes for the same name.
+  flags = [
+    # -march=native would tie the binary to the build machine's CPU
+    (cmakeBool "GGML_NATIVE" false)
+    (cmakeFeature "LLAMA_BUILD_NUMBER" buildNumber)
+    (cmakeFeature "LLAMA_BUILD_COMMIT" buildCommit)
+    # The web UI is either built with npm or downloaded at configure time;
+    # neither works in the sandbox with this source. llama-server then serves
+    # the API without the embedded UI, which is all rocm-llm uses.
+    (cmakeBool "LLAMA_BUILD_UI" false)
+    (cmakeBool "LLAMA_USE_PREBUILT_UI" false)
+    (cmakeBool "GGML_HIP" rocm)
+    (cmakeBool "GGML_VULKAN" vulkan)
+    (cmakeBool "GGML_CUDA" false)
+  ]
+  ++ optionals rocm (
+    [
+      (cmakeFeature "CMAKE_HIP_ARCHITECTURES" (lib.concatStringsSep ";" rocmGpuTargets))
+      # FlashAttention in b11434: GGML_CUDA_FA (default ON, read by
+      # ggml/src/ggml-hip/CMakeLists.txt) compiles the FA kernels, and for
+      # RDNA3 targets (gfx110x) the MMA kernels use llama.cpp's own WMMA
+      # intrinsics (AMD_WMMA_AVAILABLE in ggml-cuda/common.cuh). The old
+      # GGML_HIP_ROCWMMA_FATTN option and the rocwmma headers are gone in this
+      # version, so neither is passed. Set explicitly so a changed upstream
+      # default cannot silently drop FA.
+      (cmakeBool "GGML_CUDA_FA" true)
+      # HIP graphs: upstream default ON; stated so the choice is visible.
+      (cmakeBool "GGML_HIP_GRAPHS" true)
+    ]
+    ++ optionals (faQuants != null) [ (cmakeFeature "GGML_CUDA_FA_QUANTS" faQuants) ]
+  );
+
+  # The name of the cache entry a "-DNAME[:TYPE]=VALUE" flag sets, or null.
+  flagName =
+    flag:
+    let
+      m = builtins.match "-D([A-Za-z0-9_]+)(:[A-Za-z]+)?=.*" flag;
+    in
+    if m == null then null else builtins.head m;
+
+  names = map flagName flags;
+
+  # Keeps the nixpkgs flags that b11434 reads and that are not set above.
+  filterNixpkgsFlags =
+    old:
+    builtins.filter (
+      flag:
+      let
+        name = flagName flag;
+      in
+      name != null
+      && !(builtins.elem name names)
+      && (lib.hasPrefix "CMAKE_" name || builtins.elem name keptFromNixpkgs)
+    ) old;
+
+  # The nixpkgs flags that filterNixpkgsFlags drops (for passthru/inspection).
+  droppedNixpkgsFlags = old: builtins.filter (f: !(builtins.elem f (filterNixpkgsFlags old))) old;
+}

@@ -1,0 +1,27 @@
+# rocm-llm whose default llama-server is the given llama.cpp build.
+# ROCM_LLM_LLAMA_SERVER is only a default: a value already in the environment,
+# or `llama_server:` in the spec, still wins.
+{
+  lib,
+  symlinkJoin,
+  makeWrapper,
+  rocm-llm,
+  llama-cpp,
+}:
+symlinkJoin {
+  name = "rocm-llm-${rocm-llm.version}-${llama-cpp.passthru.backend or "llama-cpp"}";
+  paths = [ rocm-llm ];
+  nativeBuildInputs = [ makeWrapper ];
+  postBuild = ''
+    wrapProgram $out/bin/rocm-llm \
+      --set-default ROCM_LLM_LLAMA_SERVER ${lib.getExe' llama-cpp "llama-server"}
+  '';
+  passthru = {
+    unwrapped = rocm-llm;
+    llamaServer = llama-cpp;
+  };
+  inherit (rocm-llm) version;
+  meta = rocm-llm.meta // {
+    description = "${rocm-llm.meta.description} (llama-server from ${llama-cpp.name})";
+  };
+}
