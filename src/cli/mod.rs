@@ -37,6 +37,15 @@ enum Command {
     },
     /// Print the spec's JSON Schema (for editors and CI).
     Schema,
+    /// Write a tiny random-weight llama GGUF (~0.5 MB) for demos and tests.
+    /// It loads in milliseconds and answers, in gibberish.
+    DemoModel {
+        /// Where to write the model.
+        out: PathBuf,
+        /// Seed of the random weights; different seeds give different files.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -47,6 +56,19 @@ pub fn main() -> ExitCode {
         Command::Schema => {
             println!("{}", schema_json());
             ExitCode::SUCCESS
+        }
+        Command::DemoModel { out, seed } => {
+            let name = out.file_stem().map_or_else(|| "tiny".to_owned(), |s| s.to_string_lossy().into_owned());
+            match rocm_llm::gguf::write_tiny_llama(&out, &rocm_llm::gguf::TinyModel::with_seed(seed, &name)) {
+                Ok(()) => {
+                    println!("{}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: cannot write {}: {e}", out.display());
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
         }
     }
 }
