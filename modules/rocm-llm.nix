@@ -267,6 +267,11 @@ let
     "--api-key"
     "--api-key-file"
   ];
+  perModelInDefaults = filter (k: (cfg.settings.defaults or { }) ? ${k}) [
+    "model"
+    "aliases"
+    "default"
+  ];
   flagOf = a: builtins.head (lib.splitString "=" a);
   ownedIn = args: filter (a: builtins.elem (flagOf a) ownedFlags) args;
 
@@ -293,13 +298,23 @@ let
     name:
     let
       m = finalModels.${name};
-      where = "services.rocm-llm.models.${name}";
+      where = "services.rocm-llm.models.${lib.strings.escapeNixIdentifier name}";
       badEnv = filter (n: builtins.match "[A-Za-z_][A-Za-z0-9_]*" n == null) (
         builtins.attrNames (m.env or { })
       );
       owned = ownedIn (m.extra_args or [ ]);
+      badAliases = filter (a: a == "" || builtins.match ".*[[:space:]].*" a != null) (m.aliases or [ ]);
     in
     [
+      {
+        assertion =
+          builtins.stringLength name <= 128 && builtins.match "[^[:space:][:cntrl:]]+" name != null;
+        message = "${where}: a model name must be 1 to 128 characters without spaces.";
+      }
+      {
+        assertion = badAliases == [ ];
+        message = "${where}.aliases: an alias must be non-empty and without spaces; bad: ${concatStringsSep ", " (map builtins.toJSON badAliases)}.";
+      }
       {
         assertion = m ? model;
         message = "${where}: `model` (the GGUF file) is required.";
@@ -504,8 +519,12 @@ in
         message = "services.rocm-llm: at most one model may have default = true; set on ${concatStringsSep ", " defaultModels}.";
       }
       {
-        assertion = !((cfg.settings.defaults or { }) ? model);
-        message = "services.rocm-llm.settings.defaults.model: `model` is per model only.";
+        assertion = perModelInDefaults == [ ];
+        message = "services.rocm-llm.settings.defaults: ${concatStringsSep ", " perModelInDefaults} can only be set on a model, not in defaults.";
+      }
+      {
+        assertion = cfg.listen != (cfg.settings.control or "127.0.0.1:8081");
+        message = "services.rocm-llm: listen and control (the status API) cannot share ${cfg.listen}; set settings.control to another address.";
       }
       {
         assertion = ownedIn (cfg.settings.defaults.extra_args or [ ]) == [ ];

@@ -111,6 +111,8 @@ let
   };
   bad = withService {
     specFile = "relative/models.yaml";
+    listen = "127.0.0.1:8081";
+    settings.defaults.aliases = [ "x" ];
     models = {
       rel = {
         model = "models/x.gguf";
@@ -124,6 +126,10 @@ let
         env."1BAD" = "x";
         chat_template = "chatml";
         chat_template_file = "/etc/t.jinja";
+      };
+      "has space" = {
+        model = "/m/space.gguf";
+        aliases = [ "" ];
       };
       other = {
         model = "/m/other.gguf";
@@ -295,7 +301,15 @@ let
       anyInfix "set chat_template or chat_template_file, not both" badMessages;
     "assertion: bad env name" = anyInfix "bad: 1BAD" badMessages;
     "assertion: relative specFile" = anyInfix "specFile must be an absolute path or null" badMessages;
-    "the invalid configuration fails exactly these 7 assertions" = builtins.length badMessages == 7;
+    "assertion: a model name with a space" =
+      anyInfix ''models."has space": a model name must be 1 to 128 characters without spaces'' badMessages;
+    "assertion: an empty alias" =
+      anyInfix ''models."has space".aliases: an alias must be non-empty and without spaces; bad: "".'' badMessages;
+    "assertion: aliases in settings.defaults" =
+      anyInfix "settings.defaults: aliases can only be set on a model, not in defaults" badMessages;
+    "assertion: listen on the control address" =
+      anyInfix "listen and control (the status API) cannot share 127.0.0.1:8081" badMessages;
+    "the invalid configuration fails exactly these 11 assertions" = builtins.length badMessages == 11;
   };
 
   failed = builtins.attrNames (lib.filterAttrs (_: ok: !ok) checks);
