@@ -7,6 +7,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod serve;
+mod status;
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
 use rocm_llm::plan::{self, Launch};
 use rocm_llm::spec::validate::{self, Context, Disk};
 use rocm_llm::spec::{Desired, SpecErrors};
@@ -37,6 +44,32 @@ enum Command {
     },
     /// Print the spec's JSON Schema (for editors and CI).
     Schema,
+    /// Run the daemon: keep llama-server instances matching the spec, reload
+    /// on every save (and on SIGHUP), serve the endpoint and the status API.
+    Serve {
+        /// The spec file to follow.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Where the daemon records its children, to clean up after a crash.
+        /// Default: $STATE_DIRECTORY, $XDG_STATE_HOME/rocm-llm or ~/.local/state/rocm-llm.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Quiet time after a file event before the spec is read.
+        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+        debounce: std::time::Duration,
+        /// Log filter (also RUST_LOG), e.g. `info,llama_server=warn`.
+        #[arg(long, env = "RUST_LOG", default_value = "info")]
+        log: String,
+    },
+    /// Show the running daemon's models at a glance.
+    Status {
+        /// The daemon's control address.
+        #[arg(long, default_value = rocm_llm::spec::DEFAULT_CONTROL)]
+        control: String,
+        /// Print the raw JSON of GET /status.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a tiny random-weight llama GGUF (~0.5 MB) for demos and tests.
     /// It loads in milliseconds and answers, in gibberish.
     DemoModel {
@@ -57,6 +90,8 @@ pub fn main() -> ExitCode {
             println!("{}", schema_json());
             ExitCode::SUCCESS
         }
+        Command::Serve { spec, state_dir, debounce, log } => serve::run(spec, state_dir, debounce, &log),
+        Command::Status { control, json } => status::run(&control, json),
         Command::DemoModel { out, seed } => {
             let name = out.file_stem().map_or_else(|| "tiny".to_owned(), |s| s.to_string_lossy().into_owned());
             match rocm_llm::gguf::write_tiny_llama(&out, &rocm_llm::gguf::TinyModel::with_seed(seed, &name)) {

@@ -1,2 +1,369 @@
-//! See the crate docs.
+//! `rocm-llm serve`: the reconcile loop.
+//!
+//! Two levels of events, each a closed set handled in one `match`:
+//! - this loop's [`DaemonEvent`]s: the spec changed (or SIGHUP asked for a
+//!   reload), and shutdown;
+//! - each model owner's events (instance ready, exited, probe results,
+//!   timers), in [`crate::supervisor::instance`].
+//!
+//! A reload is: read, validate (all or nothing), plan against what the
+//! owners run, hand each owner its new spec, publish the new routes. An
+//! invalid spec changes nothing that runs; the error stays in the status
+//! until a valid edit arrives.
+
+pub mod routes;
 pub mod sdnotify;
+pub mod status;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::plan::{self, ActionKind, Observed};
+use crate::spec::validate::{self, Context, Disk};
+use crate::spec::{DEFAULT_CONTROL, DEFAULT_LISTEN, Desired};
+use crate::supervisor::{BackoffPolicy, InstanceHandle, InstanceSpec, StateFile, reap_leftovers, start_instance};
+use routes::{RouteEntry, Routes};
+use sdnotify::SdNotify;
+use watch::{SpecRead, WatchTiming};
+
+/// How the daemon is started.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub spec_path: PathBuf,
+    pub state_dir: PathBuf,
+    /// The llama-server used when the spec names none.
+    pub default_llama_server: PathBuf,
+    pub watch: WatchTiming,
+    /// Grace for stopping children left by an earlier run.
+    pub leftover_grace: Duration,
+    pub backoff: BackoffPolicy,
+}
+
+/// The result of the latest reload, as the status API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReloadReport {
+    pub ok: bool,
+    pub at: SystemTime,
+    /// `file:line:column: path: message` for each mistake, or the reason
+    /// the spec could not be read.
+    pub errors: Vec<String>,
+    /// What the reload did, e.g. `restart qwen`.
+    pub actions: Vec<String>,
+}
+
+/// What the status API shows besides the models.
+#[derive(Clone, Debug, Serialize)]
+pub struct DaemonInfo {
+    pub spec: PathBuf,
+    /// Applied spec versions; 1 after the first successful load.
+    pub generation: u64,
+    pub last_reload: Option<ReloadReport>,
+    pub reloads: u64,
+    pub reload_errors: u64,
+    pub listen: SocketAddr,
+    pub control: SocketAddr,
+}
+
+enum DaemonEvent {
+    SpecChanged(SpecRead),
+    /// SIGHUP: read the spec again, whether or not it changed.
+    Reload,
+    Shutdown,
+}
+
+struct Daemon {
+    options: ServeOptions,
+    state_file: StateFile,
+    owners: BTreeMap<String, InstanceHandle>,
+    /// Owners shutting down, by model, so a re-added model waits for its
+    /// predecessor and there are never two instances of one model.
+    leaving: BTreeMap<String, tokio::task::JoinHandle<()>>,
+    applied: Option<Desired>,
+    info: DaemonInfo,
+    info_tx: tokio::sync::watch::Sender<DaemonInfo>,
+    routes_tx: tokio::sync::watch::Sender<Arc<Routes>>,
+    notify: SdNotify,
+}
+
+/// Runs the daemon until `shutdown` is cancelled (or SIGTERM/SIGINT).
+pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let notify = SdNotify::from_env().unwrap_or_else(|e| {
+        tracing::warn!("NOTIFY_SOCKET is unusable ({e}); not notifying systemd");
+        SdNotify::disabled()
+    });
+    std::fs::create_dir_all(&options.state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the state directory {}: {e}", options.state_dir.display()))?;
+    for leftover in reap_leftovers(&options.state_dir, options.leftover_grace).await {
+        tracing::warn!("an earlier run left llama-server behind: {leftover:?}");
+    }
+    let state_file = StateFile::new(&options.state_dir);
+
+    let first = watch::read_spec(&options.spec_path);
+    let (listen, control) = match &first {
+        SpecRead::Text(text) => addresses(text, &options),
+        _ => (default_addr(DEFAULT_LISTEN), default_addr(DEFAULT_CONTROL)),
+    };
+    let info = DaemonInfo {
+        spec: options.spec_path.clone(),
+        generation: 0,
+        last_reload: None,
+        reloads: 0,
+        reload_errors: 0,
+        listen,
+        control,
+    };
+    let (info_tx, info_rx) = tokio::sync::watch::channel(info.clone());
+    let (routes_tx, routes_rx) = tokio::sync::watch::channel(Arc::new(Routes::default()));
+
+    let control_listener = tokio::net::TcpListener::bind(control)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on the control address {control}: {e}"))?;
+    tracing::info!("status API on http://{control}");
+    let status_state = status::StatusState { info: info_rx.clone(), routes: routes_rx.clone() };
+    tokio::spawn(status::serve(control_listener, status_state, shutdown.clone()));
+
+    // PROXY: the OpenAI-compatible endpoint on `listen` starts here.
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (spec_tx, mut spec_rx) = mpsc::unbounded_channel();
+    let _watcher = match watch::watch_spec(&options.spec_path, options.watch, spec_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!("{e}; edits will only be picked up on SIGHUP");
+            None
+        }
+    };
+    {
+        let events_tx = events_tx.clone();
+        tokio::spawn(async move {
+            while let Some(read) = spec_rx.recv().await {
+                let _ = events_tx.send(DaemonEvent::SpecChanged(read));
+            }
+        });
+    }
+    spawn_signal_handlers(events_tx.clone(), shutdown.clone())?;
+
+    let mut daemon = Daemon {
+        options,
+        state_file,
+        owners: BTreeMap::new(),
+        leaving: BTreeMap::new(),
+        applied: None,
+        info,
+        info_tx,
+        routes_tx,
+        notify,
+    };
+    daemon.reload(first);
+    let _ = daemon.notify.ready(&daemon.summary());
+
+    loop {
+        let event = tokio::select! {
+            Some(e) = events.recv() => e,
+            () = shutdown.cancelled() => DaemonEvent::Shutdown,
+        };
+        match event {
+            DaemonEvent::SpecChanged(read) => daemon.reload(read),
+            DaemonEvent::Reload => {
+                let _ = daemon.notify.reloading("reloading the spec");
+                let read = watch::read_spec(&daemon.options.spec_path);
+                daemon.reload(read);
+                let _ = daemon.notify.ready(&daemon.summary());
+            }
+            DaemonEvent::Shutdown => break,
+        }
+    }
+    daemon.shutdown().await;
+    Ok(())
+}
+
+fn default_addr(text: &str) -> SocketAddr {
+    text.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+}
+
+/// The listen and control addresses of a spec, even an otherwise invalid
+/// one, so the daemon listens where the user asked.
+fn addresses(text: &str, options: &ServeOptions) -> (SocketAddr, SocketAddr) {
+    let ctx = Context { spec_path: &options.spec_path, default_llama_server: options.default_llama_server.clone(), probe: &Disk };
+    match validate::load(text, &ctx) {
+        Ok(d) => (d.listen, d.control),
+        Err(_) => (default_addr(DEFAULT_LISTEN), default_addr(DEFAULT_CONTROL)),
+    }
+}
+
+fn spawn_signal_handlers(events: mpsc::UnboundedSender<DaemonEvent>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(()) = hup.recv() => { let _ = events.send(DaemonEvent::Reload); }
+                Some(()) = term.recv() => { shutdown.cancel(); }
+                Some(()) = int.recv() => { shutdown.cancel(); }
+                () = shutdown.cancelled() => break,
+            }
+        }
+    });
+    Ok(())
+}
+
+impl Daemon {
+    fn summary(&self) -> String {
+        let ready = self.owners.values().filter(|h| h.snapshot().state == crate::supervisor::State::Ready).count();
+        format!("{} models, {ready} ready, spec generation {}", self.owners.len(), self.info.generation)
+    }
+
+    fn reload(&mut self, read: SpecRead) {
+        let spec = self.options.spec_path.display().to_string();
+        let text = match read {
+            SpecRead::Text(text) => text,
+            SpecRead::Deleted => {
+                tracing::error!("{spec} was deleted; keeping every model as it is until it comes back");
+                return self.reject(vec![format!("{spec}: the spec file is gone; nothing was changed")]);
+            }
+            SpecRead::Unreadable(e) => {
+                tracing::error!("{spec}: cannot read the spec: {e}; nothing was changed");
+                return self.reject(vec![format!("{spec}: cannot read the spec: {e}")]);
+            }
+        };
+        let ctx = Context { spec_path: &self.options.spec_path, default_llama_server: self.options.default_llama_server.clone(), probe: &Disk };
+        let desired = match validate::load(&text, &ctx) {
+            Ok(d) => d,
+            Err(errors) => {
+                let lines: Vec<String> = errors.diagnostics.iter().map(ToString::to_string).collect();
+                for line in &lines {
+                    tracing::error!("invalid spec, nothing was changed: {line}");
+                }
+                return self.reject(lines);
+            }
+        };
+        if self.applied.as_ref() == Some(&desired) {
+            tracing::debug!("spec saved without changes");
+            return;
+        }
+        if desired.listen != self.info.listen || desired.control != self.info.control {
+            tracing::warn!("listen/control addresses changed in the spec; restart the daemon to move them (still on {} and {})", self.info.listen, self.info.control);
+        }
+        let actions = self.apply(&desired);
+        self.applied = Some(desired);
+        self.info.generation += 1;
+        self.info.reloads += 1;
+        self.info.last_reload = Some(ReloadReport { ok: true, at: SystemTime::now(), errors: vec![], actions: actions.clone() });
+        self.info_tx.send_replace(self.info.clone());
+        if actions.is_empty() {
+            tracing::info!("spec generation {} applied: nothing to restart", self.info.generation);
+        } else {
+            tracing::info!("spec generation {} applied: {}", self.info.generation, actions.join(", "));
+        }
+    }
+
+    fn reject(&mut self, errors: Vec<String>) {
+        self.info.reload_errors += 1;
+        self.info.last_reload = Some(ReloadReport { ok: false, at: SystemTime::now(), errors, actions: vec![] });
+        self.info_tx.send_replace(self.info.clone());
+    }
+
+    /// Hands every owner its part of `desired`; returns what was done.
+    fn apply(&mut self, desired: &Desired) -> Vec<String> {
+        let observed: Observed = self.owners.iter().map(|(name, h)| (name.clone(), h.snapshot().launch_id)).collect();
+        let mut done = Vec::new();
+        for action in plan::plan(desired, &observed) {
+            let name = action.model.clone();
+            match action.kind {
+                ActionKind::Stop => {
+                    if let Some(handle) = self.owners.remove(&name) {
+                        let previous = self.leaving.remove(&name);
+                        self.leaving.insert(name.clone(), tokio::spawn(async move {
+                            if let Some(p) = previous {
+                                let _ = p.await;
+                            }
+                            handle.shutdown().await;
+                        }));
+                    }
+                }
+                ActionKind::Restart | ActionKind::Keep => {
+                    if let (Some(handle), Some(config)) = (self.owners.get(&name), desired.models.get(&name)) {
+                        handle.apply(InstanceSpec::new(config.clone(), &desired.llama_server));
+                    }
+                }
+                ActionKind::Start => self.start_owner(&name, desired),
+            }
+            if action.kind != ActionKind::Keep {
+                done.push(action.to_string());
+            }
+        }
+        // On-demand models get an idle owner, so their first request can start them.
+        for m in desired.enabled_models() {
+            if !self.owners.contains_key(&m.name) {
+                self.start_owner(&m.name, desired);
+            }
+        }
+        self.publish_routes(desired);
+        done
+    }
+
+    fn start_owner(&mut self, name: &str, desired: &Desired) {
+        let Some(config) = desired.models.get(name) else { return };
+        let spec = InstanceSpec::new(config.clone(), &desired.llama_server);
+        let previous = self.leaving.remove(name);
+        let handle = start_instance(spec, self.state_file.clone(), self.options.backoff.clone(), previous);
+        self.owners.insert(name.to_owned(), handle);
+    }
+
+    fn publish_routes(&self, desired: &Desired) {
+        let mut routes = Routes::default();
+        for m in desired.enabled_models() {
+            let Some(handle) = self.owners.get(&m.name) else { continue };
+            routes.ids.insert(m.name.clone(), m.name.clone());
+            for alias in &m.aliases {
+                routes.ids.insert(alias.clone(), m.name.clone());
+            }
+            if m.default {
+                routes.default = Some(m.name.clone());
+            }
+            routes.models.insert(m.name.clone(), RouteEntry { handle: handle.clone(), aliases: m.aliases.clone(), on_demand: m.lifecycle.on_demand });
+        }
+        self.routes_tx.send_replace(Arc::new(routes));
+    }
+
+    async fn shutdown(mut self) {
+        tracing::info!("shutting down: draining and stopping {} models", self.owners.len());
+        let _ = self.notify.stopping("stopping every model");
+        self.routes_tx.send_replace(Arc::new(Routes::default()));
+        let owners = std::mem::take(&mut self.owners);
+        let mut stops: Vec<tokio::task::JoinHandle<()>> = owners
+            .into_values()
+            .map(|h| tokio::spawn(async move { h.shutdown().await }))
+            .collect();
+        stops.extend(std::mem::take(&mut self.leaving).into_values());
+        for stop in stops {
+            let _ = stop.await;
+        }
+        tracing::info!("every model stopped");
+    }
+}
+
+/// The state directory: `$STATE_DIRECTORY` (systemd), else
+/// `$XDG_STATE_HOME/rocm-llm`, else `~/.local/state/rocm-llm`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may pass several, separated by ':'; the first is ours.
+        let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
+        return PathBuf::from(first);
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&dir).join("rocm-llm");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/state/rocm-llm")
+}

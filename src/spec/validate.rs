@@ -92,6 +92,8 @@ pub fn load(text: &str, ctx: &Context<'_>) -> Result<Desired, SpecErrors> {
 /// The parser's message without the place it repeats (we print our own).
 fn strip_location_prefix(message: &str) -> String {
     let first = message.lines().next().unwrap_or(message).trim();
+    // The library's advice is for programmers, not spec authors.
+    let first = first.split(", set DuplicateKeyPolicy").next().unwrap_or(first);
     match first.rfind(" at line ") {
         Some(i) if first[i..].contains("column") => first[..i].to_owned(),
         _ => first.to_owned(),

@@ -16,8 +16,11 @@ pub mod logs;
 pub mod ports;
 pub mod process;
 pub mod readiness;
-// The per-model owner task (`pub mod instance;`) goes here.
+pub mod gate;
+pub mod instance;
 
+pub use gate::{DrainOutcome, Gate, Lease};
+pub use instance::{AcquireError, InstanceHandle, InstanceSpec, Snapshot, State, start_instance};
 pub use backoff::{Backoff, BackoffError, BackoffPolicy, Decision};
 pub use leftovers::{
     InstanceRecord, Leftover, LeftoverError, LeftoverOutcome, STATE_FILE_NAME, StateFile,

@@ -1,0 +1,103 @@
+//! `rocm-llm status`: the daemon's models in a table.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+/// A plain HTTP/1.0 GET: the CLI needs no async runtime for one request.
+fn get(control: &str, path: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect(control).map_err(|e| format!("cannot reach the daemon at {control}: {e} (is `rocm-llm serve` running?)"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {control}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("malformed response from the daemon")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(format!("the daemon answered: {}", head.lines().next().unwrap_or_default()));
+    }
+    Ok(body.to_owned())
+}
+
+pub fn run(control: &str, json: bool) -> ExitCode {
+    let body = match get(control, "/status") {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(super::EXIT_FAILURE);
+        }
+    };
+    if json {
+        println!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    let status: Value = match serde_json::from_str(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: the daemon's status is not JSON: {e}");
+            return ExitCode::from(super::EXIT_FAILURE);
+        }
+    };
+    print!("{}", render(&status, SystemTime::now()));
+    let reload_ok = status["last_reload"]["ok"].as_bool().unwrap_or(true);
+    let any_failed = status["models"].as_object().is_some_and(|m| m.values().any(|v| v["state"] == "failed"));
+    if reload_ok && !any_failed { ExitCode::SUCCESS } else { ExitCode::from(super::EXIT_INVALID) }
+}
+
+fn ago(secs: f64, now: SystemTime) -> String {
+    let now = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let d = Duration::from_secs((now - secs).max(0.0) as u64);
+    humantime::format_duration(d).to_string().split(' ').take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// The table a person reads at a glance, then the reload result.
+pub fn render(status: &Value, now: SystemTime) -> String {
+    let mut rows = vec![["MODEL", "STATE", "PID", "PORT", "READY", "UP", "RESTARTS", "IN-FLIGHT", "LAUNCH"].map(String::from).to_vec()];
+    let mut errors = Vec::new();
+    if let Some(models) = status["models"].as_object() {
+        for (name, m) in models {
+            let dash = || "-".to_owned();
+            rows.push(vec![
+                name.clone(),
+                m["state"].as_str().unwrap_or("?").to_owned(),
+                m["pid"].as_i64().map_or_else(dash, |p| p.to_string()),
+                m["port"].as_u64().map_or_else(dash, |p| p.to_string()),
+                m["ready_ms"].as_f64().map_or_else(dash, |ms| format!("{ms:.0}ms")),
+                m["started_at"].as_f64().filter(|_| m["state"] == "ready").map_or_else(dash, |t| ago(t, now)),
+                m["restarts"].as_u64().unwrap_or(0).to_string(),
+                m["in_flight"].as_u64().unwrap_or(0).to_string(),
+                m["launch_id"].as_str().unwrap_or("-").to_owned(),
+            ]);
+            if let Some(e) = m["last_error"].as_str() {
+                errors.push(format!("{name}: {}", e.lines().next().unwrap_or(e)));
+            }
+        }
+    }
+    let widths: Vec<usize> = (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    if rows.len() == 1 {
+        out.push_str("(no models)\n");
+    }
+    for e in errors {
+        out.push_str(&format!("error  {e}\n"));
+    }
+    let spec = status["spec"].as_str().unwrap_or("?");
+    let generation = status["generation"].as_u64().unwrap_or(0);
+    match status["last_reload"].as_object() {
+        Some(r) if r.get("ok").and_then(Value::as_bool) == Some(false) => {
+            out.push_str(&format!("\nspec {spec} (generation {generation}): the last edit was REJECTED, nothing changed:\n"));
+            for e in r.get("errors").and_then(Value::as_array).into_iter().flatten() {
+                out.push_str(&format!("  {}\n", e.as_str().unwrap_or_default()));
+            }
+        }
+        _ => out.push_str(&format!("\nspec {spec} (generation {generation}): applied\n")),
+    }
+    out
+}

@@ -1,0 +1,165 @@
+//! The status API on the control address: `GET /status` (JSON),
+//! `GET /healthz`, `GET /metrics` (Prometheus text).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::DaemonInfo;
+use super::routes::Routes;
+use crate::supervisor::Snapshot;
+
+#[derive(Clone)]
+pub struct StatusState {
+    pub info: tokio::sync::watch::Receiver<DaemonInfo>,
+    pub routes: tokio::sync::watch::Receiver<Arc<Routes>>,
+}
+
+/// One model in `GET /status`.
+#[derive(Debug, Serialize)]
+pub struct ModelStatus {
+    pub state: &'static str,
+    pub pid: Option<i32>,
+    pub port: Option<u16>,
+    pub launch_id: String,
+    /// Seconds since the Unix epoch.
+    pub started_at: Option<f64>,
+    pub ready_ms: Option<f64>,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+    pub aliases: Vec<String>,
+    pub on_demand: bool,
+    pub in_flight: usize,
+    pub waiting: usize,
+    pub drained: u64,
+    pub cut: u64,
+    pub log: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    #[serde(flatten)]
+    pub daemon: DaemonInfo,
+    pub models: std::collections::BTreeMap<String, ModelStatus>,
+}
+
+fn epoch_secs(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn model_status(snap: &Snapshot, entry: &super::routes::RouteEntry) -> ModelStatus {
+    ModelStatus {
+        state: snap.state.as_str(),
+        pid: snap.pid,
+        port: snap.port,
+        launch_id: snap.launch_id.to_string(),
+        started_at: snap.started_at.map(epoch_secs),
+        ready_ms: snap.ready_after.map(|d| d.as_secs_f64() * 1000.0),
+        restarts: snap.restarts,
+        last_error: snap.last_error.clone(),
+        aliases: entry.aliases.clone(),
+        on_demand: entry.on_demand,
+        in_flight: snap.serving.as_ref().map_or(0, |g| g.in_flight()),
+        waiting: entry.handle.waiting(),
+        drained: snap.drained,
+        cut: snap.cut,
+        log: entry.handle.logs().tail_text(20),
+    }
+}
+
+pub fn report(state: &StatusState) -> StatusReport {
+    let routes = state.routes.borrow().clone();
+    let models = routes
+        .models
+        .iter()
+        .map(|(name, entry)| (name.clone(), model_status(&entry.handle.snapshot(), entry)))
+        .collect();
+    StatusReport { daemon: state.info.borrow().clone(), models }
+}
+
+/// Per-model series in Prometheus text; the proxy adds its own.
+pub fn metrics(state: &StatusState) -> String {
+    let routes = state.routes.borrow().clone();
+    let info = state.info.borrow().clone();
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in rows {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let per_model = |f: &dyn Fn(&Snapshot) -> String| -> Vec<(String, String)> {
+        routes
+            .models
+            .iter()
+            .map(|(name, e)| (format!("{{model=\"{}\"}}", escape_label(name)), f(&e.handle.snapshot())))
+            .collect()
+    };
+    family("rocm_llm_model_up", "gauge", "1 when the model's llama-server is ready.", per_model(&|s| u8::from(s.serving.is_some()).to_string()));
+    family("rocm_llm_model_restarts_total", "counter", "Unplanned restarts (crashes and failed starts).", per_model(&|s| s.restarts.to_string()));
+    family("rocm_llm_model_ready_seconds", "gauge", "Spawn to ready of the current instance.", per_model(&|s| s.ready_after.map_or("NaN".into(), |d| format!("{:.6}", d.as_secs_f64())))); 
+    family("rocm_llm_model_in_flight", "gauge", "Requests in flight.", per_model(&|s| s.serving.as_ref().map_or(0, |g| g.in_flight()).to_string()));
+    family("rocm_llm_model_drained_requests_total", "counter", "Requests that finished while their instance drained.", per_model(&|s| s.drained.to_string()));
+    family("rocm_llm_model_cut_requests_total", "counter", "Requests cut because a drain timed out.", per_model(&|s| s.cut.to_string()));
+    family("rocm_llm_reloads_total", "counter", "Spec versions applied.", vec![(String::new(), info.reloads.to_string())]);
+    family("rocm_llm_reload_errors_total", "counter", "Spec reloads rejected (invalid, unreadable or deleted).", vec![(String::new(), info.reload_errors.to_string())]);
+    family("rocm_llm_spec_generation", "gauge", "The applied spec generation.", vec![(String::new(), info.generation.to_string())]);
+    out
+}
+
+pub fn escape_label(v: &str) -> String {
+    v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+async fn handle(state: StatusState, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/status") => match serde_json::to_string_pretty(&report(&state)) {
+            Ok(json) => respond(StatusCode::OK, "application/json", json),
+            Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+        },
+        (&Method::GET, "/metrics") => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics(&state)),
+        (_, "/healthz" | "/status" | "/metrics") => respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".into()),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found: try /status, /healthz or /metrics\n".into()),
+    })
+}
+
+pub async fn serve(listener: TcpListener, state: StatusState, shutdown: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("status API accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}

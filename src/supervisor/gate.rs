@@ -1,0 +1,168 @@
+//! Counting the requests in flight on one llama-server process, so it can be
+//! drained before it is stopped.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The door to one process. Requests enter with a [`Lease`]; closing the
+/// gate turns new requests away (they wait for the next process) while the
+/// ones inside finish.
+#[derive(Debug)]
+pub struct Gate {
+    port: u16,
+    in_flight: AtomicUsize,
+    closed: AtomicBool,
+    emptied: Notify,
+    last_used: Mutex<Instant>,
+    served: AtomicU64,
+}
+
+/// One request's hold on a process. Dropping it lets the process drain.
+#[derive(Debug)]
+pub struct Lease {
+    gate: Arc<Gate>,
+}
+
+impl Lease {
+    /// The loopback port of the llama-server this lease is for.
+    pub fn port(&self) -> u16 {
+        self.gate.port
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.gate.leave();
+    }
+}
+
+/// How a drain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainOutcome {
+    /// Requests that were in flight when the drain began and finished.
+    pub drained: usize,
+    /// Requests still running when the drain timeout ran out (the stop cuts them).
+    pub cut: usize,
+}
+
+impl Gate {
+    pub fn new(port: u16) -> Arc<Gate> {
+        Arc::new(Gate {
+            port,
+            in_flight: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            emptied: Notify::new(),
+            last_used: Mutex::new(Instant::now()),
+            served: AtomicU64::new(0),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A lease, unless the gate is closed.
+    pub fn enter(self: &Arc<Self>) -> Option<Lease> {
+        // Count first, then check: a drain that closes the gate after our
+        // increment is guaranteed to see us and wait.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.leave();
+            return None;
+        }
+        self.served.fetch_add(1, Ordering::Relaxed);
+        Some(Lease { gate: Arc::clone(self) })
+    }
+
+    fn leave(&self) {
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = Instant::now();
+        }
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Requests served through this gate so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// How long no request has been inside; zero while one is.
+    pub fn idle_for(&self) -> Duration {
+        if self.in_flight() > 0 {
+            return Duration::ZERO;
+        }
+        self.last_used.lock().map(|t| t.elapsed()).unwrap_or(Duration::ZERO)
+    }
+
+    /// Closes the gate and waits until every request inside has left, or
+    /// `timeout` has passed.
+    pub async fn drain(&self, timeout: Duration) -> DrainOutcome {
+        self.closed.store(true, Ordering::SeqCst);
+        let at_start = self.in_flight();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            // Register before checking, so a leave between check and wait
+            // is not missed.
+            emptied.as_mut().enable();
+            let now = self.in_flight();
+            if now == 0 {
+                return DrainOutcome { drained: at_start, cut: 0 };
+            }
+            if tokio::time::timeout_at(deadline, emptied).await.is_err() {
+                let cut = self.in_flight();
+                return DrainOutcome { drained: at_start.saturating_sub(cut), cut };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn drain_waits_for_leases_and_turns_new_ones_away() {
+        let gate = Gate::new(1);
+        let a = gate.enter().unwrap();
+        let b = gate.enter().unwrap();
+        let g = Arc::clone(&gate);
+        let drain = tokio::spawn(async move { g.drain(Duration::from_secs(5)).await });
+        tokio::task::yield_now().await;
+        assert!(gate.enter().is_none(), "a closed gate admits nobody");
+        drop(a);
+        drop(b);
+        assert_eq!(drain.await.unwrap(), DrainOutcome { drained: 2, cut: 0 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_gives_up_after_its_timeout_and_counts_the_cut() {
+        let gate = Gate::new(1);
+        let _held = gate.enter().unwrap();
+        let out = gate.drain(Duration::from_secs(3)).await;
+        assert_eq!(out, DrainOutcome { drained: 0, cut: 1 });
+    }
+
+    #[tokio::test]
+    async fn an_empty_gate_drains_at_once() {
+        let gate = Gate::new(1);
+        assert_eq!(gate.drain(Duration::from_secs(60)).await, DrainOutcome { drained: 0, cut: 0 });
+    }
+}
