@@ -550,8 +550,14 @@ in
 
     environment.etc."rocm-llm/models.yaml".source = declaredSpecFile;
 
-    # the CLI (`rocm-llm status`, `rocm-llm validate`) for administrators
-    environment.systemPackages = [ cfg.package ];
+    # the CLI for administrators (`rocm-llm status`, `validate`, `plan`), with
+    # the service's llama-server as its default, so `plan` shows what runs
+    environment.systemPackages = [
+      (pkgs.callPackage ../nix/wrapped.nix {
+        rocm-llm = cfg.package;
+        llama-cpp = cfg.llamaServerPackage;
+      })
+    ];
 
     networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ listenPort ];
 

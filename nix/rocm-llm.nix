@@ -7,24 +7,26 @@
   rustPlatform,
 }:
 let
-  root = ../.;
+  root = toString ../.;
   cargoToml = lib.importTOML ../Cargo.toml;
   # Everything but the Nix side, so that editing a module or a test does not
   # rebuild the daemon.
-  src = lib.fileset.toSource {
-    inherit root;
-    fileset = lib.fileset.difference root (
-      lib.fileset.unions (
-        map lib.fileset.maybeMissing [
-          ../flake.nix
-          ../flake.lock
-          ../nix
-          ../modules
-          ../target
-          ../result
-        ]
-      )
-    );
+  nixSide = [
+    "flake.nix"
+    "flake.lock"
+    "nix"
+    "modules"
+    "target"
+  ];
+  src = lib.cleanSourceWith {
+    name = "rocm-llm-source";
+    src = lib.cleanSource ../.;
+    filter =
+      path: _type:
+      let
+        top = builtins.head (lib.splitString "/" (lib.removePrefix "${root}/" (toString path)));
+      in
+      !(builtins.elem top nixSide);
   };
 in
 rustPlatform.buildRustPackage {

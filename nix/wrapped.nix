@@ -9,7 +9,7 @@
   llama-cpp,
 }:
 symlinkJoin {
-  name = "rocm-llm-${rocm-llm.version}-${llama-cpp.passthru.backend or "llama-cpp"}";
+  name = "rocm-llm-${rocm-llm.version or "unstable"}-${llama-cpp.passthru.backend or "llama-cpp"}";
   paths = [ rocm-llm ];
   nativeBuildInputs = [ makeWrapper ];
   postBuild = ''
@@ -20,8 +20,9 @@ symlinkJoin {
     unwrapped = rocm-llm;
     llamaServer = llama-cpp;
   };
-  inherit (rocm-llm) version;
-  meta = rocm-llm.meta // {
-    description = "${rocm-llm.meta.description} (llama-server from ${llama-cpp.name})";
+  version = rocm-llm.version or "unstable";
+  meta = (rocm-llm.meta or { }) // {
+    description = "rocm-llm (llama-server from ${llama-cpp.name})";
+    mainProgram = "rocm-llm";
   };
 }

@@ -4,7 +4,8 @@
 #
 #   (a) every .nix file parses (nix-instantiate --parse)
 #   (b) every .nix file is formatted as nixfmt formats it
-#   (c) with a nixpkgs `lib` tree (NIXPKGS_LIB): services.rocm-llm evaluated
+#   (c) with a nixpkgs `lib` tree (NIXPKGS_LIB): flake.nix evaluated against a
+#       stub nixpkgs (nix/tests/flake-eval.nix); services.rocm-llm evaluated
 #       under lib.evalModules with stubs of the NixOS options it sets; the
 #       rendered unit, firewall, spec and assertion messages are checked
 #       (nix/tests/module-eval.nix), the YAML writer is checked against a YAML
@@ -180,6 +181,27 @@ EOF
   else
     cat "$work/flags.err"
     fail "(c) nix/llama-cpp-flags.nix does not evaluate"
+  fi
+
+  # flake.nix and everything it imports, against a stub nixpkgs
+  if NIXPKGS_LIB_DIR=$libdir nix-instantiate --eval --strict --json --read-write-mode \
+    "$root/nix/tests/flake-eval.nix" --arg lib "import $libdir" >"$work/flake.json" 2>"$work/flake.err"; then
+    if python3 - "$work/flake.json" <<'EOF'; then
+import json, sys
+d = json.load(open(sys.argv[1]))
+for name in d["passed"]:
+    print("  ok  ", name)
+for name in d["failed"]:
+    print("  FAIL", name)
+sys.exit(1 if d["failed"] else 0)
+EOF
+      pass "(c) flake.nix outputs evaluated against a stub nixpkgs: $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["passed"]))' "$work/flake.json") checks of the packages, overrides, app and checks"
+    else
+      fail "(c) nix/tests/flake-eval.nix: checks failed"
+    fi
+  else
+    cat "$work/flake.err"
+    fail "(c) flake.nix does not evaluate against the stub nixpkgs (nix/tests/flake-eval.nix)"
   fi
 
   # model files for the rendered spec (validate wants files that start with GGUF)

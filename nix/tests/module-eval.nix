@@ -269,6 +269,11 @@ let
     "Environment HSA_OVERRIDE_GFX_VERSION" = (env main).HSA_OVERRIDE_GFX_VERSION == "11.0.0";
     "Environment from services.rocm-llm.environment" = (env main).RUST_LOG == "info";
     "LoadCredential api-key from apiKeyFile" = has m.LoadCredential "api-key:/run/keys/rocm-llm";
+    "the CLI on PATH is wrapped with the service's llama-server" = builtins.any (
+      p:
+      hasPrefix "rocm-llm" (p.name or "")
+      && hasInfix "--set-default ROCM_LLM_LLAMA_SERVER ${llama main}/bin/llama-server" (p.postBuild or "")
+    ) main.environment.systemPackages;
     "openFirewall opens the listen port" = main.networking.firewall.allowedTCPPorts == [ 8080 ];
     "the declared spec is /etc/rocm-llm/models.yaml" = main.environment.etc ? "rocm-llm/models.yaml";
     "the rendered spec starts with a comment saying where it comes from" =

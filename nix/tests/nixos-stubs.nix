@@ -15,7 +15,12 @@ let
   };
 in
 {
-  pkgs = {
+  pkgs = lib.fix (self: {
+    inherit lib;
+    callPackage = lib.callPackageWith self;
+    symlinkJoin =
+      args: args // fakePackage args.name "/nix/store/22222222222222222222222222222222-${args.name}";
+    makeWrapper = fakePackage "make-wrapper" "/nix/store/33333333333333333333333333333333-make-wrapper";
     # coreutils of the machine that runs the check, so the sync script the
     # module writes can run there
     coreutils = fakePackage "coreutils" "/usr";
@@ -23,7 +28,7 @@ in
     llama-cpp-rocm = fakePackage "llama-cpp-rocm" "/nix/store/11111111111111111111111111111111-llama-cpp-rocm-stub";
     writeText = name: text: builtins.toFile name text;
     writeShellScript = name: text: builtins.toFile name "#!/usr/bin/env bash\n${text}";
-  };
+  });
 
   module = {
     options = {

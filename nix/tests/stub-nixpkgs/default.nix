@@ -1,0 +1,165 @@
+# A stand-in for nixpkgs with just the attributes this flake uses, so that
+# flake.nix and everything it imports can be evaluated where no nixpkgs is
+# (nix/tests/flake-eval.nix, run by scripts/check-nix.sh). Derivations are
+# plain attribute sets that remember their arguments; nothing is built.
+# `lib` is the real nixpkgs lib, found through NIXPKGS_LIB_DIR.
+{
+  system ? "x86_64-linux",
+  overlays ? [ ],
+  ...
+}:
+let
+  lib = import (
+    let
+      dir = builtins.getEnv "NIXPKGS_LIB_DIR";
+    in
+    if dir == "" then throw "stub-nixpkgs: set NIXPKGS_LIB_DIR to nixpkgs' lib directory" else dir
+  );
+
+  storePath = name: "/nix/store/00000000000000000000000000000000-${name}";
+
+  mkDerivation =
+    attrs:
+    let
+      name = attrs.name or "${attrs.pname}-${attrs.version}";
+    in
+    (attrs.passthru or { })
+    // attrs
+    // {
+      type = "derivation";
+      inherit name;
+      outPath = storePath name;
+      drvAttrs = attrs;
+      overrideAttrs = f: mkDerivation (attrs // (if builtins.isFunction f then f attrs else f));
+    };
+
+  drv = name: mkDerivation { inherit name; };
+
+  # nixpkgs' llama-cpp as of 2026: the arguments the flake overrides and the
+  # kinds of flags and hooks the override has to deal with.
+  llamaCppPackage =
+    {
+      lib,
+      cmake,
+      ninja,
+      installShellFiles,
+      nodejs_latest,
+      npmHooks,
+      pkg-config,
+      cudaSupport ? false,
+      rocmSupport ? false,
+      rocmPackages ? { },
+      rocmGpuTargets ? [ "gfx900" ],
+      vulkanSupport ? false,
+      blasSupport ? !(cudaSupport || rocmSupport || vulkanSupport),
+    }:
+    let
+      inherit (lib) cmakeBool cmakeFeature optionals;
+    in
+    mkDerivation {
+      pname = "llama-cpp";
+      version = "0.2.0";
+      __structuredAttrs = true;
+      src = drv "source";
+      nativeBuildInputs = [
+        cmake
+        installShellFiles
+        ninja
+        nodejs_latest
+        npmHooks.npmConfigHook
+        pkg-config
+      ];
+      npmRoot = "tools/ui";
+      npmDeps = throw "stub-nixpkgs: the web UI's npm dependencies were evaluated";
+      preConfigure = "pushd tools/ui; npm run build; popd";
+      cmakeFlags = [
+        (cmakeBool "GGML_NATIVE" false)
+        (cmakeBool "LLAMA_BUILD_EXAMPLES" false)
+        (cmakeBool "LLAMA_BUILD_SERVER" true)
+        (cmakeBool "LLAMA_BUILD_IS_DEV" false)
+        (cmakeBool "BUILD_SHARED_LIBS" true)
+        (cmakeBool "GGML_BLAS" blasSupport)
+        (cmakeBool "GGML_CLBLAST" false)
+        (cmakeBool "GGML_CUDA" cudaSupport)
+        (cmakeBool "GGML_HIP" rocmSupport)
+        (cmakeBool "GGML_VULKAN" vulkanSupport)
+        (cmakeFeature "LLAMA_BUILD_NUMBER" "10566")
+        (cmakeFeature "LLAMA_BUILD_COMMIT" "bb4caa7")
+        (cmakeBool "GGML_CPU_ALL_VARIANTS" true)
+        (cmakeBool "GGML_BACKEND_DL" true)
+      ]
+      ++ optionals rocmSupport [
+        (cmakeFeature "CMAKE_HIP_COMPILER" "${rocmPackages.clr or "clr"}/bin/clang++")
+        (cmakeFeature "CMAKE_HIP_ARCHITECTURES" (builtins.concatStringsSep ";" rocmGpuTargets))
+      ];
+      postInstall = "cp $src/include/llama.h $out/include/";
+      passthru.stubArgs = {
+        inherit
+          cudaSupport
+          rocmSupport
+          rocmGpuTargets
+          vulkanSupport
+          ;
+      };
+      meta.mainProgram = "llama";
+    };
+
+  base =
+    self:
+    {
+      inherit lib;
+      path = storePath "nixpkgs";
+      stdenv.hostPlatform.system = system;
+      callPackage = lib.callPackageWith self;
+
+      inherit mkDerivation;
+      runCommand =
+        name: env: _script:
+        mkDerivation ({ inherit name; } // env);
+      writeText = name: text: mkDerivation { inherit name text; };
+      writeShellScript = name: text: mkDerivation { inherit name text; };
+      symlinkJoin = args: mkDerivation args;
+      mkShell = args: mkDerivation ({ name = "shell"; } // args);
+      fetchPypi =
+        {
+          pname,
+          version,
+          hash,
+        }:
+        mkDerivation {
+          name = "${pname}-${version}.tar.gz";
+          outputHash = hash;
+        };
+      rustPlatform = {
+        buildRustPackage = args: mkDerivation args;
+        rustLibSrc = drv "rust-lib-src";
+      };
+      testers.runNixOSTest =
+        args:
+        mkDerivation {
+          name = "vm-test-run-${args.name}";
+          passthru.testArgs = args;
+        };
+
+      llama-cpp = self.callPackage llamaCppPackage { };
+      npmHooks.npmConfigHook = drv "npm-config-hook";
+      nodejs_latest = drv "nodejs-25.2.0";
+    }
+    // lib.genAttrs [
+      "cargo"
+      "clippy"
+      "cmake"
+      "coreutils"
+      "curl"
+      "installShellFiles"
+      "makeWrapper"
+      "ninja"
+      "nixfmt"
+      "nixfmt-tree"
+      "pkg-config"
+      "rust-analyzer"
+      "rustc"
+      "rustfmt"
+    ] drv;
+in
+lib.fix (lib.foldl' (acc: overlay: lib.extends overlay acc) base overlays)
