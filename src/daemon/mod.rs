@@ -248,7 +248,12 @@ impl Daemon {
             }
         };
         if self.applied.as_ref() == Some(&desired) {
+            // Nothing to do, but a valid spec clears an earlier error.
             tracing::debug!("spec saved without changes");
+            if self.info.last_reload.as_ref().is_some_and(|r| !r.ok) {
+                self.info.last_reload = Some(ReloadReport { ok: true, at: SystemTime::now(), errors: vec![], actions: vec![] });
+                self.info_tx.send_replace(self.info.clone());
+            }
             return;
         }
         if desired.listen != self.info.listen || desired.control != self.info.control {

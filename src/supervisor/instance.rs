@@ -401,6 +401,10 @@ impl Owner {
             Event::Exited { generation, status } => self.on_exited(generation, status),
             Event::Retired { generation, pid, outcome, drain } => self.on_retired(generation, pid, outcome, drain),
             Event::Timer { epoch, kind } if epoch == self.timer_epoch => match kind {
+                // A failed process may still be on its way out: wait for it.
+                TimerKind::Retry if matches!(self.state, State::Backoff | State::Failed) && !self.retiring.is_empty() => {
+                    self.start_after_retire = true;
+                }
                 TimerKind::Retry if matches!(self.state, State::Backoff | State::Failed) => self.start(),
                 TimerKind::IdleCheck => self.check_idle(),
                 TimerKind::Retry => {}
@@ -429,10 +433,12 @@ impl Owner {
         }
         let serving = self.current.as_ref().is_some_and(|p| p.ready_after.is_some());
         match self.current.take() {
-            // Still loading the old launch: nobody depends on it.
+            // Still loading the old launch: nobody depends on it. Stop it,
+            // and start the new one once it is reaped (never two at once).
             Some(p) if !serving => {
                 self.retire(p);
-                self.start();
+                self.state = State::Swapping;
+                self.start_after_retire = true;
             }
             Some(p) => match self.spec.config.lifecycle.swap {
                 SwapStrategy::BlueGreen => {

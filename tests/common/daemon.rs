@@ -1,0 +1,240 @@
+//! Running the real `rocm-llm serve` binary against a real llama-server.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The pinned llama-server; the test command builds it and sets the variable.
+pub fn llama_server() -> PathBuf {
+    match std::env::var_os("ROCM_LLM_LLAMA_SERVER") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "ROCM_LLM_LLAMA_SERVER is not set. These tests run the real llama-server: \
+             run `scripts/test.sh`, or `export ROCM_LLM_LLAMA_SERVER=$(scripts/llama-server.sh)`"
+        ),
+    }
+}
+
+pub fn fake_llama_server() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-llama-server.sh")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A daemon in a temporary directory of its own.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub spec: PathBuf,
+    pub control: String,
+    pub listen: String,
+    pub child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes the tiny models `names` (seeded by position) and `models`
+    /// (the `models:` section, indented by two) into a spec, and starts the
+    /// daemon on it.
+    pub fn start(model_files: &[&str], models: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (i, name) in model_files.iter().enumerate() {
+            let path = dir.path().join(format!("{name}.gguf"));
+            rocm_llm::gguf::write_tiny_llama(&path, &rocm_llm::gguf::TinyModel::with_seed(i as u64 + 1, *name)).expect("model");
+        }
+        let listen = format!("127.0.0.1:{}", free_port());
+        let control = format!("127.0.0.1:{}", free_port());
+        let spec = dir.path().join("models.yaml");
+        let mut d = Daemon { dir, spec, control, listen, child: None };
+        d.write_spec(models);
+        d.spawn();
+        d
+    }
+
+    /// The full spec text for a `models:` section.
+    pub fn spec_text(&self, models: &str) -> String {
+        format!(
+            "listen: {}\ncontrol: {}\nllama_server: {}\ndefaults:\n  threads: 1\n  ctx_size: 256\n  parallel: 1\n  stop_grace: 5s\nmodels:\n{models}",
+            self.listen,
+            self.control,
+            llama_server().display()
+        )
+    }
+
+    pub fn write_spec(&self, models: &str) {
+        write_by_rename(&self.spec, &self.spec_text(models));
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("daemon.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_rocm-llm"))
+            .arg("serve")
+            .arg("--spec")
+            .arg(&self.spec)
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .arg("--log")
+            .arg("info,llama_server=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn rocm-llm serve");
+        self.child = Some(child);
+        wait_until(Duration::from_secs(20), "the status API answers", || get(&self.control, "/healthz").ok());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> Value {
+        let body = get(&self.control, "/status").unwrap_or_else(|e| panic!("GET /status: {e}\n{}", self.log()));
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// Waits until `cond` holds for the status, returning that status.
+    pub fn wait_status(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.status();
+            if cond(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; status:\n{s:#}\nlog:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_ready(&self, models: &[&str]) -> Value {
+        self.wait_status(&format!("{models:?} ready"), |s| models.iter().all(|m| s["models"][m]["state"] == "ready"))
+    }
+
+    pub fn pid(status: &Value, model: &str) -> i64 {
+        status["models"][model]["pid"].as_i64().unwrap_or_else(|| panic!("{model} has no pid: {status:#}"))
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("kill").success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
+    /// Waits for the daemon to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "the daemon did not exit within {timeout:?}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Live (not zombie) processes whose command line mentions this
+    /// daemon's directory: its llama-servers.
+    pub fn children(&self) -> Vec<i32> {
+        processes_mentioning(&self.dir.path().display().to_string())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in self.children() {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
+    }
+}
+
+/// Saves the way most editors do: write a temporary file, rename it over.
+pub fn write_by_rename(path: &Path, text: &str) {
+    let tmp = path.with_extension("yaml.tmp~");
+    std::fs::write(&tmp, text).expect("write temp");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// Saves the way some editors do: truncate in place, then write in pieces,
+/// so a reader can see an empty or partial (yet valid) file.
+pub fn write_by_truncate(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(path).expect("open");
+    let (head, tail) = text.split_at(text.len() / 2);
+    f.write_all(head.as_bytes()).expect("write");
+    f.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(20));
+    f.write_all(tail.as_bytes()).expect("write");
+}
+
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    let me = std::process::id() as i32;
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if pid == me {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !cmdline.contains(needle) || !cmdline.contains("llama-server") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        if matches!(state, Some('Z' | 'X') | None) {
+            continue; // dead; only not yet reaped
+        }
+        found.push(pid);
+    }
+    found
+}
+
+pub fn pid_alive(pid: i64) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    matches!(stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()), Some(c) if c != 'Z' && c != 'X')
+}
+
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A plain HTTP/1.0 GET.
+pub fn get(addr: &str, path: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    let (head, body) = out.split_once("\r\n\r\n").ok_or("no body")?;
+    if !(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")) {
+        return Err(head.lines().next().unwrap_or_default().to_owned());
+    }
+    Ok(body.to_owned())
+}

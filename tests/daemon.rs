@@ -1,0 +1,259 @@
+//! The daemon against the real llama-server: the binary, real files, real
+//! signals. The fake llama-server appears only for faults the real one
+//! cannot be made to show (hanging before ready, ignoring SIGTERM).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+
+use std::time::Duration;
+
+use common::daemon::{Daemon, pid_alive, processes_mentioning, wait_until, write_by_rename, write_by_truncate};
+
+const TWO: &str = "  a:\n    model: a.gguf\n  b:\n    model: b.gguf\n    aliases: [bee]\n";
+
+#[test]
+fn starts_every_model_and_the_status_shows_it() {
+    let d = Daemon::start(&["a", "b"], TWO);
+    let s = d.wait_ready(&["a", "b"]);
+    for m in ["a", "b"] {
+        let model = &s["models"][m];
+        assert!(pid_alive(Daemon::pid(&s, m)), "{m} pid is a live process");
+        assert!(model["port"].as_u64().unwrap() > 0);
+        assert_eq!(model["launch_id"].as_str().unwrap().len(), 16);
+        assert!(model["ready_ms"].as_f64().unwrap() > 0.0);
+        assert!(model["started_at"].as_f64().unwrap() > 1.7e9);
+        assert_eq!(model["restarts"], 0);
+        assert!(model["last_error"].is_null());
+        assert!(!model["log"].as_array().unwrap().is_empty(), "last log lines are kept");
+    }
+    assert_eq!(s["models"]["b"]["aliases"][0], "bee");
+    assert_eq!(s["generation"], 1);
+    assert_eq!(s["last_reload"]["ok"], true);
+    assert!(s["spec"].as_str().unwrap().ends_with("models.yaml"));
+    // The child really serves on the port the status names.
+    let port = s["models"]["a"]["port"].as_u64().unwrap();
+    assert!(common::daemon::get(&format!("127.0.0.1:{port}"), "/health").is_ok());
+
+    let metrics = common::daemon::get(&d.control, "/metrics").unwrap();
+    assert!(metrics.contains("rocm_llm_model_up{model=\"a\"} 1"), "{metrics}");
+    assert!(metrics.contains("rocm_llm_model_restarts_total{model=\"b\"} 0"), "{metrics}");
+    assert!(metrics.contains("rocm_llm_reloads_total 1"), "{metrics}");
+    assert!(metrics.contains("rocm_llm_reload_errors_total 0"), "{metrics}");
+    assert!(metrics.contains("rocm_llm_model_ready_seconds{model=\"a\"} 0."), "{metrics}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocm-llm")).args(["status", "--control", &d.control]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(table.starts_with("MODEL  STATE  PID"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("a      ready")), "{table}");
+}
+
+#[test]
+fn rename_save_and_truncate_save_restart_only_the_changed_model() {
+    let d = Daemon::start(&["a", "b"], TWO);
+    let before = d.wait_ready(&["a", "b"]);
+    let (a0, b0) = (Daemon::pid(&before, "a"), Daemon::pid(&before, "b"));
+
+    // Rename-save: b changes.
+    write_by_rename(&d.spec, &d.spec_text("  a:\n    model: a.gguf\n  b:\n    model: b.gguf\n    aliases: [bee]\n    ctx_size: 128\n"));
+    let s = d.wait_status("b restarted", |s| s["generation"] == 2 && s["models"]["b"]["state"] == "ready" && s["models"]["b"]["pid"] != b0);
+    assert_eq!(Daemon::pid(&s, "a"), a0, "a was not touched");
+    assert!(!pid_alive(b0), "the old b is gone");
+    assert_eq!(s["last_reload"]["actions"], serde_json::json!(["restart b"]));
+
+    // Truncate-save in two pieces: a changes. The half-written file is a
+    // valid spec without b; b must not be torn down.
+    let b1 = Daemon::pid(&s, "b");
+    write_by_truncate(&d.spec, &d.spec_text("  a:\n    model: a.gguf\n    ctx_size: 128\n  b:\n    model: b.gguf\n    aliases: [bee]\n    ctx_size: 128\n"));
+    let s = d.wait_status("a restarted", |s| s["generation"] == 3 && s["models"]["a"]["state"] == "ready" && s["models"]["a"]["pid"] != a0);
+    assert_eq!(Daemon::pid(&s, "b"), b1, "b was not touched by the partial file");
+    assert_eq!(s["last_reload"]["actions"], serde_json::json!(["restart a"]));
+    assert_eq!(s["reloads"], 3);
+}
+
+#[test]
+fn an_invalid_edit_changes_nothing_and_the_status_shows_where() {
+    let d = Daemon::start(&["a", "b"], TWO);
+    let before = d.wait_ready(&["a", "b"]);
+    write_by_rename(&d.spec, &d.spec_text("  a:\n    model: a.gguf\n    ctx_size: lots\n"));
+    let s = d.wait_status("the edit rejected", |s| s["last_reload"]["ok"] == false);
+    let errors = s["last_reload"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = errors[0].as_str().unwrap();
+    assert!(e.ends_with("models.yaml:12:15: models.a.ctx_size: expected an integer from 0 to 4194304, found string \"lots\""), "{e}");
+    assert_eq!(s["generation"], 1);
+    assert_eq!(s["reload_errors"], 1);
+    for m in ["a", "b"] {
+        assert_eq!(s["models"][m]["pid"], before["models"][m]["pid"], "{m} kept running");
+        assert_eq!(s["models"][m]["state"], "ready");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocm-llm")).args(["status", "--control", &d.control]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "status exits 1 while the last edit is rejected");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("REJECTED"));
+
+    // A deleted spec changes nothing either, and is reported.
+    std::fs::remove_file(&d.spec).unwrap();
+    let s = d.wait_status("the deletion reported", |s| s["reload_errors"] == 2);
+    assert!(s["last_reload"]["errors"][0].as_str().unwrap().contains("the spec file is gone"));
+    assert_eq!(s["models"]["b"]["pid"], before["models"]["b"]["pid"]);
+
+    // The next valid edit clears the error.
+    d.write_spec(TWO);
+    let s = d.wait_status("recovered", |s| s["last_reload"]["ok"] == true);
+    assert_eq!(s["models"]["a"]["pid"], before["models"]["a"]["pid"], "the same spec again restarts nothing");
+}
+
+#[test]
+fn a_child_killed_with_sigkill_is_restarted() {
+    let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
+    let s = d.wait_ready(&["a"]);
+    let pid = Daemon::pid(&s, "a");
+    assert!(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    let s = d.wait_status("a restarted", |s| s["models"]["a"]["state"] == "ready" && s["models"]["a"]["pid"] != pid);
+    assert_eq!(s["models"]["a"]["restarts"], 1);
+    assert!(s["models"]["a"]["last_error"].is_null(), "a healthy restart clears the error");
+    wait_until(Duration::from_secs(5), "the crash is logged", || d.log().contains("exited unexpectedly").then_some(()));
+}
+
+#[test]
+fn a_child_that_never_becomes_ready_times_out_fails_and_backs_off() {
+    // The spec names one binary for all models, so a wrapper picks the
+    // fake for the model that sets FAKE_LLAMA_MODE and the real one otherwise.
+    let fake = common::daemon::fake_llama_server();
+    let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
+    let wrapper = d.dir.path().join("llama-server-or-fake");
+    std::fs::write(&wrapper, format!(
+        "#!/bin/sh\nif [ -n \"$FAKE_LLAMA_MODE\" ]; then exec {} \"$@\"; fi\nexec {} \"$@\"\n",
+        fake.display(), common::daemon::llama_server().display()
+    )).unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&wrapper).status().unwrap();
+    let spec = d.spec_text("  a:\n    model: a.gguf\n  stuck:\n    model: a.gguf\n    ready_timeout: 1s\n    env: {FAKE_LLAMA_MODE: hang}\n")
+        .replace(&format!("llama_server: {}", common::daemon::llama_server().display()), &format!("llama_server: {}", wrapper.display()));
+    write_by_rename(&d.spec, &spec);
+    // First a timeout and a backoff...
+    let s = d.wait_status("stuck backing off", |s| s["models"]["stuck"]["state"] == "backoff");
+    let e = s["models"]["stuck"]["last_error"].as_str().unwrap();
+    assert!(e.contains("not ready within 1s"), "{e}");
+    // ...then, after repeated failures, `failed` (the default policy: 5 in a row).
+    let s = d.wait_status("stuck failed", |s| s["models"]["stuck"]["state"] == "failed");
+    assert!(s["models"]["stuck"]["restarts"].as_u64().unwrap() >= 5);
+    // a was restarted by the binary change but is otherwise unaffected.
+    assert_eq!(s["models"]["a"]["state"], "ready");
+}
+
+#[test]
+fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
+    d.wait_ready(&["a"]);
+    let fake = common::daemon::fake_llama_server();
+    let spec = d
+        .spec_text("  a:\n    model: a.gguf\n    stop_grace: 1s\n    ready_timeout: 1h\n")
+        .replace(&format!("llama_server: {}", common::daemon::llama_server().display()), &format!("llama_server: {}", fake.display()))
+        .replace("  threads: 1\n", "  threads: 1\n  env: {FAKE_LLAMA_MODE: ignore-term}\n");
+    write_by_rename(&d.spec, &spec);
+    let s = d.wait_status("the stubborn fake starting", |s| s["models"]["a"]["state"] == "starting" && s["generation"] == 2);
+    let stubborn = Daemon::pid(&s, "a");
+    // Remove it: SIGTERM is ignored, so SIGKILL must follow after 1 s.
+    write_by_rename(&d.spec, &d.spec_text("  b:\n    model: a.gguf\n"));
+    wait_until(Duration::from_secs(15), "the stubborn process is gone", || (!pid_alive(stubborn)).then_some(()));
+    wait_until(Duration::from_secs(15), "the daemon reports the SIGKILL", || d.log().contains("ignored SIGTERM").then_some(()));
+}
+
+#[test]
+fn sigterm_to_the_daemon_leaves_no_llama_server_behind() {
+    let mut d = Daemon::start(&["a", "b"], TWO);
+    let s = d.wait_ready(&["a", "b"]);
+    let pids = [Daemon::pid(&s, "a"), Daemon::pid(&s, "b")];
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0), "exits 0 after a graceful stop");
+    for pid in pids {
+        assert!(!pid_alive(pid), "llama-server {pid} outlived the daemon");
+    }
+    assert!(d.children().is_empty(), "{:?}", d.children());
+}
+
+#[test]
+fn sigkill_to_the_daemon_leaves_nothing_and_the_next_start_cleans_up() {
+    let mut d = Daemon::start(&["a", "b"], TWO);
+    let s = d.wait_ready(&["a", "b"]);
+    let pids = [Daemon::pid(&s, "a"), Daemon::pid(&s, "b")];
+    d.signal("KILL");
+    d.wait_exit(Duration::from_secs(5));
+    // The parent-death signal stops the children.
+    wait_until(Duration::from_secs(2), "no llama-server is left within 2 s", || d.children().is_empty().then_some(()));
+    for pid in pids {
+        assert!(!pid_alive(pid));
+    }
+    // The next run finds the stale state file, cleans up nothing (all gone)
+    // and serves again.
+    d.spawn();
+    let s = d.wait_ready(&["a", "b"]);
+    assert!(!pids.contains(&Daemon::pid(&s, "a")));
+    assert_eq!(d.children().len(), 2);
+}
+
+#[test]
+fn a_leftover_from_a_crashed_run_is_stopped_at_the_next_start() {
+    // Simulate a crash that the parent-death signal could not cover: a
+    // recorded llama-server whose daemon is gone. Start one by hand, record
+    // it in the state file, and start the daemon.
+    let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
+    d.wait_ready(&["a"]);
+    let mut d = d;
+    d.signal("TERM");
+    d.wait_exit(Duration::from_secs(30));
+    let port = common::daemon::free_port();
+    let mut orphan = std::process::Command::new(common::daemon::llama_server())
+        .args(["--model", &d.dir.path().join("a.gguf").display().to_string(), "--port", &port.to_string(), "--threads", "1", "-c", "256"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = orphan.id() as i32;
+    let start_time = rocm_llm::supervisor::process::process_start_time(pid).unwrap();
+    let state = rocm_llm::supervisor::StateFile::new(&d.dir.path().join("state"));
+    state
+        .record(rocm_llm::supervisor::InstanceRecord { model: "a".into(), pid, start_time, launch_id: rocm_llm::plan::LaunchId("x".into()), port })
+        .unwrap();
+    d.spawn();
+    d.wait_ready(&["a"]);
+    wait_until(Duration::from_secs(10), "the orphan is reaped", || orphan.try_wait().unwrap().map(|_| ()));
+    assert!(d.log().contains("an earlier run left llama-server behind"), "{}", d.log());
+    assert_eq!(d.children().len(), 1, "only the daemon's own instance runs");
+}
+
+#[test]
+fn fifty_rapid_edits_converge_to_the_last_with_never_two_instances_of_a_model() {
+    let d = Daemon::start(&["a", "b"], TWO);
+    d.wait_ready(&["a", "b"]);
+    let a_model = d.dir.path().join("a.gguf").display().to_string();
+    let b_model = d.dir.path().join("b.gguf").display().to_string();
+    let mut worst = 0;
+    for i in 0..50 {
+        let ctx = 64 + (i % 7) * 16;
+        write_by_rename(&d.spec, &d.spec_text(&format!("  a:\n    model: a.gguf\n    ctx_size: {ctx}\n  b:\n    model: b.gguf\n    aliases: [bee]\n")));
+        for model in [&a_model, &b_model] {
+            worst = worst.max(processes_mentioning(model).len());
+        }
+        // Some edits land within one debounce window, some apart.
+        std::thread::sleep(Duration::from_millis(5 + (i as u64 % 5) * 40));
+    }
+    let last_ctx = 64 + (49 % 7) * 16;
+    let has_last = |pid: i64| {
+        let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ");
+        cmdline.contains(&format!("--ctx-size {last_ctx} "))
+    };
+    let s = d.wait_status("converged on the last edit", |s| {
+        s["models"]["a"]["state"] == "ready" && s["models"]["a"]["pid"].as_i64().is_some_and(has_last)
+    });
+    assert!(s["generation"].as_u64().unwrap() > 2, "edits were applied along the way: {s:#}");
+    for model in [&a_model, &b_model] {
+        assert_eq!(processes_mentioning(model).len(), 1);
+    }
+    assert!(worst <= 1, "saw {worst} llama-servers for one model at once");
+    assert_eq!(processes_mentioning(&b_model).len(), 1);
+}
