@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::{self, ActionKind, Observed};
+use crate::proxy;
 use crate::spec::validate::{self, Context, Disk};
 use crate::spec::{DEFAULT_CONTROL, DEFAULT_LISTEN, Desired};
 use crate::supervisor::{BackoffPolicy, InstanceHandle, InstanceSpec, StateFile, reap_leftovers, start_instance};
@@ -70,6 +71,9 @@ pub struct DaemonInfo {
     pub reload_errors: u64,
     pub listen: SocketAddr,
     pub control: SocketAddr,
+    /// The file holding the API key, if the spec names one (the proxy and
+    /// the status API read it again after every reload).
+    pub api_key_file: Option<PathBuf>,
 }
 
 enum DaemonEvent {
@@ -107,9 +111,9 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
     let state_file = StateFile::new(&options.state_dir);
 
     let first = watch::read_spec(&options.spec_path);
-    let (listen, control) = match &first {
+    let (listen, control, api_key_file) = match &first {
         SpecRead::Text(text) => addresses(text, &options),
-        _ => (default_addr(DEFAULT_LISTEN), default_addr(DEFAULT_CONTROL)),
+        _ => (default_addr(DEFAULT_LISTEN), default_addr(DEFAULT_CONTROL), None),
     };
     let info = DaemonInfo {
         spec: options.spec_path.clone(),
@@ -119,6 +123,7 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
         reload_errors: 0,
         listen,
         control,
+        api_key_file: api_key_file.clone(),
     };
     let (info_tx, info_rx) = tokio::sync::watch::channel(info.clone());
     let (routes_tx, routes_rx) = tokio::sync::watch::channel(Arc::new(Routes::default()));
@@ -127,10 +132,23 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on the control address {control}: {e}"))?;
     tracing::info!("status API on http://{control}");
-    let status_state = status::StatusState { info: info_rx.clone(), routes: routes_rx.clone() };
+    let api_key = proxy::ApiKey::load(api_key_file.as_deref());
+    api_key.follow(info_rx.clone(), shutdown.clone());
+    let proxy_metrics = Arc::new(proxy::ProxyMetrics::default());
+    let status_state = status::StatusState {
+        info: info_rx.clone(),
+        routes: routes_rx.clone(),
+        auth: api_key.clone(),
+        proxy: Arc::clone(&proxy_metrics),
+    };
     tokio::spawn(status::serve(control_listener, status_state, shutdown.clone()));
 
-    // PROXY: the OpenAI-compatible endpoint on `listen` starts here.
+    let proxy_listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (the spec's `listen`): {e}"))?;
+    tracing::info!("OpenAI-compatible endpoint on http://{listen}/v1");
+    let proxy_state = proxy::ProxyState::new(routes_rx.clone(), api_key, proxy_metrics, proxy::ProxyConfig::default(), shutdown.clone());
+    tokio::spawn(proxy::serve(proxy_listener, proxy_state));
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (spec_tx, mut spec_rx) = mpsc::unbounded_channel();
@@ -191,11 +209,11 @@ fn default_addr(text: &str) -> SocketAddr {
 
 /// The listen and control addresses of a spec, even an otherwise invalid
 /// one, so the daemon listens where the user asked.
-fn addresses(text: &str, options: &ServeOptions) -> (SocketAddr, SocketAddr) {
+fn addresses(text: &str, options: &ServeOptions) -> (SocketAddr, SocketAddr, Option<PathBuf>) {
     let ctx = Context { spec_path: &options.spec_path, default_llama_server: options.default_llama_server.clone(), probe: &Disk };
     match validate::load(text, &ctx) {
-        Ok(d) => (d.listen, d.control),
-        Err(_) => (default_addr(DEFAULT_LISTEN), default_addr(DEFAULT_CONTROL)),
+        Ok(d) => (d.listen, d.control, d.api_key_file),
+        Err(_) => (default_addr(DEFAULT_LISTEN), default_addr(DEFAULT_CONTROL), None),
     }
 }
 
@@ -260,6 +278,7 @@ impl Daemon {
             tracing::warn!("listen/control addresses changed in the spec; restart the daemon to move them (still on {} and {})", self.info.listen, self.info.control);
         }
         let actions = self.apply(&desired);
+        self.info.api_key_file = desired.api_key_file.clone();
         self.applied = Some(desired);
         self.info.generation += 1;
         self.info.reloads += 1;

@@ -23,6 +23,10 @@ use crate::supervisor::Snapshot;
 pub struct StatusState {
     pub info: tokio::sync::watch::Receiver<DaemonInfo>,
     pub routes: tokio::sync::watch::Receiver<Arc<Routes>>,
+    /// The API key every route but `/healthz` needs (when the spec sets one).
+    pub auth: crate::proxy::ApiKey,
+    /// The proxy's per-model series, appended to `/metrics`.
+    pub proxy: Arc<crate::proxy::ProxyMetrics>,
 }
 
 /// One model in `GET /status`.
@@ -114,6 +118,7 @@ pub fn metrics(state: &StatusState) -> String {
     family("rocm_llm_reloads_total", "counter", "Spec versions applied.", vec![(String::new(), info.reloads.to_string())]);
     family("rocm_llm_reload_errors_total", "counter", "Spec reloads rejected (invalid, unreadable or deleted).", vec![(String::new(), info.reload_errors.to_string())]);
     family("rocm_llm_spec_generation", "gauge", "The applied spec generation.", vec![(String::new(), info.generation.to_string())]);
+    out.push_str(&state.proxy.render());
     out
 }
 
@@ -131,6 +136,17 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
 }
 
 async fn handle(state: StatusState, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() != "/healthz" {
+        match state.auth.check(req.headers()) {
+            Ok(()) => {}
+            Err(crate::proxy::AuthError::Unauthorized) => {
+                let mut r = respond(StatusCode::UNAUTHORIZED, "text/plain", "missing or wrong API key: send `Authorization: Bearer <key>`\n".into());
+                r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
+                return Ok(r);
+            }
+            Err(crate::proxy::AuthError::Unavailable(reason)) => return Ok(respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{reason}\n"))),
+        }
+    }
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/status") => match serde_json::to_string_pretty(&report(&state)) {

@@ -1,1 +1,511 @@
-//! See the crate docs.
+//! The OpenAI-compatible endpoint on the spec's `listen` address: one URL in
+//! front of every model's llama-server.
+//!
+//! A request is routed by the `model` of its JSON body (a name or an alias;
+//! `?model=` for llama.cpp's GET routes; `/upstream/{model}/…` for anything
+//! else). The proxy then waits for a serving instance
+//! ([`InstanceHandle::acquire`](crate::supervisor::InstanceHandle::acquire):
+//! bounded by the model's `queue_length` and `wait_timeout`, starting an
+//! on-demand model) and forwards the request over a pooled keep-alive
+//! connection to the instance's loopback port. The response streams back
+//! frame by frame; the instance's [`Lease`](crate::supervisor::Lease) is held
+//! until the last byte is sent or the client leaves, so a hot-swap drains
+//! the request instead of cutting it. A client that leaves drops the upstream
+//! connection, and llama-server cancels the generation.
+//!
+//! See `docs/proxy.md`.
+
+// Early answers travel as `Err(Response)`: built once per failed request.
+#![allow(clippy::result_large_err)]
+
+pub mod auth;
+pub mod body;
+pub mod metrics;
+pub mod route;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{ApiKey, AuthError};
+use body::{Hold, ProxyBody, UpstreamBody, json_response, openai_error, unavailable};
+pub use metrics::ProxyMetrics;
+use route::Route;
+
+use crate::daemon::routes::{RouteEntry, Routes, SharedRoutes};
+use crate::supervisor::{AcquireError, InstanceHandle, Lease, State};
+
+/// Bounds on what clients send. Responses are not bounded: long streams
+/// are normal LLM traffic.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Largest request body; beyond it, 413.
+    pub max_body: usize,
+    /// How long a request body may take to arrive; beyond it, 408.
+    pub body_timeout: Duration,
+    /// How long a client may take to send a request's headers (also the
+    /// idle limit of a kept-alive connection between requests).
+    pub header_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig { max_body: 32 << 20, body_timeout: Duration::from_secs(60), header_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// Everything a request needs. Cheap to clone.
+#[derive(Clone)]
+pub struct ProxyState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    routes: SharedRoutes,
+    auth: ApiKey,
+    metrics: Arc<ProxyMetrics>,
+    config: ProxyConfig,
+    client: Client<HttpConnector, Full<Bytes>>,
+    shutdown: CancellationToken,
+    started: SystemTime,
+}
+
+impl ProxyState {
+    pub fn new(routes: SharedRoutes, auth: ApiKey, metrics: Arc<ProxyMetrics>, config: ProxyConfig, shutdown: CancellationToken) -> ProxyState {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            // llama-server (cpp-httplib) closes idle keep-alive connections
+            // after 5 s; give ours up first so a request never races a close.
+            .pool_idle_timeout(Duration::from_secs(4))
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        ProxyState { inner: Arc::new(Shared { routes, auth, metrics, config, client, shutdown, started: SystemTime::now() }) }
+    }
+}
+
+/// Serves the endpoint on `listener` until `shutdown`. Connections already
+/// open keep being served (their requests finish) while the daemon drains.
+pub async fn serve(listener: TcpListener, state: ProxyState) {
+    let shutdown = state.inner.shutdown.clone();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!("proxy accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let header_timeout = state.inner.config.header_timeout;
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state.inner, req).await) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+async fn handle(state: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+    let received = Instant::now();
+    let route = route::classify(req.method(), req.uri().path());
+    if route == Route::Health {
+        return json_response(StatusCode::OK, &json!({"status": "ok"}));
+    }
+    if let Err(e) = state.auth.check(req.headers()) {
+        let response = match e {
+            AuthError::Unauthorized => {
+                let mut r = openai_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_request_error",
+                    "invalid_api_key",
+                    None,
+                    "missing or wrong API key: send it as `Authorization: Bearer <key>` (the key is in the file the spec's api_key_file names)",
+                );
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r
+            }
+            AuthError::Unavailable(reason) => unavailable("api_key_unavailable", 5, format!("the endpoint cannot check API keys: {reason}")),
+        };
+        state.metrics.count_unrouted(response.status().as_u16());
+        return response;
+    }
+    let response = match route {
+        Route::Health => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        Route::ListModels => list_models(state),
+        Route::GetModel(id) => get_model(state, &id),
+        Route::WrongMethod(allowed) => {
+            let mut r = openai_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "method_not_allowed",
+                None,
+                format!("{} {} is not served; use {allowed}", req.method(), req.uri().path()),
+            );
+            if let Ok(v) = HeaderValue::from_str(allowed) {
+                r.headers_mut().insert(header::ALLOW, v);
+            }
+            r
+        }
+        Route::NotFound => openai_error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_url",
+            None,
+            format!(
+                "unknown route {} {}: try POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, GET /v1/models, or /upstream/{{model}}/<path> for any other llama-server route",
+                req.method(),
+                req.uri().path()
+            ),
+        ),
+        Route::ByBody | Route::ByQuery | Route::Upstream { .. } => return proxy(state, req, route, received).await,
+    };
+    state.metrics.count_unrouted(response.status().as_u16());
+    response
+}
+
+/// `GET /v1/models`: every name and alias, in OpenAI's list format, with
+/// each model's state (`ready`, `idle`, `starting`, …) as an extra field.
+fn list_models(state: &Shared) -> Response<ProxyBody> {
+    let routes = state.routes.borrow().clone();
+    let mut data = Vec::new();
+    for (name, entry) in &routes.models {
+        data.push(model_object(state, &routes, name, name, entry));
+        for alias in &entry.aliases {
+            data.push(model_object(state, &routes, alias, name, entry));
+        }
+    }
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+fn get_model(state: &Shared, id: &str) -> Response<ProxyBody> {
+    let routes = state.routes.borrow().clone();
+    match routes.ids.get(id).and_then(|name| routes.models.get(name).map(|e| (name, e))) {
+        Some((name, entry)) => json_response(StatusCode::OK, &model_object(state, &routes, id, name, entry)),
+        None => unknown_model(&routes, id),
+    }
+}
+
+fn model_object(state: &Shared, routes: &Routes, id: &str, name: &str, entry: &RouteEntry) -> serde_json::Value {
+    let snap = entry.handle.snapshot();
+    let created = snap.started_at.unwrap_or(state.started).duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut o = json!({
+        "id": id,
+        "object": "model",
+        "created": created,
+        "owned_by": "rocm-llm",
+        "state": snap.state.as_str(),
+        "on_demand": entry.on_demand,
+        "default": routes.default.as_deref() == Some(name),
+    });
+    if id == name {
+        o["aliases"] = json!(entry.aliases);
+    } else {
+        o["alias_of"] = json!(name);
+    }
+    if let Some(e) = snap.last_error.filter(|_| matches!(snap.state, State::Failed | State::Backoff)) {
+        o["last_error"] = json!(e);
+    }
+    o
+}
+
+fn unknown_model(routes: &Routes, id: &str) -> Response<ProxyBody> {
+    let ids = routes.all_ids();
+    let message = if ids.is_empty() {
+        format!("the model `{id}` does not exist: no models are being served (is the spec valid? see the status API)")
+    } else {
+        format!("the model `{id}` does not exist; available models: {}", ids.join(", "))
+    };
+    openai_error(StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found", Some("model"), message)
+}
+
+/// Reads the whole request body, within the size and time bounds.
+async fn read_body(state: &Shared, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Response<ProxyBody>> {
+    let max = state.config.max_body;
+    let too_large = || {
+        openai_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            None,
+            format!("the request body is larger than the limit of {} MiB", max >> 20),
+        )
+    };
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && len > max as u64
+    {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(state.config.body_timeout, Limited::new(body, max).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "bad_body", None, format!("could not read the request body: {e}"))),
+        Err(_) => Err(openai_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            None,
+            format!("the request body did not arrive within {:?}", state.config.body_timeout),
+        )),
+    }
+}
+
+enum Pick {
+    Id(String),
+    Fallback,
+}
+
+/// The model entry for a request, or the answer explaining why there is none.
+fn resolve(state: &Shared, pick: &Pick) -> Result<RouteEntry, Response<ProxyBody>> {
+    let routes = state.routes.borrow().clone();
+    let found = match pick {
+        Pick::Id(id) => routes.lookup(id).ok_or_else(|| unknown_model(&routes, id)),
+        Pick::Fallback => routes.fallback().ok_or_else(|| {
+            let ids = routes.all_ids();
+            if routes.models.is_empty() {
+                unavailable("no_models", 5, "no models are being served (is the spec valid? see the status API)")
+            } else {
+                openai_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "model_required",
+                    Some("model"),
+                    format!(
+                        "this request names no model and {} models are served with none marked `default: true`: set \"model\" to one of: {} (or mark one model `default: true` in the spec)",
+                        routes.models.len(),
+                        ids.join(", ")
+                    ),
+                )
+            }
+        }),
+    };
+    found.cloned().map_err(|r| {
+        if state.shutdown.is_cancelled() {
+            unavailable("shutting_down", 5, "rocm-llm is shutting down")
+        } else {
+            r
+        }
+    })
+}
+
+fn acquire_error(e: &AcquireError) -> Response<ProxyBody> {
+    match e {
+        AcquireError::QueueFull { .. } => unavailable("queue_full", 2, e.to_string()),
+        AcquireError::Timeout { .. } => unavailable("model_loading", 5, format!("{e}; it is still loading, try again")),
+        AcquireError::Failed { .. } => unavailable("model_failed", 30, e.to_string()),
+        AcquireError::Gone { .. } => unavailable("model_unavailable", 1, format!("{e} or is being replaced; try again")),
+    }
+}
+
+/// Waits for a serving instance of `pick`'s model. A model that went away
+/// during a reload is looked up again once (it may have a new owner).
+async fn lease(state: &Shared, pick: &Pick, mut entry: RouteEntry) -> Result<(InstanceHandle, Lease, Duration), Response<ProxyBody>> {
+    let start = Instant::now();
+    let mut again = true;
+    loop {
+        match entry.handle.acquire().await {
+            Ok(lease) => return Ok((entry.handle, lease, start.elapsed())),
+            Err(AcquireError::Gone { .. }) if again => {
+                again = false;
+                entry = resolve(state, pick)?;
+            }
+            Err(e) => return Err(acquire_error(&e)),
+        }
+    }
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes the hop-by-hop headers, including those the `Connection` header
+/// names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove("proxy-connection");
+}
+
+const MODEL_HEADER: HeaderName = HeaderName::from_static("x-rocm-llm-model");
+
+async fn proxy(state: &Shared, req: Request<Incoming>, route: Route, received: Instant) -> Response<ProxyBody> {
+    let (parts, body) = req.into_parts();
+    let body = match read_body(state, &parts.headers, body).await {
+        Ok(b) => b,
+        Err(r) => {
+            state.metrics.count_unrouted(r.status().as_u16());
+            return r;
+        }
+    };
+    let query = parts.uri.query();
+    let (pick, path) = match &route {
+        Route::Upstream { id, rest } => (Pick::Id(id.clone()), format!("/{rest}")),
+        Route::ByQuery => (route::query_model(query).map_or(Pick::Fallback, Pick::Id), parts.uri.path().to_owned()),
+        _ => {
+            let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            match route::body_model(content_type, &body) {
+                Ok(Some(id)) => (Pick::Id(id.into_owned()), parts.uri.path().to_owned()),
+                Ok(None) => (Pick::Fallback, parts.uri.path().to_owned()),
+                Err(e) => {
+                    state.metrics.count_unrouted(400);
+                    return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", None, e.0);
+                }
+            }
+        }
+    };
+    let path_and_query = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove("x-api-key");
+    headers.remove(header::EXPECT);
+
+    // Wait for a serving instance, counted as in flight from here on.
+    let entry = match resolve(state, &pick) {
+        Ok(e) => e,
+        Err(r) => {
+            state.metrics.count_unrouted(r.status().as_u16());
+            return r;
+        }
+    };
+    let model = state.metrics.model(entry.handle.name());
+    let in_flight = model.enter();
+    let (mut handle, mut lease, waited) = match lease(state, &pick, entry).await {
+        Ok(l) => l,
+        Err(r) => {
+            model.count_status(r.status().as_u16());
+            return r;
+        }
+    };
+    model.queue_wait.observe(waited);
+
+    let mut retried = false;
+    let upstream = loop {
+        let uri: Uri = match format!("http://127.0.0.1:{}{path_and_query}", lease.port()).parse() {
+            Ok(u) => u,
+            Err(e) => {
+                model.count_status(400);
+                return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "bad_path", None, format!("cannot forward this path: {e}"));
+            }
+        };
+        let mut up = Request::new(Full::new(body.clone()));
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri;
+        *up.headers_mut() = headers.clone();
+        match state.client.request(up).await {
+            Ok(r) => break r,
+            Err(e) if !retried => {
+                // The instance went away between the lease and the connect
+                // (a crash, or a stop that raced us): once more, on whatever
+                // serves the model now.
+                retried = true;
+                model.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(model = handle.name(), "upstream request failed before any response ({e:?}); retrying once");
+                drop(lease);
+                match lease_on(&handle, state, &pick).await {
+                    Ok((h, l)) => {
+                        handle = h;
+                        lease = l;
+                    }
+                    Err(r) => {
+                        model.count_status(r.status().as_u16());
+                        return r;
+                    }
+                }
+            }
+            Err(e) => {
+                model.count_status(502);
+                return openai_error(
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    "upstream_unreachable",
+                    None,
+                    format!("model {}'s llama-server did not answer: {e}", handle.name()),
+                );
+            }
+        }
+    };
+
+    let (mut head, incoming) = upstream.into_parts();
+    model.count_status(head.status.as_u16());
+    strip_hop_by_hop(&mut head.headers);
+    if let Ok(v) = HeaderValue::from_str(handle.name()) {
+        head.headers.insert(MODEL_HEADER, v);
+    }
+    let hold = Hold { lease, in_flight, metrics: Arc::clone(&model), received };
+    Response::from_parts(head, ProxyBody::Upstream(UpstreamBody::new(incoming, hold)))
+}
+
+/// A fresh lease for the retry: the same owner if it still serves the
+/// model, else whatever the routes say now.
+async fn lease_on(handle: &InstanceHandle, state: &Shared, pick: &Pick) -> Result<(InstanceHandle, Lease), Response<ProxyBody>> {
+    match handle.acquire().await {
+        Ok(l) => Ok((handle.clone(), l)),
+        Err(AcquireError::Gone { .. }) => lease(state, pick, resolve(state, pick)?).await.map(|(h, l, _)| (h, l)),
+        Err(e) => Err(acquire_error(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_headers_and_those_connection_names() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+}
