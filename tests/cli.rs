@@ -63,7 +63,7 @@ fn plan_prints_the_exact_command_line_and_environment() {
     let spec = dir.path().join("models.yaml");
     std::fs::write(
         &spec,
-        "llama_server: /opt/llama/bin/llama-server\nmodels:\n  tiny:\n    model: tiny.gguf\n    ctx_size: 512\n    flash_attn: on\n    env: {HSA_OVERRIDE_GFX_VERSION: \"11.0.1\"}\n    extra_args: [--top-k, \"40\"]\n",
+        "llama_server: /opt/llama/bin/llama-server\ncontrol: 127.0.0.1:1\nmodels:\n  tiny:\n    model: tiny.gguf\n    ctx_size: 512\n    flash_attn: on\n    env: {HSA_OVERRIDE_GFX_VERSION: \"11.0.1\"}\n    extra_args: [--top-k, \"40\"]\n",
     )
     .expect("write");
     let out = rocm_llm().arg("plan").arg(&spec).output().expect("run");
@@ -76,6 +76,7 @@ fn plan_prints_the_exact_command_line_and_environment() {
     );
     assert!(stdout.contains(&expected), "expected:\n{expected}\nin:\n{stdout}");
     assert!(stdout.contains("#   start tiny"), "{stdout}");
+    assert!(stdout.contains("no daemon answers at 127.0.0.1:1"), "{stdout}");
 }
 
 #[test]

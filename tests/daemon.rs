@@ -257,3 +257,58 @@ fn fifty_rapid_edits_converge_to_the_last_with_never_two_instances_of_a_model() 
     assert!(worst <= 1, "saw {worst} llama-servers for one model at once");
     assert_eq!(processes_mentioning(&b_model).len(), 1);
 }
+
+#[test]
+fn systemd_hears_ready_reloading_and_stopping_and_sighup_reloads() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    with_notifying_daemon(&socket_path, |mut d| {
+        let recv = || {
+            let mut buf = [0u8; 4096];
+            let n = socket.recv(&mut buf).expect("a notification");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        let first = recv();
+        assert!(first.contains("READY=1"), "{first}");
+        let before = d.wait_ready(&["a"]);
+        // An edit that the watcher cannot see (same path, SIGHUP instead).
+        d.signal("HUP");
+        let reloading = recv();
+        assert!(reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="), "{reloading}");
+        let ready = recv();
+        assert!(ready.contains("READY=1"), "{ready}");
+        let after = d.status();
+        assert_eq!(after["models"]["a"]["pid"], before["models"]["a"]["pid"], "an unchanged spec restarts nothing");
+        d.signal("TERM");
+        let stopping = recv();
+        assert!(stopping.contains("STOPPING=1"), "{stopping}");
+        assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
+    });
+}
+
+/// Starts a daemon whose environment has NOTIFY_SOCKET, without touching
+/// this test process's environment.
+fn with_notifying_daemon(socket: &std::path::Path, f: impl FnOnce(Daemon)) {
+    let d = Daemon::start_with_env(&["a"], "  a:\n    model: a.gguf\n", &[("NOTIFY_SOCKET", socket.as_os_str())]);
+    f(d);
+}
+
+#[test]
+fn plan_shows_the_diff_against_the_running_daemon() {
+    let d = Daemon::start(&["a", "b"], TWO);
+    d.wait_ready(&["a", "b"]);
+    let plan = |text: &str| {
+        let file = d.dir.path().join("candidate.yaml");
+        std::fs::write(&file, d.spec_text(text)).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocm-llm")).arg("plan").arg(&file).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let same = plan(TWO);
+    assert!(same.contains(&format!("# against the daemon at {} (spec generation 1):\n#   nothing to do\n", d.control)), "{same}");
+    let changed = plan("  a:\n    model: a.gguf\n    ctx_size: 128\n  c:\n    model: b.gguf\n");
+    assert!(changed.contains("#   stop b\n#   restart a\n#   start c\n"), "{changed}");
+}

@@ -173,6 +173,7 @@ fn plan_file(file: &Path) -> ExitCode {
         Err(e) => return ExitCode::from(report(&e)),
     };
     print!("{}", render_plan(&desired));
+    print!("{}", render_diff(&desired));
     ExitCode::SUCCESS
 }
 
@@ -194,12 +195,33 @@ pub fn render_plan(desired: &Desired) -> String {
         out.push_str(&launch.shell_line());
         out.push_str(" --host 127.0.0.1 --port <chosen at start>\n\n");
     }
-    let actions = plan::plan(desired, &Default::default());
-    if !actions.is_empty() {
-        out.push_str("# from nothing running, the daemon would:\n");
-        for a in actions {
-            out.push_str(&format!("#   {a}\n"));
+    out
+}
+
+/// What the running daemon (if one answers on the spec's control address)
+/// would do with this spec, or what a fresh daemon would.
+pub fn render_diff(desired: &Desired) -> String {
+    let control = desired.control.to_string();
+    let (observed, header) = match status::get(&control, "/status").ok().and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok()) {
+        Some(status) => {
+            let observed: plan::Observed = status["models"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(name, m)| Some((name.clone(), plan::LaunchId(m["launch_id"].as_str()?.to_owned()))))
+                .collect();
+            let generation = status["generation"].as_u64().unwrap_or(0);
+            (observed, format!("# against the daemon at {control} (spec generation {generation}):\n"))
         }
+        None => (plan::Observed::new(), format!("# no daemon answers at {control}; from nothing running, the daemon would:\n")),
+    };
+    let mut out = header;
+    let actions = plan::plan(desired, &observed);
+    if plan::is_noop(&actions) {
+        out.push_str("#   nothing to do\n");
+    }
+    for a in actions {
+        out.push_str(&format!("#   {a}\n"));
     }
     out
 }

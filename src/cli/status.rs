@@ -8,10 +8,12 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 /// A plain HTTP/1.0 GET: the CLI needs no async runtime for one request.
-fn get(control: &str, path: &str) -> Result<String, String> {
+pub fn get(control: &str, path: &str) -> Result<String, String> {
     let mut stream = TcpStream::connect(control).map_err(|e| format!("cannot reach the daemon at {control}: {e} (is `rocm-llm serve` running?)"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {control}\r\n\r\n").map_err(|e| e.to_string())?;
+    let key = std::env::var("ROCM_LLM_API_KEY").ok().filter(|k| !k.is_empty());
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {control}\r\n{auth}\r\n").map_err(|e| e.to_string())?;
     let mut response = String::new();
     stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
     let (head, body) = response.split_once("\r\n\r\n").ok_or("malformed response from the daemon")?;

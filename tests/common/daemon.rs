@@ -34,6 +34,7 @@ pub struct Daemon {
     pub control: String,
     pub listen: String,
     pub child: Option<Child>,
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 impl Daemon {
@@ -41,6 +42,10 @@ impl Daemon {
     /// (the `models:` section, indented by two) into a spec, and starts the
     /// daemon on it.
     pub fn start(model_files: &[&str], models: &str) -> Daemon {
+        Daemon::start_with_env(model_files, models, &[])
+    }
+
+    pub fn start_with_env(model_files: &[&str], models: &str, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         for (i, name) in model_files.iter().enumerate() {
             let path = dir.path().join(format!("{name}.gguf"));
@@ -49,7 +54,7 @@ impl Daemon {
         let listen = format!("127.0.0.1:{}", free_port());
         let control = format!("127.0.0.1:{}", free_port());
         let spec = dir.path().join("models.yaml");
-        let mut d = Daemon { dir, spec, control, listen, child: None };
+        let mut d = Daemon { dir, spec, control, listen, child: None, env: env.iter().map(|(k, v)| (k.to_string(), v.to_os_string())).collect() };
         d.write_spec(models);
         d.spawn();
         d
@@ -79,6 +84,7 @@ impl Daemon {
             .arg(self.dir.path().join("state"))
             .arg("--log")
             .arg("info,llama_server=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
