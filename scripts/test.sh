@@ -176,15 +176,25 @@ runner_log="$logs/tests.log"
 if cargo nextest --version >/dev/null 2>&1; then
   runner=nextest
   profile=${NEXTEST_PROFILE:-$([ -n "${CI:-}" ] && echo ci || echo default)}
-  begin "tests: cargo nextest run --profile $profile"
-  cargo nextest run --profile "$profile" --no-fail-fast --color "$color" "$@" 2>&1 | tee "$runner_log"
-  tests_rc=${PIPESTATUS[0]}
+  run_tests() { cargo nextest run --profile "$profile" --no-fail-fast "$@"; }
 else
   runner="cargo test"
-  begin "tests: cargo test (cargo-nextest is not installed: cargo install --locked cargo-nextest)"
-  cargo test --no-fail-fast --color "$color" "$@" 2>&1 | tee "$runner_log"
-  tests_rc=${PIPESTATUS[0]}
+  say "cargo-nextest is not installed: using cargo test (cargo install --locked cargo-nextest)"
+  run_tests() { cargo test --no-fail-fast "$@"; }
 fi
+
+# Compile first, into a log, so that the runner's output is only the tests.
+begin "build the tests"
+if run_tests --no-run "$@" >"$logs/build-tests.log" 2>&1; then
+  record PASS build-tests ""
+else
+  grep -vE '^ *(Compiling|Checking|Finished|Blocking|Updating|Downloading|Downloaded|Locking|Adding|Executable) ' "$logs/build-tests.log" | head -150 | indent
+  record FAIL build-tests "see above (all of it in $logs/build-tests.log)"
+fi
+
+begin "tests: $runner${profile:+ (profile $profile)}"
+run_tests --color "$color" "$@" 2>&1 | tee "$runner_log"
+tests_rc=${PIPESTATUS[0]}
 strip_ansi() { sed -E 's/\x1b\[[0-9;]*[A-Za-z]//g'; }
 if [ "$runner" = nextest ]; then
   summary=$(strip_ansi <"$runner_log" | sed -n '/^ *Summary \[/,$p')
