@@ -79,6 +79,8 @@ struct Shared {
     metrics: Arc<ProxyMetrics>,
     config: ProxyConfig,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// For the retry: never reuses a connection.
+    fresh: Client<HttpConnector, Full<Bytes>>,
     shutdown: CancellationToken,
     started: SystemTime,
 }
@@ -94,8 +96,9 @@ impl ProxyState {
             .pool_idle_timeout(Duration::from_secs(4))
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(1024)
-            .build(connector);
-        ProxyState { inner: Arc::new(Shared { routes, auth, metrics, config, client, shutdown, started: SystemTime::now() }) }
+            .build(connector.clone());
+        let fresh = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector);
+        ProxyState { inner: Arc::new(Shared { routes, auth, metrics, config, client, fresh, shutdown, started: SystemTime::now() }) }
     }
 }
 
@@ -378,14 +381,17 @@ async fn proxy(state: &Shared, req: Request<Incoming>, route: Route, received: I
         }
     };
     let query = parts.uri.query();
+    let mut stream = false;
     let (pick, path) = match &route {
         Route::Upstream { id, rest } => (Pick::Id(id.clone()), format!("/{rest}")),
         Route::ByQuery => (route::query_model(query).map_or(Pick::Fallback, Pick::Id), parts.uri.path().to_owned()),
         _ => {
             let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-            match route::body_model(content_type, &body) {
-                Ok(Some(id)) => (Pick::Id(id.into_owned()), parts.uri.path().to_owned()),
-                Ok(None) => (Pick::Fallback, parts.uri.path().to_owned()),
+            match route::body_info(content_type, &body) {
+                Ok(info) => {
+                    stream = info.stream;
+                    (info.model.map_or(Pick::Fallback, |m| Pick::Id(m.into_owned())), parts.uri.path().to_owned())
+                }
                 Err(e) => {
                     state.metrics.count_unrouted(400);
                     return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", None, e.0);
@@ -404,6 +410,12 @@ async fn proxy(state: &Shared, req: Request<Incoming>, route: Route, received: I
     headers.remove(header::AUTHORIZATION);
     headers.remove("x-api-key");
     headers.remove(header::EXPECT);
+    if stream {
+        // llama-server (b11434) closes the connection after a streamed
+        // response without saying so; a request sent on it next would fail.
+        // Say it up front so the connection never goes back to the pool.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 
     // Wait for a serving instance, counted as in flight from here on.
     let entry = match resolve(state, &pick) {
@@ -437,15 +449,17 @@ async fn proxy(state: &Shared, req: Request<Incoming>, route: Route, received: I
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = headers.clone();
-        match state.client.request(up).await {
+        let client = if retried { &state.fresh } else { &state.client };
+        match client.request(up).await {
             Ok(r) => break r,
             Err(e) if !retried => {
                 // The instance went away between the lease and the connect
-                // (a crash, or a stop that raced us): once more, on whatever
-                // serves the model now.
+                // (a crash, or a stop that raced us), or closed a kept-alive
+                // connection under us: once more, on a new connection to
+                // whatever serves the model now.
                 retried = true;
                 model.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::debug!(model = handle.name(), "upstream request failed before any response ({e:?}); retrying once");
+                tracing::debug!(model = handle.name(), "upstream request failed before any response ({}); retrying once", chain(&e));
                 drop(lease);
                 match lease_on(&handle, state, &pick).await {
                     Ok((h, l)) => {
@@ -465,7 +479,7 @@ async fn proxy(state: &Shared, req: Request<Incoming>, route: Route, received: I
                     "server_error",
                     "upstream_unreachable",
                     None,
-                    format!("model {}'s llama-server did not answer: {e}", handle.name()),
+                    format!("model {}'s llama-server did not answer: {}", handle.name(), chain(&e)),
                 );
             }
         }
@@ -479,6 +493,18 @@ async fn proxy(state: &Shared, req: Request<Incoming>, route: Route, received: I
     }
     let hold = Hold { lease, in_flight, metrics: Arc::clone(&model), received };
     Response::from_parts(head, ProxyBody::Upstream(UpstreamBody::new(incoming, hold)))
+}
+
+/// An error and its sources, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// A fresh lease for the retry: the same owner if it still serves the

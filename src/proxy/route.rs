@@ -103,18 +103,31 @@ pub struct BadBody(pub String);
 struct ModelField<'a> {
     #[serde(default, borrow)]
     model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<serde_json::Value>,
+}
+
+/// What the proxy reads from a request body.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BodyInfo<'a> {
+    /// The `model` it names, if any.
+    pub model: Option<Cow<'a, str>>,
+    /// `"stream": true`: the response will be server-sent events.
+    pub stream: bool,
 }
 
 /// The `model` of a request body: JSON (the usual case) or a multipart form
-/// (`/v1/audio/transcriptions`). `Ok(None)`: the body names no model.
-pub fn body_model<'a>(content_type: Option<&str>, body: &'a [u8]) -> Result<Option<Cow<'a, str>>, BadBody> {
+/// (`/v1/audio/transcriptions`), and whether it asks for a stream.
+pub fn body_info<'a>(content_type: Option<&str>, body: &'a [u8]) -> Result<BodyInfo<'a>, BadBody> {
     if let Some(ct) = content_type
         && ct.trim_start().to_ascii_lowercase().starts_with("multipart/form-data")
     {
-        return Ok(multipart_model(ct, body).map(Cow::Owned));
+        let model = multipart_model(ct, body);
+        let stream = multipart_field(ct, body, "stream").is_some_and(|v| v.trim() == "true");
+        return Ok(BodyInfo { model: model.map(Cow::Owned), stream });
     }
     let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
-        return Ok(None);
+        return Ok(BodyInfo::default());
     };
     if *first != b'{' {
         return Err(match serde_json::from_slice::<serde_json::Value>(body) {
@@ -123,7 +136,7 @@ pub fn body_model<'a>(content_type: Option<&str>, body: &'a [u8]) -> Result<Opti
         });
     }
     match serde_json::from_slice::<ModelField<'a>>(body) {
-        Ok(f) => Ok(f.model),
+        Ok(f) => Ok(BodyInfo { model: f.model, stream: f.stream.is_some_and(|v| v == serde_json::Value::Bool(true)) }),
         Err(e) if e.classify() == serde_json::error::Category::Data => {
             Err(BadBody(format!("\"model\" must be a string naming a model: {e}")))
         }
@@ -144,6 +157,11 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 
 /// The `model` field of a `multipart/form-data` body.
 fn multipart_model(content_type: &str, body: &[u8]) -> Option<String> {
+    multipart_field(content_type, body, "model")
+}
+
+/// A field of a `multipart/form-data` body.
+fn multipart_field(content_type: &str, body: &[u8], field: &str) -> Option<String> {
     let boundary = content_type.split(';').find_map(|p| {
         let p = p.trim();
         p.strip_prefix("boundary=").map(|b| b.trim_matches('"').to_owned())
@@ -154,7 +172,8 @@ fn multipart_model(content_type: &str, body: &[u8]) -> Option<String> {
         let Some((headers, value)) = part.split_once("\r\n\r\n") else { continue };
         let names_model = headers.lines().any(|l| {
             let l = l.to_ascii_lowercase();
-            l.starts_with("content-disposition:") && (l.contains("name=\"model\"") || l.contains("name=model;") || l.ends_with("name=model"))
+            l.starts_with("content-disposition:")
+                && (l.contains(&format!("name=\"{field}\"")) || l.contains(&format!("name={field};")) || l.ends_with(&format!("name={field}")))
         });
         if names_model {
             return Some(value.strip_suffix("\r\n").unwrap_or(value).to_owned());
@@ -229,19 +248,21 @@ mod tests {
 
     #[test]
     fn reads_the_model_of_json_bodies() {
-        assert_eq!(body_model(None, br#"{"model":"a","messages":[]}"#).unwrap().as_deref(), Some("a"));
-        assert_eq!(body_model(None, br#"{"messages":[{"model":"x"}]}"#).unwrap(), None);
-        assert_eq!(body_model(None, b"  ").unwrap(), None);
-        assert!(body_model(None, br#"{"model":"a""#).unwrap_err().0.contains("not valid JSON"));
-        assert!(body_model(None, br#"[1]"#).unwrap_err().0.contains("an array"));
-        assert!(body_model(None, br#"{"model":3}"#).unwrap_err().0.contains("must be a string"));
-        assert_eq!(body_model(None, br#"{"model":"a\"b"}"#).unwrap().as_deref(), Some("a\"b"));
+        assert_eq!(body_info(None, br#"{"model":"a","messages":[]}"#).unwrap().model.as_deref(), Some("a"));
+        assert!(body_info(None, br#"{"model":"a","stream":true}"#).unwrap().stream);
+        assert!(!body_info(None, br#"{"model":"a","stream":false}"#).unwrap().stream);
+        assert_eq!(body_info(None, br#"{"messages":[{"model":"x"}]}"#).unwrap().model, None);
+        assert_eq!(body_info(None, b"  ").unwrap(), BodyInfo::default());
+        assert!(body_info(None, br#"{"model":"a""#).unwrap_err().0.contains("not valid JSON"));
+        assert!(body_info(None, br#"[1]"#).unwrap_err().0.contains("an array"));
+        assert!(body_info(None, br#"{"model":3}"#).unwrap_err().0.contains("must be a string"));
+        assert_eq!(body_info(None, br#"{"model":"a\"b"}"#).unwrap().model.as_deref(), Some("a\"b"));
     }
 
     #[test]
     fn reads_the_model_of_multipart_forms() {
         let body = b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF\r\n--XYZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XYZ--\r\n";
-        assert_eq!(body_model(Some("multipart/form-data; boundary=XYZ"), body).unwrap().as_deref(), Some("whisper"));
+        assert_eq!(body_info(Some("multipart/form-data; boundary=XYZ"), body).unwrap().model.as_deref(), Some("whisper"));
     }
 
     #[test]
