@@ -46,7 +46,10 @@ async fn one_request(client: &reqwest::Client, base: &str, model: &str) -> Resul
         .await
         .map_err(|e| format!("{model}: send: {e}"))?;
     let status = r.status();
-    let text = r.text().await.map_err(|e| format!("{model}: body ({status}): {e}"))?;
+    let text = r
+        .text()
+        .await
+        .map_err(|e| format!("{model}: body ({status}): {e}"))?;
     if status != reqwest::StatusCode::OK {
         return Err(format!("{model}: {status}: {text}"));
     }
@@ -54,16 +57,27 @@ async fn one_request(client: &reqwest::Client, base: &str, model: &str) -> Resul
 }
 
 async fn load_during_swaps(mode: &str) {
-    let Some(server) = llama_server(&format!("load_during_swaps({mode})")) else { return };
+    let Some(server) = llama_server(&format!("load_during_swaps({mode})")) else {
+        return;
+    };
     let d = Daemon::start(server, &spec(mode, 0)).await;
     d.wait_ready(&["a", "b"]).await;
 
-    let client = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).timeout(Duration::from_secs(120)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
     let tally = Arc::new(Tally::default());
     let done = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for i in 0..CLIENTS {
-        let (client, base, tally, done) = (client.clone(), d.base.clone(), Arc::clone(&tally), Arc::clone(&done));
+        let (client, base, tally, done) = (
+            client.clone(),
+            d.base.clone(),
+            Arc::clone(&tally),
+            Arc::clone(&done),
+        );
         // Half on `a` (by name and by alias), half on `b`.
         let model = ["a", "b", "alpha", "b"][i % 4];
         workers.push(tokio::spawn(async move {
@@ -87,7 +101,10 @@ async fn load_during_swaps(mode: &str) {
     // Let the load build up, then replace `a` again and again under it.
     let start = Instant::now();
     while tally.ok.load(Ordering::Relaxed) < CLIENTS {
-        assert!(start.elapsed() < proxy_support::PATIENCE, "the load never got going");
+        assert!(
+            start.elapsed() < proxy_support::PATIENCE,
+            "the load never got going"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut previous = d.status().await.unwrap()["models"]["a"].clone();
@@ -106,10 +123,17 @@ async fn load_during_swaps(mode: &str) {
         // Traffic flows through the new instance before the next swap.
         let deadline = Instant::now() + proxy_support::PATIENCE;
         while tally.ok_a.load(Ordering::Relaxed) < before + 50 {
-            assert!(Instant::now() < deadline, "no traffic reached a after swap {generation}");
+            assert!(
+                Instant::now() < deadline,
+                "no traffic reached a after swap {generation}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        eprintln!("{mode}: swap {generation} done after {:?}, {} requests ok so far", start.elapsed(), tally.ok.load(Ordering::Relaxed));
+        eprintln!(
+            "{mode}: swap {generation} done after {:?}, {} requests ok so far",
+            start.elapsed(),
+            tally.ok.load(Ordering::Relaxed)
+        );
     }
     done.store(true, Ordering::Relaxed);
     for w in workers {
@@ -128,7 +152,13 @@ async fn load_during_swaps(mode: &str) {
         a["cut"],
         start.elapsed()
     );
-    assert!(failures.is_empty(), "{} of {} requests failed; the first ones:\n{}", failures.len(), ok + failures.len(), failures[..failures.len().min(10)].join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed; the first ones:\n{}",
+        failures.len(),
+        ok + failures.len(),
+        failures[..failures.len().min(10)].join("\n")
+    );
     assert_eq!(a["cut"], 0, "a drain cut requests: {a}");
     assert_eq!(s["models"]["b"]["cut"], 0);
     assert_eq!(a["restarts"], 0, "a swap is not a crash: {a}");

@@ -67,7 +67,8 @@ fn ct_eq(a: &KeyDigest, b: &KeyDigest) -> bool {
 }
 
 fn read_key(path: &Path) -> Result<KeyDigest, String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?;
+    let text = std::fs::read(path)
+        .map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?;
     let key = text.trim_ascii();
     if key.is_empty() {
         return Err(format!("the API key file {} is empty", path.display()));
@@ -78,13 +79,20 @@ fn read_key(path: &Path) -> Result<KeyDigest, String> {
 impl ApiKey {
     /// No key: every request is allowed.
     pub fn disabled() -> ApiKey {
-        ApiKey { state: Arc::new(RwLock::new(KeyState::Open)) }
+        ApiKey {
+            state: Arc::new(RwLock::new(KeyState::Open)),
+        }
     }
 
     /// A key that must be `key` (for tests and embedding).
     pub fn fixed(key: &str) -> ApiKey {
-        let state = KeyState::Key { path: PathBuf::new(), digest: digest(key.trim().as_bytes()) };
-        ApiKey { state: Arc::new(RwLock::new(state)) }
+        let state = KeyState::Key {
+            path: PathBuf::new(),
+            digest: digest(key.trim().as_bytes()),
+        };
+        ApiKey {
+            state: Arc::new(RwLock::new(state)),
+        }
     }
 
     /// Reads `path` now (`None`: no key).
@@ -98,11 +106,16 @@ impl ApiKey {
     /// longer names one). A failed read keeps the previous key of the same
     /// file, so a half-written key file never opens the door.
     pub fn reload(&self, path: Option<&Path>) {
-        let Ok(mut state) = self.state.write() else { return };
+        let Ok(mut state) = self.state.write() else {
+            return;
+        };
         let next = match path {
             None => KeyState::Open,
             Some(path) => match read_key(path) {
-                Ok(digest) => KeyState::Key { path: path.to_owned(), digest },
+                Ok(digest) => KeyState::Key {
+                    path: path.to_owned(),
+                    digest,
+                },
                 Err(reason) => match &*state {
                     KeyState::Key { path: old, .. } if old == path => {
                         tracing::error!("{reason}; keeping the key read before");
@@ -110,15 +123,22 @@ impl ApiKey {
                     }
                     _ => {
                         tracing::error!("{reason}; refusing every request until it can be read");
-                        KeyState::Broken { path: path.to_owned(), reason }
+                        KeyState::Broken {
+                            path: path.to_owned(),
+                            reason,
+                        }
                     }
                 },
             },
         };
         if *state != next {
             match &next {
-                KeyState::Open => tracing::info!("no api_key_file: the endpoint and the status API are open to whoever can reach them"),
-                KeyState::Key { path, .. } => tracing::info!("API key read from {}", path.display()),
+                KeyState::Open => tracing::info!(
+                    "no api_key_file: the endpoint and the status API are open to whoever can reach them"
+                ),
+                KeyState::Key { path, .. } => {
+                    tracing::info!("API key read from {}", path.display())
+                }
                 KeyState::Broken { .. } => {}
             }
         }
@@ -143,7 +163,11 @@ impl ApiKey {
         drop(state);
         let presented = headers
             .get(AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer ").or_else(|| v.as_bytes().strip_prefix(b"bearer ")))
+            .and_then(|v| {
+                v.as_bytes()
+                    .strip_prefix(b"Bearer ")
+                    .or_else(|| v.as_bytes().strip_prefix(b"bearer "))
+            })
             .or_else(|| headers.get("x-api-key").map(|v| v.as_bytes()));
         match presented {
             Some(key) if ct_eq(&digest(key.trim_ascii()), &expected) => Ok(()),
@@ -153,7 +177,11 @@ impl ApiKey {
 
     /// Keeps the key in step with the daemon: reads the key file again after
     /// every reload the daemon publishes, and on SIGHUP.
-    pub fn follow(&self, mut info: tokio::sync::watch::Receiver<crate::daemon::DaemonInfo>, shutdown: CancellationToken) {
+    pub fn follow(
+        &self,
+        mut info: tokio::sync::watch::Receiver<crate::daemon::DaemonInfo>,
+        shutdown: CancellationToken,
+    ) {
         let key = self.clone();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         tokio::spawn(async move {
@@ -184,7 +212,10 @@ mod tests {
 
     fn headers(name: &str, value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+        h.insert(
+            hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
         h
     }
 
@@ -202,11 +233,23 @@ mod tests {
         std::fs::write(&path, "  s3cret\n").unwrap();
         let key = ApiKey::load(Some(&path));
         assert!(key.enabled());
-        assert_eq!(key.check(&headers("authorization", "Bearer s3cret")), Ok(()));
+        assert_eq!(
+            key.check(&headers("authorization", "Bearer s3cret")),
+            Ok(())
+        );
         assert_eq!(key.check(&headers("x-api-key", "s3cret")), Ok(()));
-        assert_eq!(key.check(&headers("authorization", "Bearer s3cre")), Err(AuthError::Unauthorized));
-        assert_eq!(key.check(&headers("authorization", "Bearer s3cret2")), Err(AuthError::Unauthorized));
-        assert_eq!(key.check(&headers("authorization", "Basic s3cret")), Err(AuthError::Unauthorized));
+        assert_eq!(
+            key.check(&headers("authorization", "Bearer s3cre")),
+            Err(AuthError::Unauthorized)
+        );
+        assert_eq!(
+            key.check(&headers("authorization", "Bearer s3cret2")),
+            Err(AuthError::Unauthorized)
+        );
+        assert_eq!(
+            key.check(&headers("authorization", "Basic s3cret")),
+            Err(AuthError::Unauthorized)
+        );
         assert_eq!(key.check(&HeaderMap::new()), Err(AuthError::Unauthorized));
     }
 
@@ -218,14 +261,24 @@ mod tests {
         let key = ApiKey::load(Some(&path));
         std::fs::write(&path, "").unwrap();
         key.reload(Some(&path));
-        assert_eq!(key.check(&headers("authorization", "Bearer one")), Ok(()), "an empty rewrite keeps the old key");
+        assert_eq!(
+            key.check(&headers("authorization", "Bearer one")),
+            Ok(()),
+            "an empty rewrite keeps the old key"
+        );
         std::fs::write(&path, "two").unwrap();
         key.reload(Some(&path));
-        assert_eq!(key.check(&headers("authorization", "Bearer one")), Err(AuthError::Unauthorized));
+        assert_eq!(
+            key.check(&headers("authorization", "Bearer one")),
+            Err(AuthError::Unauthorized)
+        );
         assert_eq!(key.check(&headers("authorization", "Bearer two")), Ok(()));
 
         let missing = ApiKey::load(Some(&dir.path().join("missing")));
-        assert!(matches!(missing.check(&headers("authorization", "Bearer two")), Err(AuthError::Unavailable(_))));
+        assert!(matches!(
+            missing.check(&headers("authorization", "Bearer two")),
+            Err(AuthError::Unavailable(_))
+        ));
         key.reload(None);
         assert_eq!(key.check(&HeaderMap::new()), Ok(()));
     }

@@ -35,7 +35,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream(up) => Pin::new(up).poll_frame(cx),
@@ -51,7 +54,9 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             ProxyBody::Upstream(up) => up.size_hint(),
         }
     }
@@ -81,7 +86,11 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     pub fn new(inner: Incoming, hold: Hold) -> UpstreamBody {
-        UpstreamBody { inner, hold: Some(hold), first_byte: false }
+        UpstreamBody {
+            inner,
+            hold: Some(hold),
+            first_byte: false,
+        }
     }
 
     /// The response is complete (or broke off): let the lease go now.
@@ -99,7 +108,10 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -114,7 +126,9 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 if let Some(hold) = &this.hold {
-                    hold.metrics.upstream_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    hold.metrics
+                        .upstream_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!("upstream response broke off: {e}");
                 }
                 this.finish();
@@ -141,14 +155,22 @@ impl Drop for UpstreamBody {
                 self.finish();
             } else if let Some(hold) = self.hold.take() {
                 // The client went away mid-response.
-                hold.metrics.disconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                hold.metrics
+                    .disconnects
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
 }
 
 /// An error in OpenAI's format: `{"error":{"message","type","param","code"}}`.
-pub fn openai_error(status: StatusCode, kind: &str, code: &str, param: Option<&str>, message: impl Into<String>) -> Response<ProxyBody> {
+pub fn openai_error(
+    status: StatusCode,
+    kind: &str,
+    code: &str,
+    param: Option<&str>,
+    message: impl Into<String>,
+) -> Response<ProxyBody> {
     let body = json!({
         "error": {
             "message": message.into(),
@@ -159,20 +181,33 @@ pub fn openai_error(status: StatusCode, kind: &str, code: &str, param: Option<&s
     });
     let mut r = Response::new(ProxyBody::full(body.to_string()));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
 /// A 503 that tells the client when to try again.
-pub fn unavailable(code: &str, retry_after_secs: u64, message: impl Into<String>) -> Response<ProxyBody> {
-    let mut r = openai_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", code, None, message);
-    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+pub fn unavailable(
+    code: &str,
+    retry_after_secs: u64,
+    message: impl Into<String>,
+) -> Response<ProxyBody> {
+    let mut r = openai_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable_error",
+        code,
+        None,
+        message,
+    );
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
     r
 }
 
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(value.to_string()));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }

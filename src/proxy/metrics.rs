@@ -14,8 +14,10 @@ use std::time::Duration;
 use crate::daemon::status::escape_label;
 
 /// Upper bounds of the histogram buckets, in seconds (then `+Inf`).
-pub const BUCKETS: [f64; 17] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+pub const BUCKETS: [f64; 17] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
 
 /// A Prometheus histogram with fixed buckets.
 #[derive(Debug, Default)]
@@ -29,9 +31,15 @@ pub struct Histogram {
 impl Histogram {
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        let i = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
+        let i = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -47,7 +55,11 @@ impl Histogram {
         }
         cumulative += self.counts[BUCKETS.len()].load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {:.9}", self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9);
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {:.9}",
+            self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+        );
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count());
     }
 }
@@ -88,7 +100,10 @@ impl ModelMetrics {
 
     /// Responses with this status so far.
     pub fn status_count(&self, status: u16) -> u64 {
-        self.statuses.lock().map(|m| m.get(&status).copied().unwrap_or(0)).unwrap_or(0)
+        self.statuses
+            .lock()
+            .map(|m| m.get(&status).copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 }
 
@@ -139,49 +154,92 @@ impl ProxyMetrics {
             Err(_) => Vec::new(),
         };
         models.sort_by(|a, b| a.0.cmp(&b.0));
-        let labels: Vec<String> = models.iter().map(|(name, _)| format!("model=\"{}\"", escape_label(name))).collect();
+        let labels: Vec<String> = models
+            .iter()
+            .map(|(name, _)| format!("model=\"{}\"", escape_label(name)))
+            .collect();
         let mut out = String::new();
 
-        let _ = writeln!(out, "# HELP rocm_llm_proxy_requests_total Proxied requests by model and response status.");
+        let _ = writeln!(
+            out,
+            "# HELP rocm_llm_proxy_requests_total Proxied requests by model and response status."
+        );
         let _ = writeln!(out, "# TYPE rocm_llm_proxy_requests_total counter");
         for ((_, m), l) in models.iter().zip(&labels) {
             if let Ok(statuses) = m.statuses.lock() {
                 for (code, n) in statuses.iter() {
-                    let _ = writeln!(out, "rocm_llm_proxy_requests_total{{{l},code=\"{code}\"}} {n}");
+                    let _ = writeln!(
+                        out,
+                        "rocm_llm_proxy_requests_total{{{l},code=\"{code}\"}} {n}"
+                    );
                 }
             }
         }
-        let _ = writeln!(out, "# HELP rocm_llm_proxy_unrouted_requests_total Requests answered before a model was chosen (unknown model, bad request, API key), by status.");
+        let _ = writeln!(
+            out,
+            "# HELP rocm_llm_proxy_unrouted_requests_total Requests answered before a model was chosen (unknown model, bad request, API key), by status."
+        );
         let _ = writeln!(out, "# TYPE rocm_llm_proxy_unrouted_requests_total counter");
         if let Ok(unrouted) = self.unrouted.lock() {
             for (code, n) in unrouted.iter() {
-                let _ = writeln!(out, "rocm_llm_proxy_unrouted_requests_total{{code=\"{code}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "rocm_llm_proxy_unrouted_requests_total{{code=\"{code}\"}} {n}"
+                );
             }
         }
-        let mut counter = |name: &str, kind: &str, help: &str, f: &dyn Fn(&ModelMetrics) -> String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for ((_, m), l) in models.iter().zip(&labels) {
-                let _ = writeln!(out, "{name}{{{l}}} {}", f(m));
-            }
-        };
-        counter("rocm_llm_proxy_in_flight", "gauge", "Requests in the proxy: waiting for the model, or streaming.", &|m| m.in_flight().to_string());
-        counter("rocm_llm_proxy_client_disconnects_total", "counter", "Clients that left before their response was complete (their upstream request is cancelled).", &|m| {
-            m.disconnects.load(Ordering::Relaxed).to_string()
-        });
-        counter("rocm_llm_proxy_upstream_retries_total", "counter", "Requests retried once because the instance's connection failed before any response.", &|m| {
-            m.retries.load(Ordering::Relaxed).to_string()
-        });
-        counter("rocm_llm_proxy_upstream_errors_total", "counter", "Responses whose upstream body broke off.", &|m| m.upstream_errors.load(Ordering::Relaxed).to_string());
+        let mut counter =
+            |name: &str, kind: &str, help: &str, f: &dyn Fn(&ModelMetrics) -> String| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for ((_, m), l) in models.iter().zip(&labels) {
+                    let _ = writeln!(out, "{name}{{{l}}} {}", f(m));
+                }
+            };
+        counter(
+            "rocm_llm_proxy_in_flight",
+            "gauge",
+            "Requests in the proxy: waiting for the model, or streaming.",
+            &|m| m.in_flight().to_string(),
+        );
+        counter(
+            "rocm_llm_proxy_client_disconnects_total",
+            "counter",
+            "Clients that left before their response was complete (their upstream request is cancelled).",
+            &|m| m.disconnects.load(Ordering::Relaxed).to_string(),
+        );
+        counter(
+            "rocm_llm_proxy_upstream_retries_total",
+            "counter",
+            "Requests retried once because the instance's connection failed before any response.",
+            &|m| m.retries.load(Ordering::Relaxed).to_string(),
+        );
+        counter(
+            "rocm_llm_proxy_upstream_errors_total",
+            "counter",
+            "Responses whose upstream body broke off.",
+            &|m| m.upstream_errors.load(Ordering::Relaxed).to_string(),
+        );
 
-        let _ = writeln!(out, "# HELP rocm_llm_proxy_queue_wait_seconds Time waiting for a serving instance (start, restart, swap).");
+        let _ = writeln!(
+            out,
+            "# HELP rocm_llm_proxy_queue_wait_seconds Time waiting for a serving instance (start, restart, swap)."
+        );
         let _ = writeln!(out, "# TYPE rocm_llm_proxy_queue_wait_seconds histogram");
         for ((_, m), l) in models.iter().zip(&labels) {
-            m.queue_wait.render(&mut out, "rocm_llm_proxy_queue_wait_seconds", l);
+            m.queue_wait
+                .render(&mut out, "rocm_llm_proxy_queue_wait_seconds", l);
         }
-        let _ = writeln!(out, "# HELP rocm_llm_proxy_time_to_first_byte_seconds Request received to the first response body byte.");
-        let _ = writeln!(out, "# TYPE rocm_llm_proxy_time_to_first_byte_seconds histogram");
+        let _ = writeln!(
+            out,
+            "# HELP rocm_llm_proxy_time_to_first_byte_seconds Request received to the first response body byte."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE rocm_llm_proxy_time_to_first_byte_seconds histogram"
+        );
         for ((_, m), l) in models.iter().zip(&labels) {
-            m.ttfb.render(&mut out, "rocm_llm_proxy_time_to_first_byte_seconds", l);
+            m.ttfb
+                .render(&mut out, "rocm_llm_proxy_time_to_first_byte_seconds", l);
         }
         out
     }
@@ -207,14 +265,25 @@ mod tests {
         }
         m.count_unrouted(404);
         let text = m.render();
-        assert!(text.contains("rocm_llm_proxy_requests_total{model=\"a\",code=\"200\"} 2"), "{text}");
+        assert!(
+            text.contains("rocm_llm_proxy_requests_total{model=\"a\",code=\"200\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("rocm_llm_proxy_requests_total{model=\"a\",code=\"503\"} 1"));
         assert!(text.contains("rocm_llm_proxy_unrouted_requests_total{code=\"404\"} 1"));
         assert!(text.contains("rocm_llm_proxy_in_flight{model=\"a\"} 0"));
-        assert!(text.contains("rocm_llm_proxy_time_to_first_byte_seconds_bucket{model=\"a\",le=\"0.0005\"} 1"));
-        assert!(text.contains("rocm_llm_proxy_time_to_first_byte_seconds_bucket{model=\"a\",le=\"0.01\"} 1"));
-        assert!(text.contains("rocm_llm_proxy_time_to_first_byte_seconds_bucket{model=\"a\",le=\"0.05\"} 2"));
-        assert!(text.contains("rocm_llm_proxy_time_to_first_byte_seconds_bucket{model=\"a\",le=\"+Inf\"} 2"));
+        assert!(text.contains(
+            "rocm_llm_proxy_time_to_first_byte_seconds_bucket{model=\"a\",le=\"0.0005\"} 1"
+        ));
+        assert!(text.contains(
+            "rocm_llm_proxy_time_to_first_byte_seconds_bucket{model=\"a\",le=\"0.01\"} 1"
+        ));
+        assert!(text.contains(
+            "rocm_llm_proxy_time_to_first_byte_seconds_bucket{model=\"a\",le=\"0.05\"} 2"
+        ));
+        assert!(text.contains(
+            "rocm_llm_proxy_time_to_first_byte_seconds_bucket{model=\"a\",le=\"+Inf\"} 2"
+        ));
         assert!(text.contains("rocm_llm_proxy_time_to_first_byte_seconds_count{model=\"a\"} 2"));
     }
 }

@@ -63,7 +63,11 @@ pub struct ProxyConfig {
 
 impl Default for ProxyConfig {
     fn default() -> Self {
-        ProxyConfig { max_body: 32 << 20, body_timeout: Duration::from_secs(60), header_timeout: Duration::from_secs(30) }
+        ProxyConfig {
+            max_body: 32 << 20,
+            body_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -86,7 +90,13 @@ struct Shared {
 }
 
 impl ProxyState {
-    pub fn new(routes: SharedRoutes, auth: ApiKey, metrics: Arc<ProxyMetrics>, config: ProxyConfig, shutdown: CancellationToken) -> ProxyState {
+    pub fn new(
+        routes: SharedRoutes,
+        auth: ApiKey,
+        metrics: Arc<ProxyMetrics>,
+        config: ProxyConfig,
+        shutdown: CancellationToken,
+    ) -> ProxyState {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -97,8 +107,21 @@ impl ProxyState {
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(1024)
             .build(connector.clone());
-        let fresh = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector);
-        ProxyState { inner: Arc::new(Shared { routes, auth, metrics, config, client, fresh, shutdown, started: SystemTime::now() }) }
+        let fresh = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
+        ProxyState {
+            inner: Arc::new(Shared {
+                routes,
+                auth,
+                metrics,
+                config,
+                client,
+                fresh,
+                shutdown,
+                started: SystemTime::now(),
+            }),
+        }
     }
 }
 
@@ -128,8 +151,13 @@ pub async fn serve(listener: TcpListener, state: ProxyState) {
                 async move { Ok::<_, Infallible>(handle(&state.inner, req).await) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true);
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -150,10 +178,15 @@ async fn handle(state: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
                     None,
                     "missing or wrong API key: send it as `Authorization: Bearer <key>` (the key is in the file the spec's api_key_file names)",
                 );
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 r
             }
-            AuthError::Unavailable(reason) => unavailable("api_key_unavailable", 5, format!("the endpoint cannot check API keys: {reason}")),
+            AuthError::Unavailable(reason) => unavailable(
+                "api_key_unavailable",
+                5,
+                format!("the endpoint cannot check API keys: {reason}"),
+            ),
         };
         state.metrics.count_unrouted(response.status().as_u16());
         return response;
@@ -168,7 +201,11 @@ async fn handle(state: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
                 "invalid_request_error",
                 "method_not_allowed",
                 None,
-                format!("{} {} is not served; use {allowed}", req.method(), req.uri().path()),
+                format!(
+                    "{} {} is not served; use {allowed}",
+                    req.method(),
+                    req.uri().path()
+                ),
             );
             if let Ok(v) = HeaderValue::from_str(allowed) {
                 r.headers_mut().insert(header::ALLOW, v);
@@ -186,7 +223,9 @@ async fn handle(state: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
                 req.uri().path()
             ),
         ),
-        Route::ByBody | Route::ByQuery | Route::Upstream { .. } => return proxy(state, req, route, received).await,
+        Route::ByBody | Route::ByQuery | Route::Upstream { .. } => {
+            return proxy(state, req, route, received).await;
+        }
     };
     state.metrics.count_unrouted(response.status().as_u16());
     response
@@ -208,15 +247,32 @@ fn list_models(state: &Shared) -> Response<ProxyBody> {
 
 fn get_model(state: &Shared, id: &str) -> Response<ProxyBody> {
     let routes = state.routes.borrow().clone();
-    match routes.ids.get(id).and_then(|name| routes.models.get(name).map(|e| (name, e))) {
-        Some((name, entry)) => json_response(StatusCode::OK, &model_object(state, &routes, id, name, entry)),
+    match routes
+        .ids
+        .get(id)
+        .and_then(|name| routes.models.get(name).map(|e| (name, e)))
+    {
+        Some((name, entry)) => json_response(
+            StatusCode::OK,
+            &model_object(state, &routes, id, name, entry),
+        ),
         None => unknown_model(&routes, id),
     }
 }
 
-fn model_object(state: &Shared, routes: &Routes, id: &str, name: &str, entry: &RouteEntry) -> serde_json::Value {
+fn model_object(
+    state: &Shared,
+    routes: &Routes,
+    id: &str,
+    name: &str,
+    entry: &RouteEntry,
+) -> serde_json::Value {
     let snap = entry.handle.snapshot();
-    let created = snap.started_at.unwrap_or(state.started).duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let created = snap
+        .started_at
+        .unwrap_or(state.started)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let mut o = json!({
         "id": id,
         "object": "model",
@@ -231,7 +287,10 @@ fn model_object(state: &Shared, routes: &Routes, id: &str, name: &str, entry: &R
     } else {
         o["alias_of"] = json!(name);
     }
-    if let Some(e) = snap.last_error.filter(|_| matches!(snap.state, State::Failed | State::Backoff)) {
+    if let Some(e) = snap
+        .last_error
+        .filter(|_| matches!(snap.state, State::Failed | State::Backoff))
+    {
         o["last_error"] = json!(e);
     }
     o
@@ -240,15 +299,30 @@ fn model_object(state: &Shared, routes: &Routes, id: &str, name: &str, entry: &R
 fn unknown_model(routes: &Routes, id: &str) -> Response<ProxyBody> {
     let ids = routes.all_ids();
     let message = if ids.is_empty() {
-        format!("the model `{id}` does not exist: no models are being served (is the spec valid? see the status API)")
+        format!(
+            "the model `{id}` does not exist: no models are being served (is the spec valid? see the status API)"
+        )
     } else {
-        format!("the model `{id}` does not exist; available models: {}", ids.join(", "))
+        format!(
+            "the model `{id}` does not exist; available models: {}",
+            ids.join(", ")
+        )
     };
-    openai_error(StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found", Some("model"), message)
+    openai_error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "model_not_found",
+        Some("model"),
+        message,
+    )
 }
 
 /// Reads the whole request body, within the size and time bounds.
-async fn read_body(state: &Shared, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Response<ProxyBody>> {
+async fn read_body(
+    state: &Shared,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, Response<ProxyBody>> {
     let max = state.config.max_body;
     let too_large = || {
         openai_error(
@@ -256,24 +330,44 @@ async fn read_body(state: &Shared, headers: &HeaderMap, body: Incoming) -> Resul
             "invalid_request_error",
             "request_too_large",
             None,
-            format!("the request body is larger than the limit of {} MiB", max >> 20),
+            format!(
+                "the request body is larger than the limit of {} MiB",
+                max >> 20
+            ),
         )
     };
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
         && len > max as u64
     {
         return Err(too_large());
     }
     match tokio::time::timeout(state.config.body_timeout, Limited::new(body, max).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(e)) => Err(openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "bad_body", None, format!("could not read the request body: {e}"))),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Ok(Err(e)) => Err(openai_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "bad_body",
+            None,
+            format!("could not read the request body: {e}"),
+        )),
         Err(_) => Err(openai_error(
             StatusCode::REQUEST_TIMEOUT,
             "invalid_request_error",
             "request_timeout",
             None,
-            format!("the request body did not arrive within {:?}", state.config.body_timeout),
+            format!(
+                "the request body did not arrive within {:?}",
+                state.config.body_timeout
+            ),
         )),
     }
 }
@@ -319,15 +413,27 @@ fn resolve(state: &Shared, pick: &Pick) -> Result<RouteEntry, Response<ProxyBody
 fn acquire_error(e: &AcquireError) -> Response<ProxyBody> {
     match e {
         AcquireError::QueueFull { .. } => unavailable("queue_full", 2, e.to_string()),
-        AcquireError::Timeout { .. } => unavailable("model_loading", 5, format!("{e}; it is still loading, try again")),
+        AcquireError::Timeout { .. } => unavailable(
+            "model_loading",
+            5,
+            format!("{e}; it is still loading, try again"),
+        ),
         AcquireError::Failed { .. } => unavailable("model_failed", 30, e.to_string()),
-        AcquireError::Gone { .. } => unavailable("model_unavailable", 1, format!("{e} or is being replaced; try again")),
+        AcquireError::Gone { .. } => unavailable(
+            "model_unavailable",
+            1,
+            format!("{e} or is being replaced; try again"),
+        ),
     }
 }
 
 /// Waits for a serving instance of `pick`'s model. A model that went away
 /// during a reload is looked up again once (it may have a new owner).
-async fn lease(state: &Shared, pick: &Pick, mut entry: RouteEntry) -> Result<(InstanceHandle, Lease, Duration), Response<ProxyBody>> {
+async fn lease(
+    state: &Shared,
+    pick: &Pick,
+    mut entry: RouteEntry,
+) -> Result<(InstanceHandle, Lease, Duration), Response<ProxyBody>> {
     let start = Instant::now();
     let mut again = true;
     loop {
@@ -371,7 +477,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 const MODEL_HEADER: HeaderName = HeaderName::from_static("x-rocm-llm-model");
 
-async fn proxy(state: &Shared, req: Request<Incoming>, route: Route, received: Instant) -> Response<ProxyBody> {
+async fn proxy(
+    state: &Shared,
+    req: Request<Incoming>,
+    route: Route,
+    received: Instant,
+) -> Response<ProxyBody> {
     let (parts, body) = req.into_parts();
     let body = match read_body(state, &parts.headers, body).await {
         Ok(b) => b,
@@ -384,17 +495,33 @@ async fn proxy(state: &Shared, req: Request<Incoming>, route: Route, received: I
     let mut stream = false;
     let (pick, path) = match &route {
         Route::Upstream { id, rest } => (Pick::Id(id.clone()), format!("/{rest}")),
-        Route::ByQuery => (route::query_model(query).map_or(Pick::Fallback, Pick::Id), parts.uri.path().to_owned()),
+        Route::ByQuery => (
+            route::query_model(query).map_or(Pick::Fallback, Pick::Id),
+            parts.uri.path().to_owned(),
+        ),
         _ => {
-            let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let content_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
             match route::body_info(content_type, &body) {
                 Ok(info) => {
                     stream = info.stream;
-                    (info.model.map_or(Pick::Fallback, |m| Pick::Id(m.into_owned())), parts.uri.path().to_owned())
+                    (
+                        info.model
+                            .map_or(Pick::Fallback, |m| Pick::Id(m.into_owned())),
+                        parts.uri.path().to_owned(),
+                    )
                 }
                 Err(e) => {
                     state.metrics.count_unrouted(400);
-                    return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", None, e.0);
+                    return openai_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        "invalid_json",
+                        None,
+                        e.0,
+                    );
                 }
             }
         }
@@ -442,7 +569,13 @@ async fn proxy(state: &Shared, req: Request<Incoming>, route: Route, received: I
             Ok(u) => u,
             Err(e) => {
                 model.count_status(400);
-                return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "bad_path", None, format!("cannot forward this path: {e}"));
+                return openai_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "bad_path",
+                    None,
+                    format!("cannot forward this path: {e}"),
+                );
             }
         };
         let mut up = Request::new(Full::new(body.clone()));
@@ -458,8 +591,14 @@ async fn proxy(state: &Shared, req: Request<Incoming>, route: Route, received: I
                 // connection under us: once more, on a new connection to
                 // whatever serves the model now.
                 retried = true;
-                model.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::debug!(model = handle.name(), "upstream request failed before any response ({}); retrying once", chain(&e));
+                model
+                    .retries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(
+                    model = handle.name(),
+                    "upstream request failed before any response ({}); retrying once",
+                    chain(&e)
+                );
                 drop(lease);
                 match lease_on(&handle, state, &pick).await {
                     Ok((h, l)) => {
@@ -479,7 +618,11 @@ async fn proxy(state: &Shared, req: Request<Incoming>, route: Route, received: I
                     "server_error",
                     "upstream_unreachable",
                     None,
-                    format!("model {}'s llama-server did not answer: {}", handle.name(), chain(&e)),
+                    format!(
+                        "model {}'s llama-server did not answer: {}",
+                        handle.name(),
+                        chain(&e)
+                    ),
                 );
             }
         }
@@ -491,7 +634,12 @@ async fn proxy(state: &Shared, req: Request<Incoming>, route: Route, received: I
     if let Ok(v) = HeaderValue::from_str(handle.name()) {
         head.headers.insert(MODEL_HEADER, v);
     }
-    let hold = Hold { lease, in_flight, metrics: Arc::clone(&model), received };
+    let hold = Hold {
+        lease,
+        in_flight,
+        metrics: Arc::clone(&model),
+        received,
+    };
     Response::from_parts(head, ProxyBody::Upstream(UpstreamBody::new(incoming, hold)))
 }
 
@@ -509,10 +657,16 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// A fresh lease for the retry: the same owner if it still serves the
 /// model, else whatever the routes say now.
-async fn lease_on(handle: &InstanceHandle, state: &Shared, pick: &Pick) -> Result<(InstanceHandle, Lease), Response<ProxyBody>> {
+async fn lease_on(
+    handle: &InstanceHandle,
+    state: &Shared,
+    pick: &Pick,
+) -> Result<(InstanceHandle, Lease), Response<ProxyBody>> {
     match handle.acquire().await {
         Ok(l) => Ok((handle.clone(), l)),
-        Err(AcquireError::Gone { .. }) => lease(state, pick, resolve(state, pick)?).await.map(|(h, l, _)| (h, l)),
+        Err(AcquireError::Gone { .. }) => lease(state, pick, resolve(state, pick)?)
+            .await
+            .map(|(h, l, _)| (h, l)),
         Err(e) => Err(acquire_error(&e)),
     }
 }
@@ -524,12 +678,21 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_headers_and_those_connection_names() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key(header::CONTENT_TYPE));

@@ -20,7 +20,10 @@ pub enum Route {
     ByQuery,
     /// `/upstream/{model}/{rest}`: any request, passed to that model's
     /// instance as `/{rest}`.
-    Upstream { id: String, rest: String },
+    Upstream {
+        id: String,
+        rest: String,
+    },
     /// A known path with another method.
     WrongMethod(&'static str),
     NotFound,
@@ -64,21 +67,46 @@ const BODY_ROUTES: &[&str] = &[
 
 /// GET (and DELETE) routes of llama-server, routed by `?model=` like its own
 /// router mode does.
-const QUERY_ROUTES: &[&str] = &["/props", "/slots", "/metrics", "/lora-adapters", "/v1/stream"];
+const QUERY_ROUTES: &[&str] = &[
+    "/props",
+    "/slots",
+    "/metrics",
+    "/lora-adapters",
+    "/v1/stream",
+];
 
 pub fn classify(method: &Method, path: &str) -> Route {
     if let Some(rest) = path.strip_prefix("/upstream/") {
         let (id, rest) = rest.split_once('/').unwrap_or((rest, ""));
-        return Route::Upstream { id: percent_decode(id).into_owned(), rest: rest.to_owned() };
+        return Route::Upstream {
+            id: percent_decode(id).into_owned(),
+            rest: rest.to_owned(),
+        };
     }
     let get = method == Method::GET || method == Method::HEAD;
     match path {
-        "/healthz" | "/health" | "/v1/health" => return if get { Route::Health } else { Route::WrongMethod("GET") },
-        "/v1/models" | "/models" => return if get { Route::ListModels } else { Route::WrongMethod("GET") },
+        "/healthz" | "/health" | "/v1/health" => {
+            return if get {
+                Route::Health
+            } else {
+                Route::WrongMethod("GET")
+            };
+        }
+        "/v1/models" | "/models" => {
+            return if get {
+                Route::ListModels
+            } else {
+                Route::WrongMethod("GET")
+            };
+        }
         _ => {}
     }
     if let Some(id) = path.strip_prefix("/v1/models/") {
-        return if get { Route::GetModel(percent_decode(id).into_owned()) } else { Route::WrongMethod("GET") };
+        return if get {
+            Route::GetModel(percent_decode(id).into_owned())
+        } else {
+            Route::WrongMethod("GET")
+        };
     }
     let is_body = BODY_ROUTES.contains(&path) || path.starts_with("/slots/");
     let is_query = QUERY_ROUTES.contains(&path);
@@ -120,26 +148,38 @@ pub struct BodyInfo<'a> {
 /// (`/v1/audio/transcriptions`), and whether it asks for a stream.
 pub fn body_info<'a>(content_type: Option<&str>, body: &'a [u8]) -> Result<BodyInfo<'a>, BadBody> {
     if let Some(ct) = content_type
-        && ct.trim_start().to_ascii_lowercase().starts_with("multipart/form-data")
+        && ct
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("multipart/form-data")
     {
         let model = multipart_model(ct, body);
         let stream = multipart_field(ct, body, "stream").is_some_and(|v| v.trim() == "true");
-        return Ok(BodyInfo { model: model.map(Cow::Owned), stream });
+        return Ok(BodyInfo {
+            model: model.map(Cow::Owned),
+            stream,
+        });
     }
     let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(BodyInfo::default());
     };
     if *first != b'{' {
         return Err(match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(v) => BadBody(format!("the request body must be a JSON object, not {}", json_kind(&v))),
+            Ok(v) => BadBody(format!(
+                "the request body must be a JSON object, not {}",
+                json_kind(&v)
+            )),
             Err(e) => BadBody(format!("the request body is not valid JSON: {e}")),
         });
     }
     match serde_json::from_slice::<ModelField<'a>>(body) {
-        Ok(f) => Ok(BodyInfo { model: f.model, stream: f.stream.is_some_and(|v| v == serde_json::Value::Bool(true)) }),
-        Err(e) if e.classify() == serde_json::error::Category::Data => {
-            Err(BadBody(format!("\"model\" must be a string naming a model: {e}")))
-        }
+        Ok(f) => Ok(BodyInfo {
+            model: f.model,
+            stream: f.stream.is_some_and(|v| v == serde_json::Value::Bool(true)),
+        }),
+        Err(e) if e.classify() == serde_json::error::Category::Data => Err(BadBody(format!(
+            "\"model\" must be a string naming a model: {e}"
+        ))),
         Err(e) => Err(BadBody(format!("the request body is not valid JSON: {e}"))),
     }
 }
@@ -164,16 +204,21 @@ fn multipart_model(content_type: &str, body: &[u8]) -> Option<String> {
 fn multipart_field(content_type: &str, body: &[u8], field: &str) -> Option<String> {
     let boundary = content_type.split(';').find_map(|p| {
         let p = p.trim();
-        p.strip_prefix("boundary=").map(|b| b.trim_matches('"').to_owned())
+        p.strip_prefix("boundary=")
+            .map(|b| b.trim_matches('"').to_owned())
     })?;
     let delimiter = format!("--{boundary}");
     let text = String::from_utf8_lossy(body);
     for part in text.split(delimiter.as_str()) {
-        let Some((headers, value)) = part.split_once("\r\n\r\n") else { continue };
+        let Some((headers, value)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
         let names_model = headers.lines().any(|l| {
             let l = l.to_ascii_lowercase();
             l.starts_with("content-disposition:")
-                && (l.contains(&format!("name=\"{field}\"")) || l.contains(&format!("name={field};")) || l.ends_with(&format!("name={field}")))
+                && (l.contains(&format!("name=\"{field}\""))
+                    || l.contains(&format!("name={field};"))
+                    || l.ends_with(&format!("name={field}")))
         });
         if names_model {
             return Some(value.strip_suffix("\r\n").unwrap_or(value).to_owned());
@@ -229,45 +274,112 @@ mod tests {
 
     #[test]
     fn classifies_routes() {
-        assert_eq!(classify(&Method::POST, "/v1/chat/completions"), Route::ByBody);
+        assert_eq!(
+            classify(&Method::POST, "/v1/chat/completions"),
+            Route::ByBody
+        );
         assert_eq!(classify(&Method::POST, "/slots/0"), Route::ByBody);
-        assert_eq!(classify(&Method::GET, "/v1/chat/completions"), Route::WrongMethod("POST"));
+        assert_eq!(
+            classify(&Method::GET, "/v1/chat/completions"),
+            Route::WrongMethod("POST")
+        );
         assert_eq!(classify(&Method::GET, "/slots"), Route::ByQuery);
         assert_eq!(classify(&Method::GET, "/props"), Route::ByQuery);
         assert_eq!(classify(&Method::POST, "/props"), Route::ByBody);
         assert_eq!(classify(&Method::GET, "/v1/models"), Route::ListModels);
-        assert_eq!(classify(&Method::GET, "/v1/models/a%2Fb"), Route::GetModel("a/b".into()));
+        assert_eq!(
+            classify(&Method::GET, "/v1/models/a%2Fb"),
+            Route::GetModel("a/b".into())
+        );
         assert_eq!(classify(&Method::GET, "/healthz"), Route::Health);
         assert_eq!(classify(&Method::GET, "/nope"), Route::NotFound);
         assert_eq!(
             classify(&Method::POST, "/upstream/qwen/v1/chat/completions"),
-            Route::Upstream { id: "qwen".into(), rest: "v1/chat/completions".into() }
+            Route::Upstream {
+                id: "qwen".into(),
+                rest: "v1/chat/completions".into()
+            }
         );
-        assert_eq!(classify(&Method::GET, "/upstream/qwen"), Route::Upstream { id: "qwen".into(), rest: String::new() });
+        assert_eq!(
+            classify(&Method::GET, "/upstream/qwen"),
+            Route::Upstream {
+                id: "qwen".into(),
+                rest: String::new()
+            }
+        );
     }
 
     #[test]
     fn reads_the_model_of_json_bodies() {
-        assert_eq!(body_info(None, br#"{"model":"a","messages":[]}"#).unwrap().model.as_deref(), Some("a"));
-        assert!(body_info(None, br#"{"model":"a","stream":true}"#).unwrap().stream);
-        assert!(!body_info(None, br#"{"model":"a","stream":false}"#).unwrap().stream);
-        assert_eq!(body_info(None, br#"{"messages":[{"model":"x"}]}"#).unwrap().model, None);
+        assert_eq!(
+            body_info(None, br#"{"model":"a","messages":[]}"#)
+                .unwrap()
+                .model
+                .as_deref(),
+            Some("a")
+        );
+        assert!(
+            body_info(None, br#"{"model":"a","stream":true}"#)
+                .unwrap()
+                .stream
+        );
+        assert!(
+            !body_info(None, br#"{"model":"a","stream":false}"#)
+                .unwrap()
+                .stream
+        );
+        assert_eq!(
+            body_info(None, br#"{"messages":[{"model":"x"}]}"#)
+                .unwrap()
+                .model,
+            None
+        );
         assert_eq!(body_info(None, b"  ").unwrap(), BodyInfo::default());
-        assert!(body_info(None, br#"{"model":"a""#).unwrap_err().0.contains("not valid JSON"));
-        assert!(body_info(None, br#"[1]"#).unwrap_err().0.contains("an array"));
-        assert!(body_info(None, br#"{"model":3}"#).unwrap_err().0.contains("must be a string"));
-        assert_eq!(body_info(None, br#"{"model":"a\"b"}"#).unwrap().model.as_deref(), Some("a\"b"));
+        assert!(
+            body_info(None, br#"{"model":"a""#)
+                .unwrap_err()
+                .0
+                .contains("not valid JSON")
+        );
+        assert!(
+            body_info(None, br#"[1]"#)
+                .unwrap_err()
+                .0
+                .contains("an array")
+        );
+        assert!(
+            body_info(None, br#"{"model":3}"#)
+                .unwrap_err()
+                .0
+                .contains("must be a string")
+        );
+        assert_eq!(
+            body_info(None, br#"{"model":"a\"b"}"#)
+                .unwrap()
+                .model
+                .as_deref(),
+            Some("a\"b")
+        );
     }
 
     #[test]
     fn reads_the_model_of_multipart_forms() {
         let body = b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF\r\n--XYZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XYZ--\r\n";
-        assert_eq!(body_info(Some("multipart/form-data; boundary=XYZ"), body).unwrap().model.as_deref(), Some("whisper"));
+        assert_eq!(
+            body_info(Some("multipart/form-data; boundary=XYZ"), body)
+                .unwrap()
+                .model
+                .as_deref(),
+            Some("whisper")
+        );
     }
 
     #[test]
     fn reads_the_query_model() {
-        assert_eq!(query_model(Some("a=1&model=org%2Fm%3AQ4")), Some("org/m:Q4".into()));
+        assert_eq!(
+            query_model(Some("a=1&model=org%2Fm%3AQ4")),
+            Some("org/m:Q4".into())
+        );
         assert_eq!(query_model(Some("a=1")), None);
         assert_eq!(query_model(None), None);
         assert_eq!(percent_decode("100%"), "100%");

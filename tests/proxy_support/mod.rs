@@ -57,26 +57,42 @@ impl Daemon {
     }
 
     pub async fn start_with(server: PathBuf, body: &str, backoff: BackoffPolicy) -> Daemon {
-        let _ = tracing_subscriber::fmt().with_env_filter("rocm_llm=info").with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("rocm_llm=info")
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().expect("tempdir");
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
-            write_tiny_llama(&dir.path().join(format!("{name}.gguf")), &TinyModel::with_seed(i as u64 + 1, *name)).expect("tiny model");
+            write_tiny_llama(
+                &dir.path().join(format!("{name}.gguf")),
+                &TinyModel::with_seed(i as u64 + 1, *name),
+            )
+            .expect("tiny model");
         }
         let (listen, control) = (free_port(), free_port());
-        let header = format!("listen: 127.0.0.1:{listen}\ncontrol: 127.0.0.1:{control}\nllama_server: {}\n", server.display());
+        let header = format!(
+            "listen: 127.0.0.1:{listen}\ncontrol: 127.0.0.1:{control}\nllama_server: {}\n",
+            server.display()
+        );
         let spec_path = dir.path().join("models.yaml");
         std::fs::write(&spec_path, format!("{header}{body}")).expect("write the spec");
         let options = ServeOptions {
             spec_path: spec_path.clone(),
             state_dir: dir.path().join("state"),
             default_llama_server: server,
-            watch: WatchTiming { debounce: Duration::from_millis(50), settle: Duration::from_millis(20) },
+            watch: WatchTiming {
+                debounce: Duration::from_millis(50),
+                settle: Duration::from_millis(20),
+            },
             leftover_grace: Duration::from_secs(5),
             backoff,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(daemon::serve(options, shutdown.clone()));
-        let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().expect("client");
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("client");
         let d = Daemon {
             dir,
             spec_path,
@@ -89,7 +105,13 @@ impl Daemon {
         };
         let deadline = Instant::now() + PATIENCE;
         for url in [format!("{}/healthz", d.control), d.url("/healthz")] {
-            while !d.client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            while !d
+                .client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 assert!(Instant::now() < deadline, "{url} never answered");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -105,7 +127,12 @@ impl Daemon {
     }
 
     pub async fn status(&self) -> Option<Value> {
-        let r = self.client.get(format!("{}/status", self.control)).send().await.ok()?;
+        let r = self
+            .client
+            .get(format!("{}/status", self.control))
+            .send()
+            .await
+            .ok()?;
         r.json().await.ok()
     }
 
@@ -121,13 +148,19 @@ impl Daemon {
                 }
                 last = s;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last status:\n{last:#}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last status:\n{last:#}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub async fn wait_state(&self, model: &str, state: &str) -> Value {
-        self.wait_for(&format!("model {model} to be {state}"), |s| s["models"][model]["state"] == state).await
+        self.wait_for(&format!("model {model} to be {state}"), |s| {
+            s["models"][model]["state"] == state
+        })
+        .await
     }
 
     pub async fn wait_ready(&self, models: &[&str]) {
@@ -170,7 +203,11 @@ pub fn chat(model: Option<&str>, max_tokens: u32, stream: bool) -> Value {
 /// The `data:` payloads of an SSE body.
 pub fn sse_events(text: &str) -> Vec<String> {
     text.split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data: ").or_else(|| e.trim().strip_prefix("data:")))
+        .filter_map(|e| {
+            e.trim()
+                .strip_prefix("data: ")
+                .or_else(|| e.trim().strip_prefix("data:"))
+        })
         .map(|s| s.trim().to_owned())
         .collect()
 }
@@ -188,7 +225,10 @@ pub fn check_complete_stream(text: &str, max_tokens: u32) -> Result<(), String> 
     for e in &events[..events.len() - 1] {
         let v: Value = serde_json::from_str(e).map_err(|err| format!("bad event {e:?}: {err}"))?;
         let choice = &v["choices"][0];
-        if choice["delta"]["content"].as_str().is_some_and(|c| !c.is_empty()) {
+        if choice["delta"]["content"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+        {
             content += 1;
         }
         if let Some(f) = choice["finish_reason"].as_str() {
@@ -196,7 +236,9 @@ pub fn check_complete_stream(text: &str, max_tokens: u32) -> Result<(), String> 
         }
     }
     if content != max_tokens as usize || finish != ["length"] {
-        return Err(format!("expected {max_tokens} content chunks and one finish_reason `length`, got {content} and {finish:?}: {text}"));
+        return Err(format!(
+            "expected {max_tokens} content chunks and one finish_reason `length`, got {content} and {finish:?}: {text}"
+        ));
     }
     Ok(())
 }
