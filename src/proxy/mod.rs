@@ -673,7 +673,106 @@ async fn lease_on(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A proxy with no models, on an ephemeral port.
+    async fn bare_proxy(
+        auth: ApiKey,
+        config: ProxyConfig,
+    ) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_tx, routes) = tokio::sync::watch::channel(Arc::new(Routes::default()));
+        let shutdown = CancellationToken::new();
+        let state = ProxyState::new(
+            routes,
+            auth,
+            Arc::new(ProxyMetrics::default()),
+            config,
+            shutdown.clone(),
+        );
+        tokio::spawn(serve(listener, state));
+        (addr, shutdown)
+    }
+
+    async fn raw(addr: std::net::SocketAddr, request: &[u8], then_wait: bool) -> String {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(request).await.unwrap();
+        if !then_wait {
+            tcp.shutdown().await.unwrap();
+        }
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tcp.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&out).contains("}}") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_gets_408_and_a_huge_one_413() {
+        let config = ProxyConfig {
+            body_timeout: Duration::from_millis(200),
+            max_body: 1024,
+            ..ProxyConfig::default()
+        };
+        let (addr, _stop) = bare_proxy(ApiKey::disabled(), config).await;
+        let slow = raw(
+            addr,
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"mo",
+            true,
+        )
+        .await;
+        assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
+        assert!(slow.contains("request_timeout"), "{slow}");
+        let body = vec![b' '; 2048];
+        let mut req = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n".to_vec();
+        req.extend_from_slice(&body);
+        req.extend_from_slice(b"\r\n0\r\n\r\n");
+        let huge = raw(addr, &req, true).await;
+        assert!(huge.starts_with("HTTP/1.1 413"), "{huge}");
+    }
+
+    #[tokio::test]
+    async fn no_models_and_api_keys() {
+        let (addr, _stop) = bare_proxy(ApiKey::fixed("k"), ProxyConfig::default()).await;
+        let get = |path: &str, key: Option<&str>| {
+            let auth = key
+                .map(|k| format!("Authorization: Bearer {k}\r\n"))
+                .unwrap_or_default();
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n")
+        };
+        let r = raw(addr, get("/v1/models", None).as_bytes(), true).await;
+        assert!(
+            r.starts_with("HTTP/1.1 401")
+                && r.to_ascii_lowercase().contains("www-authenticate: bearer"),
+            "{r}"
+        );
+        let r = raw(addr, get("/healthz", None).as_bytes(), true).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let r = raw(addr, get("/v1/models", Some("k")).as_bytes(), true).await;
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.contains("\"data\":[]"),
+            "{r}"
+        );
+        let post = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nContent-Length: 2\r\n\r\n{}";
+        let r = raw(addr, post, true).await;
+        assert!(
+            r.starts_with("HTTP/1.1 503")
+                && r.contains("no_models")
+                && r.to_ascii_lowercase().contains("retry-after"),
+            "{r}"
+        );
+    }
 
     #[test]
     fn strips_hop_by_hop_headers_and_those_connection_names() {
