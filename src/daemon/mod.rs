@@ -299,7 +299,9 @@ impl Daemon {
 
     /// Hands every owner its part of `desired`; returns what was done.
     fn apply(&mut self, desired: &Desired) -> Vec<String> {
-        let observed: Observed = self.owners.iter().map(|(name, h)| (name.clone(), h.snapshot().launch_id)).collect();
+        // What each owner is working towards: a replacement already under
+        // way is not planned a second time.
+        let observed: Observed = self.owners.iter().map(|(name, h)| (name.clone(), h.snapshot().target_launch_id)).collect();
         let mut done = Vec::new();
         for action in plan::plan(desired, &observed) {
             let name = action.model.clone();

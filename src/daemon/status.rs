@@ -35,7 +35,10 @@ pub struct ModelStatus {
     pub state: &'static str,
     pub pid: Option<i32>,
     pub port: Option<u16>,
+    /// The launch the running process was started with.
     pub launch_id: String,
+    /// The launch the spec asks for; differs while a replacement loads.
+    pub target_launch_id: String,
     /// Seconds since the Unix epoch.
     pub started_at: Option<f64>,
     pub ready_ms: Option<f64>,
@@ -67,6 +70,7 @@ fn model_status(snap: &Snapshot, entry: &super::routes::RouteEntry) -> ModelStat
         pid: snap.pid,
         port: snap.port,
         launch_id: snap.launch_id.to_string(),
+        target_launch_id: snap.target_launch_id.to_string(),
         started_at: snap.started_at.map(epoch_secs),
         ready_ms: snap.ready_after.map(|d| d.as_secs_f64() * 1000.0),
         restarts: snap.restarts,

@@ -91,7 +91,11 @@ pub struct Snapshot {
     pub state: State,
     /// Where requests go now; `None` while they must wait.
     pub serving: Option<Arc<Gate>>,
+    /// The launch the current process runs (the target's while none runs).
     pub launch_id: LaunchId,
+    /// The launch the owner is working towards; differs from `launch_id`
+    /// while a replacement loads.
+    pub target_launch_id: LaunchId,
     pub pid: Option<i32>,
     pub port: Option<u16>,
     pub started_at: Option<SystemTime>,
@@ -259,6 +263,7 @@ struct Proc {
     generation: u64,
     process: RunningProcess,
     gate: Arc<Gate>,
+    id: LaunchId,
     ready_after: Option<Duration>,
     started_at: SystemTime,
     /// Bind failures in a row (port raced away), retried without backoff.
@@ -308,6 +313,7 @@ pub fn start_instance(
         state: State::Idle,
         serving: None,
         launch_id: spec.id.clone(),
+        target_launch_id: spec.id.clone(),
         pid: None,
         port: None,
         started_at: None,
@@ -480,6 +486,7 @@ impl Owner {
             generation,
             process,
             gate: Gate::new(port),
+            id: self.spec.id.clone(),
             ready_after: None,
             started_at: SystemTime::now(),
             bind_retries: 0,
@@ -708,7 +715,8 @@ impl Owner {
         self.publish.send_replace(Snapshot {
             state: self.state,
             serving,
-            launch_id: self.spec.id.clone(),
+            launch_id: current.map_or_else(|| self.spec.id.clone(), |p| p.id.clone()),
+            target_launch_id: self.spec.id.clone(),
             pid: current.map(|p| p.process.pid()),
             port: current.map(|p| p.gate.port()),
             started_at: current.map(|p| p.started_at),
