@@ -6,6 +6,8 @@
 //! away the cold start (measured directly, same model and flags) and the
 //! watcher's deliberate wait (debounce + settle), which is shown apart.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -20,16 +22,26 @@ const SETTLE_MS: u64 = 30;
 fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let code = out.get(9..12)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((code, body))
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -41,7 +53,18 @@ fn direct_cold_start(server: &Path, model: &Path, ctx: u32) -> f64 {
     let port = free_port();
     let t0 = Instant::now();
     let mut child = Command::new(server)
-        .args(["--model", &model.display().to_string(), "--alias", "a", "--ctx-size", &ctx.to_string(), "--parallel", "1", "--threads", "1"])
+        .args([
+            "--model",
+            &model.display().to_string(),
+            "--alias",
+            "a",
+            "--ctx-size",
+            &ctx.to_string(),
+            "--parallel",
+            "1",
+            "--threads",
+            "1",
+        ])
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -55,7 +78,10 @@ fn direct_cold_start(server: &Path, model: &Path, ctx: u32) -> f64 {
         std::thread::sleep(Duration::from_millis(1));
     }
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let _ = child.wait();
     ms
 }
@@ -81,7 +107,15 @@ fn through_daemon(server: &Path, dir: &Path, swap: &str) -> Measured {
     };
     save(text(256));
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_rocm-llm"))
-        .args(["serve", "--spec", &spec.display().to_string(), "--debounce", &format!("{DEBOUNCE_MS}ms"), "--log", "warn"])
+        .args([
+            "serve",
+            "--spec",
+            &spec.display().to_string(),
+            "--debounce",
+            &format!("{DEBOUNCE_MS}ms"),
+            "--log",
+            "warn",
+        ])
         .arg("--state-dir")
         .arg(dir.join(format!("state-{swap}")))
         .stdout(Stdio::null())
@@ -102,22 +136,37 @@ fn through_daemon(server: &Path, dir: &Path, swap: &str) -> Measured {
     let launch_id = |ctx: u32| {
         let probe = dir.join(format!("probe-{swap}-{ctx}.yaml"));
         std::fs::write(&probe, text(ctx).replace(&control, "127.0.0.1:1")).expect("write");
-        let out = Command::new(env!("CARGO_BIN_EXE_rocm-llm")).arg("plan").arg(&probe).output().expect("plan");
+        let out = Command::new(env!("CARGO_BIN_EXE_rocm-llm"))
+            .arg("plan")
+            .arg(&probe)
+            .output()
+            .expect("plan");
         let out = String::from_utf8_lossy(&out.stdout).into_owned();
-        out.split("launch id ").nth(1).and_then(|s| s.split(')').next()).unwrap_or_default().to_owned()
+        out.split("launch id ")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .unwrap_or_default()
+            .to_owned()
     };
     let ids = [launch_id(256), launch_id(512)];
     ready_with(&ids[0]);
     let mut total = Vec::new();
     for run in 0..RUNS {
-        let (ctx, id) = if run % 2 == 0 { (512, &ids[1]) } else { (256, &ids[0]) };
+        let (ctx, id) = if run % 2 == 0 {
+            (512, &ids[1])
+        } else {
+            (256, &ids[0])
+        };
         std::thread::sleep(Duration::from_millis(200));
         let t0 = Instant::now();
         save(text(ctx));
         ready_with(id);
         total.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
-    let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status();
     let _ = daemon.wait();
     Measured { total }
 }
@@ -134,19 +183,29 @@ fn main() {
     // Interleave so both see the same machine load.
     let mut direct = Vec::new();
     for i in 0..RUNS {
-        direct.push(direct_cold_start(&server, &model, if i % 2 == 0 { 512 } else { 256 }));
+        direct.push(direct_cold_start(
+            &server,
+            &model,
+            if i % 2 == 0 { 512 } else { 256 },
+        ));
     }
     let stop_first = through_daemon(&server, dir.path(), "stop_first");
     let blue_green = through_daemon(&server, dir.path(), "blue_green");
     for i in 0..RUNS {
-        direct.push(direct_cold_start(&server, &model, if i % 2 == 0 { 512 } else { 256 }));
+        direct.push(direct_cold_start(
+            &server,
+            &model,
+            if i % 2 == 0 { 512 } else { 256 },
+        ));
     }
 
     let cold = median(direct);
     let wait = (DEBOUNCE_MS + SETTLE_MS) as f64;
     println!("spec edit -> model serving, tiny model, {RUNS} edits per mode, medians");
     println!("  direct llama-server cold start (spawn -> /health 200): {cold:7.1} ms");
-    println!("  watcher wait (debounce {DEBOUNCE_MS} ms + settle {SETTLE_MS} ms), shown apart: {wait:7.1} ms");
+    println!(
+        "  watcher wait (debounce {DEBOUNCE_MS} ms + settle {SETTLE_MS} ms), shown apart: {wait:7.1} ms"
+    );
     for (name, m) in [("stop_first", &stop_first), ("blue_green", &blue_green)] {
         let total = median(m.total.clone());
         let overhead = total - wait - cold;

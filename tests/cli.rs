@@ -1,5 +1,7 @@
 //! The CLI as a user runs it: real binary, real files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 fn rocm_llm() -> Command {
@@ -21,17 +23,40 @@ fn validate_prints_all_five_mistakes_with_places_and_exits_1() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let at = |line: &str| format!("{}:{line}", spec.display());
     for expected in [
-        format!("{}: models.gemma.model: file {} does not exist", at("8:12"), dir.path().join("missing.gguf").display()),
-        format!("{}: models.qwen.model: {} is not a GGUF file", at("3:12"), dir.path().join("notes.txt").display()),
-        format!("{}: models.qwen.ctx_sise: unknown key \"ctx_sise\" (did you mean \"ctx_size\"?)", at("4:5")),
-        format!("{}: models.qwen.parallel: expected an integer from 1 to 256, found integer 0", at("5:15")),
-        format!("{}: models.qwen.ready_timeout: expected a duration such as 30s, 10m or 1h 30m, found \"soon\"", at("6:20")),
+        format!(
+            "{}: models.gemma.model: file {} does not exist",
+            at("8:12"),
+            dir.path().join("missing.gguf").display()
+        ),
+        format!(
+            "{}: models.qwen.model: {} is not a GGUF file",
+            at("3:12"),
+            dir.path().join("notes.txt").display()
+        ),
+        format!(
+            "{}: models.qwen.ctx_sise: unknown key \"ctx_sise\" (did you mean \"ctx_size\"?)",
+            at("4:5")
+        ),
+        format!(
+            "{}: models.qwen.parallel: expected an integer from 1 to 256, found integer 0",
+            at("5:15")
+        ),
+        format!(
+            "{}: models.qwen.ready_timeout: expected a duration such as 30s, 10m or 1h 30m, found \"soon\"",
+            at("6:20")
+        ),
     ] {
-        assert!(stderr.contains(&expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
     assert!(stderr.contains("5 errors found"), "{stderr}");
     // The source line and a caret under the mistake.
-    assert!(stderr.contains(" 5 |     parallel: 0\n   |               ^"), "{stderr}");
+    assert!(
+        stderr.contains(" 5 |     parallel: 0\n   |               ^"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -41,19 +66,31 @@ fn validate_accepts_a_valid_spec_with_a_real_gguf_and_exits_0() {
     let spec = dir.path().join("models.yaml");
     std::fs::write(&spec, "models:\n  tiny:\n    model: tiny.gguf\n").expect("write");
     let out = rocm_llm().arg("validate").arg(&spec).output().expect("run");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 model, 1 enabled)"));
 }
 
 fn rocm_llm_lib_write_model(path: &std::path::Path) {
-    rocm_llm::gguf::write_tiny_llama(path, &rocm_llm::gguf::TinyModel::default()).expect("tiny model");
+    rocm_llm::gguf::write_tiny_llama(path, &rocm_llm::gguf::TinyModel::default())
+        .expect("tiny model");
 }
 
 #[test]
 fn validate_of_an_unreadable_file_exits_3() {
-    let out = rocm_llm().args(["validate", "/nonexistent/models.yaml"]).output().expect("run");
+    let out = rocm_llm()
+        .args(["validate", "/nonexistent/models.yaml"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/models.yaml: cannot read the spec"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("/nonexistent/models.yaml: cannot read the spec")
+    );
 }
 
 #[test]
@@ -68,27 +105,51 @@ fn plan_prints_the_exact_command_line_and_environment() {
     .expect("write");
     let out = rocm_llm().arg("plan").arg(&spec).output().expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let model = dir.path().join("tiny.gguf");
     let expected = format!(
         "HSA_OVERRIDE_GFX_VERSION=11.0.1 \\\n  /opt/llama/bin/llama-server --model {} --alias tiny --ctx-size 512 --flash-attn on --top-k 40 --host 127.0.0.1 --port <chosen at start>",
         model.display()
     );
-    assert!(stdout.contains(&expected), "expected:\n{expected}\nin:\n{stdout}");
+    assert!(
+        stdout.contains(&expected),
+        "expected:\n{expected}\nin:\n{stdout}"
+    );
     assert!(stdout.contains("#   start tiny"), "{stdout}");
-    assert!(stdout.contains("no daemon answers at 127.0.0.1:1"), "{stdout}");
+    assert!(
+        stdout.contains("no daemon answers at 127.0.0.1:1"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn schema_command_prints_the_committed_schema() {
     let out = rocm_llm().arg("schema").output().expect("run");
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema/rocm-llm.schema.json")).expect("schema");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), committed.trim_end());
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schema/rocm-llm.schema.json"
+    ))
+    .expect("schema");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        committed.trim_end()
+    );
 }
 
 #[test]
 fn every_command_has_help_and_the_binary_a_version() {
-    for args in [vec!["--help"], vec!["validate", "--help"], vec!["plan", "--help"], vec!["schema", "--help"], vec!["--version"]] {
+    for args in [
+        vec!["--help"],
+        vec!["validate", "--help"],
+        vec!["plan", "--help"],
+        vec!["schema", "--help"],
+        vec!["--version"],
+    ] {
         let out = rocm_llm().args(&args).output().expect("run");
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         assert!(!out.stdout.is_empty(), "{args:?}");

@@ -10,7 +10,9 @@ use std::os::unix::process::CommandExt;
 
 use std::time::Duration;
 
-use common::daemon::{Daemon, pid_alive, processes_mentioning, wait_until, write_by_rename, write_by_truncate};
+use common::daemon::{
+    Daemon, pid_alive, processes_mentioning, wait_until, write_by_rename, write_by_truncate,
+};
 
 const TWO: &str = "  a:\n    model: a.gguf\n  b:\n    model: b.gguf\n    aliases: [bee]\n";
 
@@ -27,7 +29,10 @@ fn starts_every_model_and_the_status_shows_it() {
         assert!(model["started_at"].as_f64().unwrap() > 1.7e9);
         assert_eq!(model["restarts"], 0);
         assert!(model["last_error"].is_null());
-        assert!(!model["log"].as_array().unwrap().is_empty(), "last log lines are kept");
+        assert!(
+            !model["log"].as_array().unwrap().is_empty(),
+            "last log lines are kept"
+        );
     }
     assert_eq!(s["models"]["b"]["aliases"][0], "bee");
     assert_eq!(s["generation"], 1);
@@ -38,17 +43,35 @@ fn starts_every_model_and_the_status_shows_it() {
     assert!(common::daemon::get(&format!("127.0.0.1:{port}"), "/health").is_ok());
 
     let metrics = common::daemon::get(&d.control, "/metrics").unwrap();
-    assert!(metrics.contains("rocm_llm_model_up{model=\"a\"} 1"), "{metrics}");
-    assert!(metrics.contains("rocm_llm_model_restarts_total{model=\"b\"} 0"), "{metrics}");
+    assert!(
+        metrics.contains("rocm_llm_model_up{model=\"a\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rocm_llm_model_restarts_total{model=\"b\"} 0"),
+        "{metrics}"
+    );
     assert!(metrics.contains("rocm_llm_reloads_total 1"), "{metrics}");
-    assert!(metrics.contains("rocm_llm_reload_errors_total 0"), "{metrics}");
-    assert!(metrics.contains("rocm_llm_model_ready_seconds{model=\"a\"} 0."), "{metrics}");
+    assert!(
+        metrics.contains("rocm_llm_reload_errors_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rocm_llm_model_ready_seconds{model=\"a\"} 0."),
+        "{metrics}"
+    );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocm-llm")).args(["status", "--control", &d.control]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocm-llm"))
+        .args(["status", "--control", &d.control])
+        .output()
+        .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{table}");
     assert!(table.starts_with("MODEL  STATE  PID"), "{table}");
-    assert!(table.lines().any(|l| l.starts_with("a      ready")), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("a      ready")),
+        "{table}"
+    );
 }
 
 #[test]
@@ -59,18 +82,36 @@ fn rename_save_and_truncate_save_restart_only_the_changed_model() {
 
     // Rename-save: b changes.
     write_by_rename(&d.spec, &d.spec_text("  a:\n    model: a.gguf\n  b:\n    model: b.gguf\n    aliases: [bee]\n    ctx_size: 128\n"));
-    let s = d.wait_status("b restarted", |s| s["generation"] == 2 && s["models"]["b"]["state"] == "ready" && s["models"]["b"]["pid"] != b0);
+    let s = d.wait_status("b restarted", |s| {
+        s["generation"] == 2
+            && s["models"]["b"]["state"] == "ready"
+            && s["models"]["b"]["pid"] != b0
+    });
     assert_eq!(Daemon::pid(&s, "a"), a0, "a was not touched");
     assert!(!pid_alive(b0), "the old b is gone");
-    assert_eq!(s["last_reload"]["actions"], serde_json::json!(["restart b"]));
+    assert_eq!(
+        s["last_reload"]["actions"],
+        serde_json::json!(["restart b"])
+    );
 
     // Truncate-save in two pieces: a changes. The half-written file is a
     // valid spec without b; b must not be torn down.
     let b1 = Daemon::pid(&s, "b");
     write_by_truncate(&d.spec, &d.spec_text("  a:\n    model: a.gguf\n    ctx_size: 128\n  b:\n    model: b.gguf\n    aliases: [bee]\n    ctx_size: 128\n"));
-    let s = d.wait_status("a restarted", |s| s["generation"] == 3 && s["models"]["a"]["state"] == "ready" && s["models"]["a"]["pid"] != a0);
-    assert_eq!(Daemon::pid(&s, "b"), b1, "b was not touched by the partial file");
-    assert_eq!(s["last_reload"]["actions"], serde_json::json!(["restart a"]));
+    let s = d.wait_status("a restarted", |s| {
+        s["generation"] == 3
+            && s["models"]["a"]["state"] == "ready"
+            && s["models"]["a"]["pid"] != a0
+    });
+    assert_eq!(
+        Daemon::pid(&s, "b"),
+        b1,
+        "b was not touched by the partial file"
+    );
+    assert_eq!(
+        s["last_reload"]["actions"],
+        serde_json::json!(["restart a"])
+    );
     assert_eq!(s["reloads"], 3);
 }
 
@@ -78,7 +119,10 @@ fn rename_save_and_truncate_save_restart_only_the_changed_model() {
 fn an_invalid_edit_changes_nothing_and_the_status_shows_where() {
     let d = Daemon::start(&["a", "b"], TWO);
     let before = d.wait_ready(&["a", "b"]);
-    write_by_rename(&d.spec, &d.spec_text("  a:\n    model: a.gguf\n    ctx_size: lots\n"));
+    write_by_rename(
+        &d.spec,
+        &d.spec_text("  a:\n    model: a.gguf\n    ctx_size: lots\n"),
+    );
     let s = d.wait_status("the edit rejected", |s| s["last_reload"]["ok"] == false);
     let errors = s["last_reload"]["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{errors:?}");
@@ -87,23 +131,41 @@ fn an_invalid_edit_changes_nothing_and_the_status_shows_where() {
     assert_eq!(s["generation"], 1);
     assert_eq!(s["reload_errors"], 1);
     for m in ["a", "b"] {
-        assert_eq!(s["models"][m]["pid"], before["models"][m]["pid"], "{m} kept running");
+        assert_eq!(
+            s["models"][m]["pid"], before["models"][m]["pid"],
+            "{m} kept running"
+        );
         assert_eq!(s["models"][m]["state"], "ready");
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocm-llm")).args(["status", "--control", &d.control]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "status exits 1 while the last edit is rejected");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocm-llm"))
+        .args(["status", "--control", &d.control])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "status exits 1 while the last edit is rejected"
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("REJECTED"));
 
     // A deleted spec changes nothing either, and is reported.
     std::fs::remove_file(&d.spec).unwrap();
     let s = d.wait_status("the deletion reported", |s| s["reload_errors"] == 2);
-    assert!(s["last_reload"]["errors"][0].as_str().unwrap().contains("the spec file is gone"));
+    assert!(
+        s["last_reload"]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("the spec file is gone")
+    );
     assert_eq!(s["models"]["b"]["pid"], before["models"]["b"]["pid"]);
 
     // The next valid edit clears the error.
     d.write_spec(TWO);
     let s = d.wait_status("recovered", |s| s["last_reload"]["ok"] == true);
-    assert_eq!(s["models"]["a"]["pid"], before["models"]["a"]["pid"], "the same spec again restarts nothing");
+    assert_eq!(
+        s["models"]["a"]["pid"], before["models"]["a"]["pid"],
+        "the same spec again restarts nothing"
+    );
 }
 
 #[test]
@@ -111,11 +173,24 @@ fn a_child_killed_with_sigkill_is_restarted() {
     let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
     let s = d.wait_ready(&["a"]);
     let pid = Daemon::pid(&s, "a");
-    assert!(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
-    let s = d.wait_status("a restarted", |s| s["models"]["a"]["state"] == "ready" && s["models"]["a"]["pid"] != pid);
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let s = d.wait_status("a restarted", |s| {
+        s["models"]["a"]["state"] == "ready" && s["models"]["a"]["pid"] != pid
+    });
     assert_eq!(s["models"]["a"]["restarts"], 1);
-    assert!(s["models"]["a"]["last_error"].is_null(), "a healthy restart clears the error");
-    wait_until(Duration::from_secs(5), "the crash is logged", || d.log().contains("exited unexpectedly").then_some(()));
+    assert!(
+        s["models"]["a"]["last_error"].is_null(),
+        "a healthy restart clears the error"
+    );
+    wait_until(Duration::from_secs(5), "the crash is logged", || {
+        d.log().contains("exited unexpectedly").then_some(())
+    });
 }
 
 #[test]
@@ -125,20 +200,33 @@ fn a_child_that_never_becomes_ready_times_out_fails_and_backs_off() {
     let fake = common::daemon::fake_llama_server();
     let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
     let wrapper = d.dir.path().join("llama-server-or-fake");
-    std::fs::write(&wrapper, format!(
-        "#!/bin/sh\nif [ -n \"$FAKE_LLAMA_MODE\" ]; then exec {} \"$@\"; fi\nexec {} \"$@\"\n",
-        fake.display(), common::daemon::llama_server().display()
-    )).unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(&wrapper).status().unwrap();
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ -n \"$FAKE_LLAMA_MODE\" ]; then exec {} \"$@\"; fi\nexec {} \"$@\"\n",
+            fake.display(),
+            common::daemon::llama_server().display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper)
+        .status()
+        .unwrap();
     let spec = d.spec_text("  a:\n    model: a.gguf\n  stuck:\n    model: a.gguf\n    ready_timeout: 1s\n    env: {FAKE_LLAMA_MODE: hang}\n")
         .replace(&format!("llama_server: {}", common::daemon::llama_server().display()), &format!("llama_server: {}", wrapper.display()));
     write_by_rename(&d.spec, &spec);
     // First a timeout and a backoff...
-    let s = d.wait_status("stuck backing off", |s| s["models"]["stuck"]["state"] == "backoff");
+    let s = d.wait_status("stuck backing off", |s| {
+        s["models"]["stuck"]["state"] == "backoff"
+    });
     let e = s["models"]["stuck"]["last_error"].as_str().unwrap();
     assert!(e.contains("not ready within 1s"), "{e}");
     // ...then, after repeated failures, `failed` (the default policy: 5 in a row).
-    let s = d.wait_status("stuck failed", |s| s["models"]["stuck"]["state"] == "failed");
+    let s = d.wait_status("stuck failed", |s| {
+        s["models"]["stuck"]["state"] == "failed"
+    });
     assert!(s["models"]["stuck"]["restarts"].as_u64().unwrap() >= 5);
     // a was restarted by the binary change but is otherwise unaffected.
     assert_eq!(s["models"]["a"]["state"], "ready");
@@ -151,15 +239,31 @@ fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
     let fake = common::daemon::fake_llama_server();
     let spec = d
         .spec_text("  a:\n    model: a.gguf\n    stop_grace: 1s\n    ready_timeout: 1h\n")
-        .replace(&format!("llama_server: {}", common::daemon::llama_server().display()), &format!("llama_server: {}", fake.display()))
-        .replace("  threads: 1\n", "  threads: 1\n  env: {FAKE_LLAMA_MODE: ignore-term}\n");
+        .replace(
+            &format!("llama_server: {}", common::daemon::llama_server().display()),
+            &format!("llama_server: {}", fake.display()),
+        )
+        .replace(
+            "  threads: 1\n",
+            "  threads: 1\n  env: {FAKE_LLAMA_MODE: ignore-term}\n",
+        );
     write_by_rename(&d.spec, &spec);
-    let s = d.wait_status("the stubborn fake starting", |s| s["models"]["a"]["state"] == "starting" && s["generation"] == 2);
+    let s = d.wait_status("the stubborn fake starting", |s| {
+        s["models"]["a"]["state"] == "starting" && s["generation"] == 2
+    });
     let stubborn = Daemon::pid(&s, "a");
     // Remove it: SIGTERM is ignored, so SIGKILL must follow after 1 s.
     write_by_rename(&d.spec, &d.spec_text("  b:\n    model: a.gguf\n"));
-    wait_until(Duration::from_secs(15), "the stubborn process is gone", || (!pid_alive(stubborn)).then_some(()));
-    wait_until(Duration::from_secs(15), "the daemon reports the SIGKILL", || d.log().contains("ignored SIGTERM").then_some(()));
+    wait_until(
+        Duration::from_secs(15),
+        "the stubborn process is gone",
+        || (!pid_alive(stubborn)).then_some(()),
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "the daemon reports the SIGKILL",
+        || d.log().contains("ignored SIGTERM").then_some(()),
+    );
 }
 
 #[test]
@@ -168,7 +272,11 @@ fn sigterm_to_the_daemon_leaves_no_llama_server_behind() {
     let s = d.wait_ready(&["a", "b"]);
     let pids = [Daemon::pid(&s, "a"), Daemon::pid(&s, "b")];
     d.signal("TERM");
-    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0), "exits 0 after a graceful stop");
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "exits 0 after a graceful stop"
+    );
     for pid in pids {
         assert!(!pid_alive(pid), "llama-server {pid} outlived the daemon");
     }
@@ -183,7 +291,11 @@ fn sigkill_to_the_daemon_leaves_nothing_and_the_next_start_cleans_up() {
     d.signal("KILL");
     d.wait_exit(Duration::from_secs(5));
     // The parent-death signal stops the children.
-    wait_until(Duration::from_secs(2), "no llama-server is left within 2 s", || d.children().is_empty().then_some(()));
+    wait_until(
+        Duration::from_secs(2),
+        "no llama-server is left within 2 s",
+        || d.children().is_empty().then_some(()),
+    );
     for pid in pids {
         assert!(!pid_alive(pid));
     }
@@ -207,7 +319,16 @@ fn a_leftover_from_a_crashed_run_is_stopped_at_the_next_start() {
     d.wait_exit(Duration::from_secs(30));
     let port = common::daemon::free_port();
     let mut orphan = std::process::Command::new(common::daemon::llama_server())
-        .args(["--model", &d.dir.path().join("a.gguf").display().to_string(), "--port", &port.to_string(), "--threads", "1", "-c", "256"])
+        .args([
+            "--model",
+            &d.dir.path().join("a.gguf").display().to_string(),
+            "--port",
+            &port.to_string(),
+            "--threads",
+            "1",
+            "-c",
+            "256",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .process_group(0)
@@ -217,12 +338,24 @@ fn a_leftover_from_a_crashed_run_is_stopped_at_the_next_start() {
     let start_time = rocm_llm::supervisor::process::process_start_time(pid).unwrap();
     let state = rocm_llm::supervisor::StateFile::new(&d.dir.path().join("state"));
     state
-        .record(rocm_llm::supervisor::InstanceRecord { model: "a".into(), pid, start_time, launch_id: rocm_llm::plan::LaunchId("x".into()), port })
+        .record(rocm_llm::supervisor::InstanceRecord {
+            model: "a".into(),
+            pid,
+            start_time,
+            launch_id: rocm_llm::plan::LaunchId("x".into()),
+            port,
+        })
         .unwrap();
     d.spawn();
     d.wait_ready(&["a"]);
-    wait_until(Duration::from_secs(10), "the orphan is reaped", || orphan.try_wait().unwrap().map(|_| ()));
-    assert!(d.log().contains("an earlier run left llama-server behind"), "{}", d.log());
+    wait_until(Duration::from_secs(10), "the orphan is reaped", || {
+        orphan.try_wait().unwrap().map(|_| ())
+    });
+    assert!(
+        d.log().contains("an earlier run left llama-server behind"),
+        "{}",
+        d.log()
+    );
     assert_eq!(d.children().len(), 1, "only the daemon's own instance runs");
 }
 
@@ -232,29 +365,40 @@ fn fifty_rapid_edits_converge_to_the_last_with_never_two_instances_of_a_model() 
     d.wait_ready(&["a", "b"]);
     let a_model = d.dir.path().join("a.gguf").display().to_string();
     let b_model = d.dir.path().join("b.gguf").display().to_string();
+    let ctx_of_edit = |i: u32| 64 + (i % 7) * 16;
     let mut worst = 0;
     for i in 0..50 {
-        let ctx = 64 + (i % 7) * 16;
+        let ctx = ctx_of_edit(i);
         write_by_rename(&d.spec, &d.spec_text(&format!("  a:\n    model: a.gguf\n    ctx_size: {ctx}\n  b:\n    model: b.gguf\n    aliases: [bee]\n")));
         for model in [&a_model, &b_model] {
             worst = worst.max(processes_mentioning(model).len());
         }
         // Some edits land within one debounce window, some apart.
-        std::thread::sleep(Duration::from_millis(5 + (i as u64 % 5) * 40));
+        std::thread::sleep(Duration::from_millis(5 + u64::from(i % 5) * 40));
     }
-    let last_ctx = 64 + (49 % 7) * 16;
+    let last_ctx = ctx_of_edit(49);
     let has_last = |pid: i64| {
-        let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ");
+        let cmdline = String::from_utf8_lossy(
+            &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+        )
+        .replace('\0', " ");
         cmdline.contains(&format!("--ctx-size {last_ctx} "))
     };
     let s = d.wait_status("converged on the last edit", |s| {
-        s["models"]["a"]["state"] == "ready" && s["models"]["a"]["pid"].as_i64().is_some_and(has_last)
+        s["models"]["a"]["state"] == "ready"
+            && s["models"]["a"]["pid"].as_i64().is_some_and(has_last)
     });
-    assert!(s["generation"].as_u64().unwrap() > 2, "edits were applied along the way: {s:#}");
+    assert!(
+        s["generation"].as_u64().unwrap() > 2,
+        "edits were applied along the way: {s:#}"
+    );
     for model in [&a_model, &b_model] {
         assert_eq!(processes_mentioning(model).len(), 1);
     }
-    assert!(worst <= 1, "saw {worst} llama-servers for one model at once");
+    assert!(
+        worst <= 1,
+        "saw {worst} llama-servers for one model at once"
+    );
     assert_eq!(processes_mentioning(&b_model).len(), 1);
 }
 
@@ -264,7 +408,9 @@ fn systemd_hears_ready_reloading_and_stopping_and_sighup_reloads() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     with_notifying_daemon(&socket_path, |mut d| {
         let recv = || {
             let mut buf = [0u8; 4096];
@@ -277,11 +423,17 @@ fn systemd_hears_ready_reloading_and_stopping_and_sighup_reloads() {
         // An edit that the watcher cannot see (same path, SIGHUP instead).
         d.signal("HUP");
         let reloading = recv();
-        assert!(reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="), "{reloading}");
+        assert!(
+            reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
+            "{reloading}"
+        );
         let ready = recv();
         assert!(ready.contains("READY=1"), "{ready}");
         let after = d.status();
-        assert_eq!(after["models"]["a"]["pid"], before["models"]["a"]["pid"], "an unchanged spec restarts nothing");
+        assert_eq!(
+            after["models"]["a"]["pid"], before["models"]["a"]["pid"],
+            "an unchanged spec restarts nothing"
+        );
         d.signal("TERM");
         let stopping = recv();
         assert!(stopping.contains("STOPPING=1"), "{stopping}");
@@ -292,7 +444,11 @@ fn systemd_hears_ready_reloading_and_stopping_and_sighup_reloads() {
 /// Starts a daemon whose environment has NOTIFY_SOCKET, without touching
 /// this test process's environment.
 fn with_notifying_daemon(socket: &std::path::Path, f: impl FnOnce(Daemon)) {
-    let d = Daemon::start_with_env(&["a"], "  a:\n    model: a.gguf\n", &[("NOTIFY_SOCKET", socket.as_os_str())]);
+    let d = Daemon::start_with_env(
+        &["a"],
+        "  a:\n    model: a.gguf\n",
+        &[("NOTIFY_SOCKET", socket.as_os_str())],
+    );
     f(d);
 }
 
@@ -303,12 +459,25 @@ fn plan_shows_the_diff_against_the_running_daemon() {
     let plan = |text: &str| {
         let file = d.dir.path().join("candidate.yaml");
         std::fs::write(&file, d.spec_text(text)).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocm-llm")).arg("plan").arg(&file).output().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocm-llm"))
+            .arg("plan")
+            .arg(&file)
+            .output()
+            .unwrap();
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let same = plan(TWO);
-    assert!(same.contains(&format!("# against the daemon at {} (spec generation 1):\n#   nothing to do\n", d.control)), "{same}");
+    assert!(
+        same.contains(&format!(
+            "# against the daemon at {} (spec generation 1):\n#   nothing to do\n",
+            d.control
+        )),
+        "{same}"
+    );
     let changed = plan("  a:\n    model: a.gguf\n    ctx_size: 128\n  c:\n    model: b.gguf\n");
-    assert!(changed.contains("#   stop b\n#   restart a\n#   start c\n"), "{changed}");
+    assert!(
+        changed.contains("#   stop b\n#   restart a\n#   start c\n"),
+        "{changed}"
+    );
 }

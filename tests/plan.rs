@@ -1,6 +1,8 @@
 //! Plan tests: an edit from one spec to another, and the actions it must
 //! produce. One line per case.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use rocm_llm::plan::{self, Observed, desired_launches};
@@ -22,39 +24,106 @@ fn check(before: &str, after: &str, expected: &[&str]) {
         .map(|(name, launch)| (name, launch.identity()))
         .collect();
     let actions = plan::plan(&common::desired(after), &running);
-    let got: Vec<String> = actions.iter().filter(|a| a.kind != plan::ActionKind::Keep).map(ToString::to_string).collect();
+    let got: Vec<String> = actions
+        .iter()
+        .filter(|a| a.kind != plan::ActionKind::Keep)
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(got, expected, "\nbefore:{before}\nafter:{after}");
 }
 
 #[test]
 fn edits_produce_exactly_the_needed_actions() {
     // add a model
-    check(BASE, &format!("{BASE}  llama:\n    model: llama.gguf\n"), &["start llama"]);
+    check(
+        BASE,
+        &format!("{BASE}  llama:\n    model: llama.gguf\n"),
+        &["start llama"],
+    );
     // remove a model
-    check(BASE, "models:\n  gemma:\n    model: gemma.gguf\n", &["stop qwen"]);
+    check(
+        BASE,
+        "models:\n  gemma:\n    model: gemma.gguf\n",
+        &["stop qwen"],
+    );
     // change an option that reaches llama-server
-    check(BASE, &BASE.replace("ctx_size: 8192", "ctx_size: 16384"), &["restart qwen"]);
+    check(
+        BASE,
+        &BASE.replace("ctx_size: 8192", "ctx_size: 16384"),
+        &["restart qwen"],
+    );
     // rename: the old name stops, the new one starts
-    check(BASE, &BASE.replace("  qwen:", "  qwen3:"), &["stop qwen", "start qwen3"]);
+    check(
+        BASE,
+        &BASE.replace("  qwen:", "  qwen3:"),
+        &["stop qwen", "start qwen3"],
+    );
     // alias change: routing only, nothing restarts
-    check(BASE, &BASE.replace("aliases: [q]", "aliases: [q, qwen-latest]"), &[]);
+    check(
+        BASE,
+        &BASE.replace("aliases: [q]", "aliases: [q, qwen-latest]"),
+        &[],
+    );
     // disable a model
-    check(BASE, &BASE.replace("    model: gemma.gguf", "    model: gemma.gguf\n    enabled: false"), &["stop gemma"]);
+    check(
+        BASE,
+        &BASE.replace(
+            "    model: gemma.gguf",
+            "    model: gemma.gguf\n    enabled: false",
+        ),
+        &["stop gemma"],
+    );
     // re-enable it
-    check(&BASE.replace("    model: gemma.gguf", "    model: gemma.gguf\n    enabled: false"), BASE, &["start gemma"]);
+    check(
+        &BASE.replace(
+            "    model: gemma.gguf",
+            "    model: gemma.gguf\n    enabled: false",
+        ),
+        BASE,
+        &["start gemma"],
+    );
     // env change restarts, and only that model
-    check(BASE, &BASE.replace("    model: gemma.gguf", "    model: gemma.gguf\n    env: {HSA_OVERRIDE_GFX_VERSION: \"11.0.1\"}"), &["restart gemma"]);
+    check(
+        BASE,
+        &BASE.replace(
+            "    model: gemma.gguf",
+            "    model: gemma.gguf\n    env: {HSA_OVERRIDE_GFX_VERSION: \"11.0.1\"}",
+        ),
+        &["restart gemma"],
+    );
     // a defaults change reaches every model that doesn't override it
-    check(BASE, &format!("defaults:\n  threads: 8\n{BASE}"), &["restart gemma", "restart qwen"]);
+    check(
+        BASE,
+        &format!("defaults:\n  threads: 8\n{BASE}"),
+        &["restart gemma", "restart qwen"],
+    );
     // ...and none that does
-    check(BASE, &format!("defaults:\n  ctx_size: 4096\n{BASE}"), &["restart gemma"]);
+    check(
+        BASE,
+        &format!("defaults:\n  ctx_size: 4096\n{BASE}"),
+        &["restart gemma"],
+    );
     // a different llama-server binary restarts everything
-    check(BASE, &format!("llama_server: /opt/llama/bin/llama-server\n{BASE}"), &["restart gemma", "restart qwen"]);
+    check(
+        BASE,
+        &format!("llama_server: /opt/llama/bin/llama-server\n{BASE}"),
+        &["restart gemma", "restart qwen"],
+    );
     // daemon-only options apply without a restart
-    check(BASE, &BASE.replace("    aliases: [q]", "    aliases: [q]\n    ready_timeout: 10m\n    swap: blue_green\n    stop_grace: 1m"), &[]);
+    check(
+        BASE,
+        &BASE.replace(
+            "    aliases: [q]",
+            "    aliases: [q]\n    ready_timeout: 10m\n    swap: blue_green\n    stop_grace: 1m",
+        ),
+        &[],
+    );
     // several at once come out stops, restarts, starts, each by name
-    check(BASE, "models:\n  gemma:\n    model: gemma.gguf\n    ctx_size: 2048\n  zeta:\n    model: z.gguf\n  alpha:\n    model: a.gguf\n",
-        &["stop qwen", "restart gemma", "start alpha", "start zeta"]);
+    check(
+        BASE,
+        "models:\n  gemma:\n    model: gemma.gguf\n    ctx_size: 2048\n  zeta:\n    model: z.gguf\n  alpha:\n    model: a.gguf\n",
+        &["stop qwen", "restart gemma", "start alpha", "start zeta"],
+    );
 }
 
 #[test]
@@ -81,7 +150,12 @@ fn no_op_edits_give_an_empty_plan() {
 #[test]
 fn on_demand_models_are_not_started_by_the_plan() {
     let running = Observed::new();
-    let desired = common::desired("models:\n  a:\n    model: a.gguf\n    on_demand: true\n  b:\n    model: b.gguf\n");
-    let got: Vec<String> = plan::plan(&desired, &running).iter().map(ToString::to_string).collect();
+    let desired = common::desired(
+        "models:\n  a:\n    model: a.gguf\n    on_demand: true\n  b:\n    model: b.gguf\n",
+    );
+    let got: Vec<String> = plan::plan(&desired, &running)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(got, ["start b"]);
 }

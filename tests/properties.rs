@@ -1,6 +1,8 @@
 //! Property tests of the pure core: round trips, idempotent planning, and at
 //! most one instance per model.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -9,42 +11,61 @@ use std::path::PathBuf;
 use proptest::prelude::*;
 use rocm_llm::plan::{self, ActionKind, Observed, desired_launches};
 use rocm_llm::spec::decode;
-use rocm_llm::spec::{CacheType, FlashAttn, GpuLayers, GpuLayersKeyword, HumanDuration, ModelOptions, SpecFile, SwapStrategy, tree};
+use rocm_llm::spec::{
+    CacheType, FlashAttn, GpuLayers, GpuLayersKeyword, HumanDuration, ModelOptions, SpecFile,
+    SwapStrategy, tree,
+};
 
 fn options(with_model: bool) -> impl Strategy<Value = ModelOptions> {
     (
         (
             any::<bool>(),
             proptest::option::of(0u32..=65536),
-            proptest::option::of(prop_oneof![(0u32..=99).prop_map(GpuLayers::Count), Just(GpuLayers::Keyword(GpuLayersKeyword::All)), Just(GpuLayers::Keyword(GpuLayersKeyword::Auto))]),
+            proptest::option::of(prop_oneof![
+                (0u32..=99).prop_map(GpuLayers::Count),
+                Just(GpuLayers::Keyword(GpuLayersKeyword::All)),
+                Just(GpuLayers::Keyword(GpuLayersKeyword::Auto))
+            ]),
             proptest::option::of(1u32..=8),
             proptest::option::of(prop::sample::select(FlashAttn::ALL)),
             proptest::option::of(prop::sample::select(CacheType::ALL)),
         ),
         (
-            proptest::option::of(prop::collection::btree_map("[A-Z_]{1,8}", "[ -~]{0,12}", 0..3)),
+            proptest::option::of(prop::collection::btree_map(
+                "[A-Z_]{1,8}",
+                "[ -~]{0,12}",
+                0..3,
+            )),
             proptest::option::of(prop::collection::vec("--[a-z-]{1,10}", 0..3)),
-            proptest::option::of((1u64..=600).prop_map(|s| HumanDuration(std::time::Duration::from_secs(s)))),
+            proptest::option::of(
+                (1u64..=600).prop_map(|s| HumanDuration(std::time::Duration::from_secs(s))),
+            ),
             proptest::option::of(prop::sample::select(SwapStrategy::ALL)),
             proptest::option::of(any::<bool>()),
             proptest::option::of("[ -~]{0,20}"),
         ),
     )
-        .prop_map(move |((model, ctx, ngl, par, fa, ctk), (env, extra, ready, swap, enabled, tmpl))| ModelOptions {
-            model: (with_model || model).then(|| PathBuf::from("m.gguf")).filter(|_| with_model),
-            ctx_size: ctx,
-            gpu_layers: ngl,
-            parallel: par,
-            flash_attn: fa,
-            cache_type_k: ctk,
-            env,
-            extra_args: extra,
-            ready_timeout: ready,
-            swap,
-            enabled,
-            chat_template: tmpl,
-            ..ModelOptions::default()
-        })
+        .prop_map(
+            move |((model, ctx, ngl, par, fa, ctk), (env, extra, ready, swap, enabled, tmpl))| {
+                ModelOptions {
+                    model: (with_model || model)
+                        .then(|| PathBuf::from("m.gguf"))
+                        .filter(|_| with_model),
+                    ctx_size: ctx,
+                    gpu_layers: ngl,
+                    parallel: par,
+                    flash_attn: fa,
+                    cache_type_k: ctk,
+                    env,
+                    extra_args: extra,
+                    ready_timeout: ready,
+                    swap,
+                    enabled,
+                    chat_template: tmpl,
+                    ..ModelOptions::default()
+                }
+            },
+        )
 }
 
 fn spec_file() -> impl Strategy<Value = SpecFile> {
@@ -53,13 +74,22 @@ fn spec_file() -> impl Strategy<Value = SpecFile> {
         prop::collection::btree_map("[a-z][a-z0-9-]{0,8}", options(true), 1..5),
         proptest::option::of("127\\.0\\.0\\.1:[1-9][0-9]{3}"),
     )
-        .prop_map(|(defaults, models, listen)| SpecFile { listen, defaults, models, ..SpecFile::default() })
+        .prop_map(|(defaults, models, listen)| SpecFile {
+            listen,
+            defaults,
+            models,
+            ..SpecFile::default()
+        })
 }
 
 fn parse(text: &str) -> Result<SpecFile, String> {
     let tree = tree::parse(text).map_err(|e| e.to_string())?;
     let decoded = decode::decode(&tree);
-    if decoded.problems.is_empty() { Ok(decoded.spec) } else { Err(format!("{:?}", decoded.problems)) }
+    if decoded.problems.is_empty() {
+        Ok(decoded.spec)
+    } else {
+        Err(format!("{:?}", decoded.problems))
+    }
 }
 
 proptest! {

@@ -2,6 +2,8 @@
 //! generates; editors use the committed copy, so drift fails here.
 //! To accept a change: `cargo run -q -- schema > schema/rocm-llm.schema.json`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 mod common;
@@ -9,8 +11,10 @@ mod common;
 #[test]
 fn committed_schema_matches_the_code() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let committed = std::fs::read_to_string(root.join("schema/rocm-llm.schema.json")).expect("schema/rocm-llm.schema.json");
-    let generated = serde_json::to_string_pretty(&rocm_llm::spec::decode::spec_schema()).expect("schema serialises");
+    let committed = std::fs::read_to_string(root.join("schema/rocm-llm.schema.json"))
+        .expect("schema/rocm-llm.schema.json");
+    let generated = serde_json::to_string_pretty(&rocm_llm::spec::decode::spec_schema())
+        .expect("schema serialises");
     assert!(
         committed.trim_end() == generated.trim_end(),
         "schema/rocm-llm.schema.json is stale; regenerate it with `cargo run -q -- schema > schema/rocm-llm.schema.json`"
@@ -36,5 +40,8 @@ fn every_example_points_editors_at_the_schema_and_is_valid() {
         common::desired(&text);
         seen += 1;
     }
-    assert!(seen >= 3, "expected the realistic, minimal and demo examples, found {seen}");
+    assert!(
+        seen >= 3,
+        "expected the realistic, minimal and demo examples, found {seen}"
+    );
 }

@@ -3,6 +3,8 @@
 //! `# expect: LINE:COLUMN: PATH: MESSAGE` comments; adding a case is adding a
 //! file.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use rocm_llm::spec::validate::{self, Context, FileProbe};
@@ -17,13 +19,16 @@ impl FileProbe for NamedProbe {
         if name.contains("missing") {
             Err(format!("file {name} does not exist"))
         } else if name.ends_with(".txt") {
-            Err(format!("{name} is not a GGUF file (it does not start with the GGUF magic)"))
+            Err(format!(
+                "{name} is not a GGUF file (it does not start with the GGUF magic)"
+            ))
         } else {
             Ok(())
         }
     }
     fn check_readable(&self, path: &Path) -> Result<(), String> {
-        self.check_gguf(path).map_err(|_| format!("file {} does not exist", path.display()))
+        self.check_gguf(path)
+            .map_err(|_| format!("file {} does not exist", path.display()))
     }
 }
 
@@ -37,7 +42,11 @@ fn check(fixture: &Path) -> Result<(), String> {
     if expected.is_empty() {
         return Err("fixture has no `# expect:` line".into());
     }
-    let ctx = Context { spec_path: Path::new("spec.yaml"), default_llama_server: PathBuf::from("llama-server"), probe: &NamedProbe };
+    let ctx = Context {
+        spec_path: Path::new("spec.yaml"),
+        default_llama_server: PathBuf::from("llama-server"),
+        probe: &NamedProbe,
+    };
     let found: Vec<String> = match validate::load(&text, &ctx) {
         Ok(_) => vec![],
         Err(errors) => errors
@@ -55,7 +64,11 @@ fn check(fixture: &Path) -> Result<(), String> {
     if expected.len() == found.len() && expected.iter().zip(&found).all(|(e, f)| matches(e, f)) {
         Ok(())
     } else {
-        Err(format!("expected:\n  {}\nfound:\n  {}", expected.join("\n  "), found.join("\n  ")))
+        Err(format!(
+            "expected:\n  {}\nfound:\n  {}",
+            expected.join("\n  "),
+            found.join("\n  ")
+        ))
     }
 }
 
@@ -68,10 +81,24 @@ fn every_fixture_reports_exactly_its_mistakes() {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     fixtures.sort();
-    assert!(fixtures.len() >= 20, "fixtures went missing: {}", fixtures.len());
+    assert!(
+        fixtures.len() >= 20,
+        "fixtures went missing: {}",
+        fixtures.len()
+    );
     let failures: Vec<String> = fixtures
         .iter()
-        .filter_map(|f| check(f).err().map(|e| format!("{}:\n{e}", f.file_name().unwrap_or_default().display())))
+        .filter_map(|f| {
+            check(f)
+                .err()
+                .map(|e| format!("{}:\n{e}", f.file_name().unwrap_or_default().display()))
+        })
         .collect();
-    assert!(failures.is_empty(), "{} of {} fixtures failed:\n\n{}", failures.len(), fixtures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n\n{}",
+        failures.len(),
+        fixtures.len(),
+        failures.join("\n\n")
+    );
 }

@@ -22,8 +22,12 @@ pub const EXIT_INVALID: u8 = 1;
 pub const EXIT_FAILURE: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "rocm-llm", version, about = "Declare local LLMs in one YAML file; rocm-llm keeps llama-server matching it.",
-    after_help = "Exit codes: 0 success, 1 invalid spec, 2 usage error, 3 operational failure.")]
+#[command(
+    name = "rocm-llm",
+    version,
+    about = "Declare local LLMs in one YAML file; rocm-llm keeps llama-server matching it.",
+    after_help = "Exit codes: 0 success, 1 invalid spec, 2 usage error, 3 operational failure."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -90,11 +94,21 @@ pub fn main() -> ExitCode {
             println!("{}", schema_json());
             ExitCode::SUCCESS
         }
-        Command::Serve { spec, state_dir, debounce, log } => serve::run(spec, state_dir, debounce, &log),
+        Command::Serve {
+            spec,
+            state_dir,
+            debounce,
+            log,
+        } => serve::run(spec, state_dir, debounce, &log),
         Command::Status { control, json } => status::run(&control, json),
         Command::DemoModel { out, seed } => {
-            let name = out.file_stem().map_or_else(|| "tiny".to_owned(), |s| s.to_string_lossy().into_owned());
-            match rocm_llm::gguf::write_tiny_llama(&out, &rocm_llm::gguf::TinyModel::with_seed(seed, &name)) {
+            let name = out
+                .file_stem()
+                .map_or_else(|| "tiny".to_owned(), |s| s.to_string_lossy().into_owned());
+            match rocm_llm::gguf::write_tiny_llama(
+                &out,
+                &rocm_llm::gguf::TinyModel::with_seed(seed, &name),
+            ) {
                 Ok(()) => {
                     println!("{}", out.display());
                     ExitCode::SUCCESS
@@ -132,9 +146,17 @@ pub enum LoadError {
 }
 
 pub fn load_spec(path: &Path) -> Result<Desired, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|e| LoadError::Read(format!("{}: cannot read the spec: {e}", path.display())))?;
-    let ctx = Context { spec_path: path, default_llama_server: default_llama_server(), probe: &Disk };
-    validate::load(&text, &ctx).map_err(|errors| LoadError::Invalid { errors, source: text })
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| LoadError::Read(format!("{}: cannot read the spec: {e}", path.display())))?;
+    let ctx = Context {
+        spec_path: path,
+        default_llama_server: default_llama_server(),
+        probe: &Disk,
+    };
+    validate::load(&text, &ctx).map_err(|errors| LoadError::Invalid {
+        errors,
+        source: text,
+    })
 }
 
 fn report(err: &LoadError) -> u8 {
@@ -147,7 +169,15 @@ fn report(err: &LoadError) -> u8 {
             for d in &errors.diagnostics {
                 eprintln!("error: {}\n", d.render(source));
             }
-            eprintln!("{} error{} found", errors.diagnostics.len(), if errors.diagnostics.len() == 1 { "" } else { "s" });
+            eprintln!(
+                "{} error{} found",
+                errors.diagnostics.len(),
+                if errors.diagnostics.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            );
             EXIT_INVALID
         }
     }
@@ -159,7 +189,12 @@ fn validate_files(files: &[PathBuf]) -> ExitCode {
         match load_spec(file) {
             Ok(desired) => {
                 let enabled = desired.enabled_models().count();
-                println!("{}: ok ({} model{}, {enabled} enabled)", file.display(), desired.models.len(), if desired.models.len() == 1 { "" } else { "s" });
+                println!(
+                    "{}: ok ({} model{}, {enabled} enabled)",
+                    file.display(),
+                    desired.models.len(),
+                    if desired.models.len() == 1 { "" } else { "s" }
+                );
             }
             Err(e) => worst = worst.max(report(&e)),
         }
@@ -181,7 +216,11 @@ pub fn render_plan(desired: &Desired) -> String {
     let mut out = String::new();
     for m in desired.models.values() {
         let launch = Launch::for_model(m, &desired.llama_server);
-        out.push_str(&format!("# {}  (launch id {})\n", m.name, launch.identity()));
+        out.push_str(&format!(
+            "# {}  (launch id {})\n",
+            m.name,
+            launch.identity()
+        ));
         if !m.enabled {
             out.push_str("#   disabled: nothing runs\n\n");
             continue;
@@ -202,18 +241,32 @@ pub fn render_plan(desired: &Desired) -> String {
 /// would do with this spec, or what a fresh daemon would.
 pub fn render_diff(desired: &Desired) -> String {
     let control = desired.control.to_string();
-    let (observed, header) = match status::get(&control, "/status").ok().and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok()) {
+    let (observed, header) = match status::get(&control, "/status")
+        .ok()
+        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+    {
         Some(status) => {
             let observed: plan::Observed = status["models"]
                 .as_object()
                 .into_iter()
                 .flatten()
-                .filter_map(|(name, m)| Some((name.clone(), plan::LaunchId(m["launch_id"].as_str()?.to_owned()))))
+                .filter_map(|(name, m)| {
+                    Some((
+                        name.clone(),
+                        plan::LaunchId(m["launch_id"].as_str()?.to_owned()),
+                    ))
+                })
                 .collect();
             let generation = status["generation"].as_u64().unwrap_or(0);
-            (observed, format!("# against the daemon at {control} (spec generation {generation}):\n"))
+            (
+                observed,
+                format!("# against the daemon at {control} (spec generation {generation}):\n"),
+            )
         }
-        None => (plan::Observed::new(), format!("# no daemon answers at {control}; from nothing running, the daemon would:\n")),
+        None => (
+            plan::Observed::new(),
+            format!("# no daemon answers at {control}; from nothing running, the daemon would:\n"),
+        ),
     };
     let mut out = header;
     let actions = plan::plan(desired, &observed);
@@ -227,5 +280,10 @@ pub fn render_diff(desired: &Desired) -> String {
 }
 
 fn shell_word(s: &str) -> String {
-    Launch { program: PathBuf::from(s), args: vec![], env: Default::default() }.shell_line()
+    Launch {
+        program: PathBuf::from(s),
+        args: vec![],
+        env: Default::default(),
+    }
+    .shell_line()
 }

@@ -9,18 +9,28 @@ use rocm_llm::supervisor::BackoffPolicy;
 use tokio_util::sync::CancellationToken;
 
 pub fn run(spec: PathBuf, state_dir: Option<PathBuf>, debounce: Duration, log: &str) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_new(log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_new(log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let spec = std::path::absolute(&spec).unwrap_or(spec);
     let options = ServeOptions {
         spec_path: spec,
         state_dir: state_dir.unwrap_or_else(daemon::default_state_dir),
         default_llama_server: super::default_llama_server(),
-        watch: WatchTiming { debounce, ..WatchTiming::default() },
+        watch: WatchTiming {
+            debounce,
+            ..WatchTiming::default()
+        },
         leftover_grace: Duration::from_secs(30),
         backoff: BackoffPolicy::default(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

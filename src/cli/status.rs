@@ -9,16 +9,35 @@ use serde_json::Value;
 
 /// A plain HTTP/1.0 GET: the CLI needs no async runtime for one request.
 pub fn get(control: &str, path: &str) -> Result<String, String> {
-    let mut stream = TcpStream::connect(control).map_err(|e| format!("cannot reach the daemon at {control}: {e} (is `rocm-llm serve` running?)"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    let key = std::env::var("ROCM_LLM_API_KEY").ok().filter(|k| !k.is_empty());
-    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {control}\r\n{auth}\r\n").map_err(|e| e.to_string())?;
+    let mut stream = TcpStream::connect(control).map_err(|e| {
+        format!("cannot reach the daemon at {control}: {e} (is `rocm-llm serve` running?)")
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let key = std::env::var("ROCM_LLM_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {control}\r\n{auth}\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
-    let (head, body) = response.split_once("\r\n\r\n").ok_or("malformed response from the daemon")?;
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or("malformed response from the daemon")?;
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(format!("the daemon answered: {}", head.lines().next().unwrap_or_default()));
+        return Err(format!(
+            "the daemon answered: {}",
+            head.lines().next().unwrap_or_default()
+        ));
     }
     Ok(body.to_owned())
 }
@@ -44,19 +63,47 @@ pub fn run(control: &str, json: bool) -> ExitCode {
     };
     print!("{}", render(&status, SystemTime::now()));
     let reload_ok = status["last_reload"]["ok"].as_bool().unwrap_or(true);
-    let any_failed = status["models"].as_object().is_some_and(|m| m.values().any(|v| v["state"] == "failed"));
-    if reload_ok && !any_failed { ExitCode::SUCCESS } else { ExitCode::from(super::EXIT_INVALID) }
+    let any_failed = status["models"]
+        .as_object()
+        .is_some_and(|m| m.values().any(|v| v["state"] == "failed"));
+    if reload_ok && !any_failed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(super::EXIT_INVALID)
+    }
 }
 
 fn ago(secs: f64, now: SystemTime) -> String {
-    let now = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     let d = Duration::from_secs((now - secs).max(0.0) as u64);
-    humantime::format_duration(d).to_string().split(' ').take(2).collect::<Vec<_>>().join(" ")
+    humantime::format_duration(d)
+        .to_string()
+        .split(' ')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The table a person reads at a glance, then the reload result.
 pub fn render(status: &Value, now: SystemTime) -> String {
-    let mut rows = vec![["MODEL", "STATE", "PID", "PORT", "READY", "UP", "RESTARTS", "IN-FLIGHT", "LAUNCH"].map(String::from).to_vec()];
+    let mut rows = vec![
+        [
+            "MODEL",
+            "STATE",
+            "PID",
+            "PORT",
+            "READY",
+            "UP",
+            "RESTARTS",
+            "IN-FLIGHT",
+            "LAUNCH",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
     let mut errors = Vec::new();
     if let Some(models) = status["models"].as_object() {
         for (name, m) in models {
@@ -66,8 +113,13 @@ pub fn render(status: &Value, now: SystemTime) -> String {
                 m["state"].as_str().unwrap_or("?").to_owned(),
                 m["pid"].as_i64().map_or_else(dash, |p| p.to_string()),
                 m["port"].as_u64().map_or_else(dash, |p| p.to_string()),
-                m["ready_ms"].as_f64().map_or_else(dash, |ms| format!("{ms:.0}ms")),
-                m["started_at"].as_f64().filter(|_| m["state"] == "ready").map_or_else(dash, |t| ago(t, now)),
+                m["ready_ms"]
+                    .as_f64()
+                    .map_or_else(dash, |ms| format!("{ms:.0}ms")),
+                m["started_at"]
+                    .as_f64()
+                    .filter(|_| m["state"] == "ready")
+                    .map_or_else(dash, |t| ago(t, now)),
                 m["restarts"].as_u64().unwrap_or(0).to_string(),
                 m["in_flight"].as_u64().unwrap_or(0).to_string(),
                 m["launch_id"].as_str().unwrap_or("-").to_owned(),
@@ -77,10 +129,16 @@ pub fn render(status: &Value, now: SystemTime) -> String {
             }
         }
     }
-    let widths: Vec<usize> = (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for row in &rows {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
@@ -95,11 +153,18 @@ pub fn render(status: &Value, now: SystemTime) -> String {
     match status["last_reload"].as_object() {
         Some(r) if r.get("ok").and_then(Value::as_bool) == Some(false) => {
             out.push_str(&format!("\nspec {spec} (generation {generation}): the last edit was REJECTED, nothing changed:\n"));
-            for e in r.get("errors").and_then(Value::as_array).into_iter().flatten() {
+            for e in r
+                .get("errors")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 out.push_str(&format!("  {}\n", e.as_str().unwrap_or_default()));
             }
         }
-        _ => out.push_str(&format!("\nspec {spec} (generation {generation}): applied\n")),
+        _ => out.push_str(&format!(
+            "\nspec {spec} (generation {generation}): applied\n"
+        )),
     }
     out
 }

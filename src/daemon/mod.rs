@@ -30,7 +30,9 @@ use crate::plan::{self, ActionKind, Observed};
 use crate::proxy;
 use crate::spec::validate::{self, Context, Disk};
 use crate::spec::{DEFAULT_CONTROL, DEFAULT_LISTEN, Desired};
-use crate::supervisor::{BackoffPolicy, InstanceHandle, InstanceSpec, StateFile, reap_leftovers, start_instance};
+use crate::supervisor::{
+    BackoffPolicy, InstanceHandle, InstanceSpec, StateFile, reap_leftovers, start_instance,
+};
 use routes::{RouteEntry, Routes};
 use sdnotify::SdNotify;
 use watch::{SpecRead, WatchTiming};
@@ -103,8 +105,12 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
         tracing::warn!("NOTIFY_SOCKET is unusable ({e}); not notifying systemd");
         SdNotify::disabled()
     });
-    std::fs::create_dir_all(&options.state_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create the state directory {}: {e}", options.state_dir.display()))?;
+    std::fs::create_dir_all(&options.state_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the state directory {}: {e}",
+            options.state_dir.display()
+        )
+    })?;
     for leftover in reap_leftovers(&options.state_dir, options.leftover_grace).await {
         tracing::warn!("an earlier run left llama-server behind: {leftover:?}");
     }
@@ -113,7 +119,11 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
     let first = watch::read_spec(&options.spec_path);
     let (listen, control, api_key_file) = match &first {
         SpecRead::Text(text) => addresses(text, &options),
-        _ => (default_addr(DEFAULT_LISTEN), default_addr(DEFAULT_CONTROL), None),
+        _ => (
+            default_addr(DEFAULT_LISTEN),
+            default_addr(DEFAULT_CONTROL),
+            None,
+        ),
     };
     let info = DaemonInfo {
         spec: options.spec_path.clone(),
@@ -141,13 +151,23 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
         auth: api_key.clone(),
         proxy: Arc::clone(&proxy_metrics),
     };
-    tokio::spawn(status::serve(control_listener, status_state, shutdown.clone()));
+    tokio::spawn(status::serve(
+        control_listener,
+        status_state,
+        shutdown.clone(),
+    ));
 
     let proxy_listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (the spec's `listen`): {e}"))?;
     tracing::info!("OpenAI-compatible endpoint on http://{listen}/v1");
-    let proxy_state = proxy::ProxyState::new(routes_rx.clone(), api_key, proxy_metrics, proxy::ProxyConfig::default(), shutdown.clone());
+    let proxy_state = proxy::ProxyState::new(
+        routes_rx.clone(),
+        api_key,
+        proxy_metrics,
+        proxy::ProxyConfig::default(),
+        shutdown.clone(),
+    );
     tokio::spawn(proxy::serve(proxy_listener, proxy_state));
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -204,20 +224,32 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
 }
 
 fn default_addr(text: &str) -> SocketAddr {
-    text.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    text.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
 }
 
 /// The listen and control addresses of a spec, even an otherwise invalid
 /// one, so the daemon listens where the user asked.
 fn addresses(text: &str, options: &ServeOptions) -> (SocketAddr, SocketAddr, Option<PathBuf>) {
-    let ctx = Context { spec_path: &options.spec_path, default_llama_server: options.default_llama_server.clone(), probe: &Disk };
+    let ctx = Context {
+        spec_path: &options.spec_path,
+        default_llama_server: options.default_llama_server.clone(),
+        probe: &Disk,
+    };
     match validate::load(text, &ctx) {
         Ok(d) => (d.listen, d.control, d.api_key_file),
-        Err(_) => (default_addr(DEFAULT_LISTEN), default_addr(DEFAULT_CONTROL), None),
+        Err(_) => (
+            default_addr(DEFAULT_LISTEN),
+            default_addr(DEFAULT_CONTROL),
+            None,
+        ),
     }
 }
 
-fn spawn_signal_handlers(events: mpsc::UnboundedSender<DaemonEvent>, shutdown: CancellationToken) -> anyhow::Result<()> {
+fn spawn_signal_handlers(
+    events: mpsc::UnboundedSender<DaemonEvent>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -237,8 +269,16 @@ fn spawn_signal_handlers(events: mpsc::UnboundedSender<DaemonEvent>, shutdown: C
 
 impl Daemon {
     fn summary(&self) -> String {
-        let ready = self.owners.values().filter(|h| h.snapshot().state == crate::supervisor::State::Ready).count();
-        format!("{} models, {ready} ready, spec generation {}", self.owners.len(), self.info.generation)
+        let ready = self
+            .owners
+            .values()
+            .filter(|h| h.snapshot().state == crate::supervisor::State::Ready)
+            .count();
+        format!(
+            "{} models, {ready} ready, spec generation {}",
+            self.owners.len(),
+            self.info.generation
+        )
     }
 
     fn reload(&mut self, read: SpecRead) {
@@ -246,19 +286,28 @@ impl Daemon {
         let text = match read {
             SpecRead::Text(text) => text,
             SpecRead::Deleted => {
-                tracing::error!("{spec} was deleted; keeping every model as it is until it comes back");
-                return self.reject(vec![format!("{spec}: the spec file is gone; nothing was changed")]);
+                tracing::error!(
+                    "{spec} was deleted; keeping every model as it is until it comes back"
+                );
+                return self.reject(vec![format!(
+                    "{spec}: the spec file is gone; nothing was changed"
+                )]);
             }
             SpecRead::Unreadable(e) => {
                 tracing::error!("{spec}: cannot read the spec: {e}; nothing was changed");
                 return self.reject(vec![format!("{spec}: cannot read the spec: {e}")]);
             }
         };
-        let ctx = Context { spec_path: &self.options.spec_path, default_llama_server: self.options.default_llama_server.clone(), probe: &Disk };
+        let ctx = Context {
+            spec_path: &self.options.spec_path,
+            default_llama_server: self.options.default_llama_server.clone(),
+            probe: &Disk,
+        };
         let desired = match validate::load(&text, &ctx) {
             Ok(d) => d,
             Err(errors) => {
-                let lines: Vec<String> = errors.diagnostics.iter().map(ToString::to_string).collect();
+                let lines: Vec<String> =
+                    errors.diagnostics.iter().map(ToString::to_string).collect();
                 for line in &lines {
                     tracing::error!("invalid spec, nothing was changed: {line}");
                 }
@@ -269,31 +318,57 @@ impl Daemon {
             // Nothing to do, but a valid spec clears an earlier error.
             tracing::debug!("spec saved without changes");
             if self.info.last_reload.as_ref().is_some_and(|r| !r.ok) {
-                self.info.last_reload = Some(ReloadReport { ok: true, at: SystemTime::now(), errors: vec![], actions: vec![] });
+                self.info.last_reload = Some(ReloadReport {
+                    ok: true,
+                    at: SystemTime::now(),
+                    errors: vec![],
+                    actions: vec![],
+                });
                 self.info_tx.send_replace(self.info.clone());
             }
             return;
         }
         if desired.listen != self.info.listen || desired.control != self.info.control {
-            tracing::warn!("listen/control addresses changed in the spec; restart the daemon to move them (still on {} and {})", self.info.listen, self.info.control);
+            tracing::warn!(
+                "listen/control addresses changed in the spec; restart the daemon to move them (still on {} and {})",
+                self.info.listen,
+                self.info.control
+            );
         }
         let actions = self.apply(&desired);
         self.info.api_key_file = desired.api_key_file.clone();
         self.applied = Some(desired);
         self.info.generation += 1;
         self.info.reloads += 1;
-        self.info.last_reload = Some(ReloadReport { ok: true, at: SystemTime::now(), errors: vec![], actions: actions.clone() });
+        self.info.last_reload = Some(ReloadReport {
+            ok: true,
+            at: SystemTime::now(),
+            errors: vec![],
+            actions: actions.clone(),
+        });
         self.info_tx.send_replace(self.info.clone());
         if actions.is_empty() {
-            tracing::info!("spec generation {} applied: nothing to restart", self.info.generation);
+            tracing::info!(
+                "spec generation {} applied: nothing to restart",
+                self.info.generation
+            );
         } else {
-            tracing::info!("spec generation {} applied: {}", self.info.generation, actions.join(", "));
+            tracing::info!(
+                "spec generation {} applied: {}",
+                self.info.generation,
+                actions.join(", ")
+            );
         }
     }
 
     fn reject(&mut self, errors: Vec<String>) {
         self.info.reload_errors += 1;
-        self.info.last_reload = Some(ReloadReport { ok: false, at: SystemTime::now(), errors, actions: vec![] });
+        self.info.last_reload = Some(ReloadReport {
+            ok: false,
+            at: SystemTime::now(),
+            errors,
+            actions: vec![],
+        });
         self.info_tx.send_replace(self.info.clone());
     }
 
@@ -301,7 +376,11 @@ impl Daemon {
     fn apply(&mut self, desired: &Desired) -> Vec<String> {
         // What each owner is working towards: a replacement already under
         // way is not planned a second time.
-        let observed: Observed = self.owners.iter().map(|(name, h)| (name.clone(), h.snapshot().target_launch_id)).collect();
+        let observed: Observed = self
+            .owners
+            .iter()
+            .map(|(name, h)| (name.clone(), h.snapshot().target_launch_id))
+            .collect();
         let mut done = Vec::new();
         for action in plan::plan(desired, &observed) {
             let name = action.model.clone();
@@ -309,16 +388,21 @@ impl Daemon {
                 ActionKind::Stop => {
                     if let Some(handle) = self.owners.remove(&name) {
                         let previous = self.leaving.remove(&name);
-                        self.leaving.insert(name.clone(), tokio::spawn(async move {
-                            if let Some(p) = previous {
-                                let _ = p.await;
-                            }
-                            handle.shutdown().await;
-                        }));
+                        self.leaving.insert(
+                            name.clone(),
+                            tokio::spawn(async move {
+                                if let Some(p) = previous {
+                                    let _ = p.await;
+                                }
+                                handle.shutdown().await;
+                            }),
+                        );
                     }
                 }
                 ActionKind::Restart | ActionKind::Keep => {
-                    if let (Some(handle), Some(config)) = (self.owners.get(&name), desired.models.get(&name)) {
+                    if let (Some(handle), Some(config)) =
+                        (self.owners.get(&name), desired.models.get(&name))
+                    {
                         handle.apply(InstanceSpec::new(config.clone(), &desired.llama_server));
                     }
                 }
@@ -339,17 +423,26 @@ impl Daemon {
     }
 
     fn start_owner(&mut self, name: &str, desired: &Desired) {
-        let Some(config) = desired.models.get(name) else { return };
+        let Some(config) = desired.models.get(name) else {
+            return;
+        };
         let spec = InstanceSpec::new(config.clone(), &desired.llama_server);
         let previous = self.leaving.remove(name);
-        let handle = start_instance(spec, self.state_file.clone(), self.options.backoff.clone(), previous);
+        let handle = start_instance(
+            spec,
+            self.state_file.clone(),
+            self.options.backoff,
+            previous,
+        );
         self.owners.insert(name.to_owned(), handle);
     }
 
     fn publish_routes(&self, desired: &Desired) {
         let mut routes = Routes::default();
         for m in desired.enabled_models() {
-            let Some(handle) = self.owners.get(&m.name) else { continue };
+            let Some(handle) = self.owners.get(&m.name) else {
+                continue;
+            };
             routes.ids.insert(m.name.clone(), m.name.clone());
             for alias in &m.aliases {
                 routes.ids.insert(alias.clone(), m.name.clone());
@@ -357,13 +450,23 @@ impl Daemon {
             if m.default {
                 routes.default = Some(m.name.clone());
             }
-            routes.models.insert(m.name.clone(), RouteEntry { handle: handle.clone(), aliases: m.aliases.clone(), on_demand: m.lifecycle.on_demand });
+            routes.models.insert(
+                m.name.clone(),
+                RouteEntry {
+                    handle: handle.clone(),
+                    aliases: m.aliases.clone(),
+                    on_demand: m.lifecycle.on_demand,
+                },
+            );
         }
         self.routes_tx.send_replace(Arc::new(routes));
     }
 
     async fn shutdown(mut self) {
-        tracing::info!("shutting down: draining and stopping {} models", self.owners.len());
+        tracing::info!(
+            "shutting down: draining and stopping {} models",
+            self.owners.len()
+        );
         let _ = self.notify.stopping("stopping every model");
         self.routes_tx.send_replace(Arc::new(Routes::default()));
         let owners = std::mem::take(&mut self.owners);
@@ -384,12 +487,19 @@ impl Daemon {
 pub fn default_state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
         // systemd may pass several, separated by ':'; the first is ours.
-        let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         return PathBuf::from(first);
     }
     if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
         return Path::new(&dir).join("rocm-llm");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".local/state/rocm-llm")
 }

@@ -61,7 +61,9 @@ pub struct StatusReport {
 }
 
 fn epoch_secs(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn model_status(snap: &Snapshot, entry: &super::routes::RouteEntry) -> ModelStatus {
@@ -92,7 +94,10 @@ pub fn report(state: &StatusState) -> StatusReport {
         .iter()
         .map(|(name, entry)| (name.clone(), model_status(&entry.handle.snapshot(), entry)))
         .collect();
-    StatusReport { daemon: state.info.borrow().clone(), models }
+    StatusReport {
+        daemon: state.info.borrow().clone(),
+        models,
+    }
 }
 
 /// Per-model series in Prometheus text; the proxy adds its own.
@@ -110,24 +115,79 @@ pub fn metrics(state: &StatusState) -> String {
         routes
             .models
             .iter()
-            .map(|(name, e)| (format!("{{model=\"{}\"}}", escape_label(name)), f(&e.handle.snapshot())))
+            .map(|(name, e)| {
+                (
+                    format!("{{model=\"{}\"}}", escape_label(name)),
+                    f(&e.handle.snapshot()),
+                )
+            })
             .collect()
     };
-    family("rocm_llm_model_up", "gauge", "1 when the model's llama-server is ready.", per_model(&|s| u8::from(s.serving.is_some()).to_string()));
-    family("rocm_llm_model_restarts_total", "counter", "Unplanned restarts (crashes and failed starts).", per_model(&|s| s.restarts.to_string()));
-    family("rocm_llm_model_ready_seconds", "gauge", "Spawn to ready of the current instance.", per_model(&|s| s.ready_after.map_or("NaN".into(), |d| format!("{:.6}", d.as_secs_f64())))); 
-    family("rocm_llm_model_in_flight", "gauge", "Requests in flight.", per_model(&|s| s.serving.as_ref().map_or(0, |g| g.in_flight()).to_string()));
-    family("rocm_llm_model_drained_requests_total", "counter", "Requests that finished while their instance drained.", per_model(&|s| s.drained.to_string()));
-    family("rocm_llm_model_cut_requests_total", "counter", "Requests cut because a drain timed out.", per_model(&|s| s.cut.to_string()));
-    family("rocm_llm_reloads_total", "counter", "Spec versions applied.", vec![(String::new(), info.reloads.to_string())]);
-    family("rocm_llm_reload_errors_total", "counter", "Spec reloads rejected (invalid, unreadable or deleted).", vec![(String::new(), info.reload_errors.to_string())]);
-    family("rocm_llm_spec_generation", "gauge", "The applied spec generation.", vec![(String::new(), info.generation.to_string())]);
+    family(
+        "rocm_llm_model_up",
+        "gauge",
+        "1 when the model's llama-server is ready.",
+        per_model(&|s| u8::from(s.serving.is_some()).to_string()),
+    );
+    family(
+        "rocm_llm_model_restarts_total",
+        "counter",
+        "Unplanned restarts (crashes and failed starts).",
+        per_model(&|s| s.restarts.to_string()),
+    );
+    family(
+        "rocm_llm_model_ready_seconds",
+        "gauge",
+        "Spawn to ready of the current instance.",
+        per_model(&|s| {
+            s.ready_after
+                .map_or("NaN".into(), |d| format!("{:.6}", d.as_secs_f64()))
+        }),
+    );
+    family(
+        "rocm_llm_model_in_flight",
+        "gauge",
+        "Requests in flight.",
+        per_model(&|s| s.serving.as_ref().map_or(0, |g| g.in_flight()).to_string()),
+    );
+    family(
+        "rocm_llm_model_drained_requests_total",
+        "counter",
+        "Requests that finished while their instance drained.",
+        per_model(&|s| s.drained.to_string()),
+    );
+    family(
+        "rocm_llm_model_cut_requests_total",
+        "counter",
+        "Requests cut because a drain timed out.",
+        per_model(&|s| s.cut.to_string()),
+    );
+    family(
+        "rocm_llm_reloads_total",
+        "counter",
+        "Spec versions applied.",
+        vec![(String::new(), info.reloads.to_string())],
+    );
+    family(
+        "rocm_llm_reload_errors_total",
+        "counter",
+        "Spec reloads rejected (invalid, unreadable or deleted).",
+        vec![(String::new(), info.reload_errors.to_string())],
+    );
+    family(
+        "rocm_llm_spec_generation",
+        "gauge",
+        "The applied spec generation.",
+        vec![(String::new(), info.generation.to_string())],
+    );
     out.push_str(&state.proxy.render());
     out
 }
 
 pub fn escape_label(v: &str) -> String {
-    v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -139,27 +199,57 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
     r
 }
 
-async fn handle(state: StatusState, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    state: StatusState,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() != "/healthz" {
         match state.auth.check(req.headers()) {
             Ok(()) => {}
             Err(crate::proxy::AuthError::Unauthorized) => {
-                let mut r = respond(StatusCode::UNAUTHORIZED, "text/plain", "missing or wrong API key: send `Authorization: Bearer <key>`\n".into());
-                r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
+                let mut r = respond(
+                    StatusCode::UNAUTHORIZED,
+                    "text/plain",
+                    "missing or wrong API key: send `Authorization: Bearer <key>`\n".into(),
+                );
+                r.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    hyper::header::HeaderValue::from_static("Bearer"),
+                );
                 return Ok(r);
             }
-            Err(crate::proxy::AuthError::Unavailable(reason)) => return Ok(respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{reason}\n"))),
+            Err(crate::proxy::AuthError::Unavailable(reason)) => {
+                return Ok(respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("{reason}\n"),
+                ));
+            }
         }
     }
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/status") => match serde_json::to_string_pretty(&report(&state)) {
             Ok(json) => respond(StatusCode::OK, "application/json", json),
-            Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+            Err(e) => respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                e.to_string(),
+            ),
         },
-        (&Method::GET, "/metrics") => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics(&state)),
-        (_, "/healthz" | "/status" | "/metrics") => respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".into()),
-        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found: try /status, /healthz or /metrics\n".into()),
+        (&Method::GET, "/metrics") => {
+            respond(StatusCode::OK, "text/plain; version=0.0.4", metrics(&state))
+        }
+        (_, "/healthz" | "/status" | "/metrics") => respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use GET\n".into(),
+        ),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /status, /healthz or /metrics\n".into(),
+        ),
     })
 }
 
@@ -179,7 +269,9 @@ pub async fn serve(listener: TcpListener, state: StatusState, shutdown: Cancella
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

@@ -33,7 +33,10 @@ pub struct WatchTiming {
 
 impl Default for WatchTiming {
     fn default() -> Self {
-        WatchTiming { debounce: Duration::from_millis(100), settle: Duration::from_millis(30) }
+        WatchTiming {
+            debounce: Duration::from_millis(100),
+            settle: Duration::from_millis(30),
+        }
     }
 }
 
@@ -60,9 +63,16 @@ pub enum WatchError {
 }
 
 /// Starts watching `spec`; each stable change is sent on `out`.
-pub fn watch_spec(spec: &Path, timing: WatchTiming, out: mpsc::UnboundedSender<SpecRead>) -> Result<SpecWatcher, WatchError> {
+pub fn watch_spec(
+    spec: &Path,
+    timing: WatchTiming,
+    out: mpsc::UnboundedSender<SpecRead>,
+) -> Result<SpecWatcher, WatchError> {
     let spec = std::path::absolute(spec).unwrap_or_else(|_| spec.to_owned());
-    let dir = spec.parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("/"));
+    let dir = spec
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("/"));
     let name = spec.file_name().map(ToOwned::to_owned);
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -74,8 +84,16 @@ pub fn watch_spec(spec: &Path, timing: WatchTiming, out: mpsc::UnboundedSender<S
             let _ = raw_tx.send(());
         }
     })
-    .map_err(|source| WatchError::Watch { dir: dir.clone(), source })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|source| WatchError::Watch { dir: dir.clone(), source })?;
+    .map_err(|source| WatchError::Watch {
+        dir: dir.clone(),
+        source,
+    })?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|source| WatchError::Watch {
+            dir: dir.clone(),
+            source,
+        })?;
 
     tokio::spawn(async move {
         while raw_rx.recv().await.is_some() {

@@ -92,7 +92,11 @@ impl Launch {
             None => {}
         }
         args.extend(o.extra_args.iter().cloned());
-        Launch { program: program.to_owned(), args, env: o.env.clone() }
+        Launch {
+            program: program.to_owned(),
+            args,
+            env: o.env.clone(),
+        }
     }
 
     pub fn identity(&self) -> LaunchId {
@@ -129,6 +133,11 @@ impl Launch {
 
 fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:+,@%".contains(c));
-    if plain { s.to_owned() } else { format!("'{}'", s.replace('\'', r"'\''")) }
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:+,@%".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }

@@ -67,12 +67,21 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
             Some(launch) if launch.identity() == *running => ActionKind::Keep,
             Some(_) => ActionKind::Restart,
         };
-        actions.push(Action { kind, model: name.clone() });
+        actions.push(Action {
+            kind,
+            model: name.clone(),
+        });
     }
     for name in launches.keys() {
-        let on_demand = desired.models.get(name).is_some_and(|m| m.lifecycle.on_demand);
+        let on_demand = desired
+            .models
+            .get(name)
+            .is_some_and(|m| m.lifecycle.on_demand);
         if !observed.contains_key(name) && !on_demand {
-            actions.push(Action { kind: ActionKind::Start, model: name.clone() });
+            actions.push(Action {
+                kind: ActionKind::Start,
+                model: name.clone(),
+            });
         }
     }
     actions.sort_by(|a, b| (a.kind, &a.model).cmp(&(b.kind, &b.model)));

@@ -47,7 +47,13 @@ impl Places {
             }
             match p.rfind(['.', '[']) {
                 Some(i) => p = &p[..i],
-                None => return self.values.get("").copied().unwrap_or(Pos { line: 1, column: 1 }),
+                None => {
+                    return self
+                        .values
+                        .get("")
+                        .copied()
+                        .unwrap_or(Pos { line: 1, column: 1 });
+                }
             }
         }
     }
@@ -57,7 +63,10 @@ impl Places {
     }
     /// Where the key of `path` is written, falling back to its value.
     pub fn key(&self, path: &str) -> Pos {
-        self.keys.get(path).copied().unwrap_or_else(|| self.value(path))
+        self.keys
+            .get(path)
+            .copied()
+            .unwrap_or_else(|| self.value(path))
     }
 }
 
@@ -67,19 +76,33 @@ pub fn spec_schema() -> Value {
 
 pub fn decode(tree: &Located<Node>) -> Decoded {
     let schema = spec_schema();
-    let mut checker = Checker { root: &schema, problems: Vec::new(), places: Places::default() };
-    let value = checker.check(&schema, tree, "").unwrap_or(Value::Object(Map::new()));
+    let mut checker = Checker {
+        root: &schema,
+        problems: Vec::new(),
+        places: Places::default(),
+    };
+    let value = checker
+        .check(&schema, tree, "")
+        .unwrap_or(Value::Object(Map::new()));
     let mut problems = checker.problems;
     let spec = match serde_json::from_value::<SpecFile>(value) {
         Ok(spec) => spec,
         Err(e) => {
             // The checker and serde disagree: a bug, but still the user's file.
-            problems.push(Problem { pos: tree.pos, path: String::new(), message: e.to_string() });
+            problems.push(Problem {
+                pos: tree.pos,
+                path: String::new(),
+                message: e.to_string(),
+            });
             SpecFile::default()
         }
     };
-    problems.sort_by(|a, b| a.pos.cmp(&b.pos));
-    Decoded { spec, problems, places: checker.places }
+    problems.sort_by_key(|a| a.pos);
+    Decoded {
+        spec,
+        problems,
+        places: checker.places,
+    }
 }
 
 struct Checker<'s> {
@@ -89,7 +112,11 @@ struct Checker<'s> {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 impl<'s> Checker<'s> {
@@ -105,7 +132,11 @@ impl<'s> Checker<'s> {
     }
 
     fn problem(&mut self, pos: Pos, path: &str, message: String) {
-        self.problems.push(Problem { pos, path: path.to_owned(), message });
+        self.problems.push(Problem {
+            pos,
+            path: path.to_owned(),
+            message,
+        });
     }
 
     /// Returns the JSON form of `node` if it matches `schema`; records why
@@ -114,14 +145,26 @@ impl<'s> Checker<'s> {
         self.places.values.insert(path.to_owned(), node.pos);
         let schema = self.resolve(schema);
 
-        if let Some(alternatives) = schema.get("anyOf").or_else(|| schema.get("oneOf")).and_then(Value::as_array) {
+        if let Some(alternatives) = schema
+            .get("anyOf")
+            .or_else(|| schema.get("oneOf"))
+            .and_then(Value::as_array)
+        {
             return self.check_alternatives(schema, alternatives, node, path);
         }
         if let Some(expected) = schema.get("const") {
             return if node.value.to_json() == *expected {
                 Some(expected.clone())
             } else {
-                self.problem(node.pos, path, format!("expected {}, found {}", describe(self.root, schema), node.value.describe()));
+                self.problem(
+                    node.pos,
+                    path,
+                    format!(
+                        "expected {}, found {}",
+                        describe(self.root, schema),
+                        node.value.describe()
+                    ),
+                );
                 None
             };
         }
@@ -131,7 +174,11 @@ impl<'s> Checker<'s> {
                 return Some(found);
             }
             let names: Vec<&str> = options.iter().filter_map(Value::as_str).collect();
-            let mut message = format!("expected one of {}, found {}", names.join(", "), node.value.describe());
+            let mut message = format!(
+                "expected one of {}, found {}",
+                names.join(", "),
+                node.value.describe()
+            );
             if let Node::Str(s) = &node.value
                 && let Some(hint) = suggest(s, names.iter().copied())
             {
@@ -156,12 +203,22 @@ impl<'s> Checker<'s> {
             return Some(Value::String(text));
         }
         if !type_matches(schema, &node.value) {
-            let hint = if matches!(node.value, Node::Float(_)) && type_matches(schema, &Node::Str(String::new())) {
+            let hint = if matches!(node.value, Node::Float(_))
+                && type_matches(schema, &Node::Str(String::new()))
+            {
                 " (quote it to keep the text exact)"
             } else {
                 ""
             };
-            self.problem(node.pos, path, format!("expected {}, found {}{hint}", describe(self.root, schema), node.value.describe()));
+            self.problem(
+                node.pos,
+                path,
+                format!(
+                    "expected {}, found {}{hint}",
+                    describe(self.root, schema),
+                    node.value.describe()
+                ),
+            );
             return None;
         }
         match &node.value {
@@ -179,8 +236,18 @@ impl<'s> Checker<'s> {
             Node::Int(i) => {
                 let min = schema.get("minimum").and_then(Value::as_i64);
                 let max = schema.get("maximum").and_then(Value::as_i64);
-                if min.is_some_and(|m| *i < i128::from(m)) || max.is_some_and(|m| *i > i128::from(m)) {
-                    self.problem(node.pos, path, format!("expected {}, found {}", describe(self.root, schema), node.value.describe()));
+                if min.is_some_and(|m| *i < i128::from(m))
+                    || max.is_some_and(|m| *i > i128::from(m))
+                {
+                    self.problem(
+                        node.pos,
+                        path,
+                        format!(
+                            "expected {}, found {}",
+                            describe(self.root, schema),
+                            node.value.describe()
+                        ),
+                    );
                     return None;
                 }
                 Some(node.value.to_json())
@@ -198,7 +265,13 @@ impl<'s> Checker<'s> {
         }
     }
 
-    fn check_alternatives(&mut self, schema: &'s Value, alternatives: &'s [Value], node: &Located<Node>, path: &str) -> Option<Value> {
+    fn check_alternatives(
+        &mut self,
+        schema: &'s Value,
+        alternatives: &'s [Value],
+        node: &Located<Node>,
+        path: &str,
+    ) -> Option<Value> {
         let candidates: Vec<&'s Value> = alternatives
             .iter()
             .filter(|a| !matches!(node.value, Node::Null) || is_null_type(a))
@@ -210,24 +283,48 @@ impl<'s> Checker<'s> {
             return self.check(only, node, path);
         }
         for alternative in &candidates {
-            let mut trial = Checker { root: self.root, problems: Vec::new(), places: Places::default() };
-            if let Some(v) = trial.check(alternative, node, path) {
-                if trial.problems.is_empty() {
-                    return Some(v);
-                }
+            let mut trial = Checker {
+                root: self.root,
+                problems: Vec::new(),
+                places: Places::default(),
+            };
+            if let Some(v) = trial.check(alternative, node, path)
+                && trial.problems.is_empty()
+            {
+                return Some(v);
             }
         }
-        self.problem(node.pos, path, format!("expected {}, found {}", describe(self.root, schema), node.value.describe()));
+        self.problem(
+            node.pos,
+            path,
+            format!(
+                "expected {}, found {}",
+                describe(self.root, schema),
+                node.value.describe()
+            ),
+        );
         None
     }
 
-    fn check_map(&mut self, schema: &'s Value, entries: &[(Located<Node>, Located<Node>)], path: &str) -> Value {
+    fn check_map(
+        &mut self,
+        schema: &'s Value,
+        entries: &[(Located<Node>, Located<Node>)],
+        path: &str,
+    ) -> Value {
         let properties = schema.get("properties").and_then(Value::as_object);
         let additional = schema.get("additionalProperties");
         let mut out = Map::new();
         for (key, value) in entries {
             let Some(name) = key.value.as_key() else {
-                self.problem(key.pos, path, format!("expected a plain name as key, found {}", key.value.describe()));
+                self.problem(
+                    key.pos,
+                    path,
+                    format!(
+                        "expected a plain name as key, found {}",
+                        key.value.describe()
+                    ),
+                );
                 continue;
             };
             let child = join(path, &name);
@@ -236,11 +333,15 @@ impl<'s> Checker<'s> {
                 (Some(sub), _) => sub,
                 (None, Some(sub)) if sub.is_object() => sub,
                 _ => {
-                    let known: Vec<&str> = properties.map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
+                    let known: Vec<&str> = properties
+                        .map(|p| p.keys().map(String::as_str).collect())
+                        .unwrap_or_default();
                     let mut message = format!("unknown key \"{name}\"");
                     match suggest(&name, known.iter().copied()) {
                         Some(hint) => message.push_str(&format!(" (did you mean \"{hint}\"?)")),
-                        None => message.push_str(&format!("; expected one of: {}", known.join(", "))),
+                        None => {
+                            message.push_str(&format!("; expected one of: {}", known.join(", ")))
+                        }
                     }
                     self.problem(key.pos, &child, message);
                     continue;
@@ -259,15 +360,17 @@ fn is_null_type(schema: &Value) -> bool {
 }
 
 fn type_matches(schema: &Value, node: &Node) -> bool {
-    let accepts = |t: &str| match (t, node) {
-        ("null", Node::Null)
-        | ("boolean", Node::Bool(_))
-        | ("integer", Node::Int(_))
-        | ("number", Node::Int(_) | Node::Float(_))
-        | ("string", Node::Str(_))
-        | ("array", Node::Seq(_))
-        | ("object", Node::Map(_)) => true,
-        _ => false,
+    let accepts = |t: &str| {
+        matches!(
+            (t, node),
+            ("null", Node::Null)
+                | ("boolean", Node::Bool(_))
+                | ("integer", Node::Int(_))
+                | ("number", Node::Int(_) | Node::Float(_))
+                | ("string", Node::Str(_))
+                | ("array", Node::Seq(_))
+                | ("object", Node::Map(_))
+        )
     };
     match schema.get("type") {
         None => true,
@@ -282,15 +385,26 @@ fn describe(root: &Value, schema: &Value) -> String {
     let schema = {
         let mut s = schema;
         while let Some(r) = s.get("$ref").and_then(Value::as_str) {
-            match root.get("$defs").and_then(|d| d.get(r.trim_start_matches("#/$defs/"))) {
+            match root
+                .get("$defs")
+                .and_then(|d| d.get(r.trim_start_matches("#/$defs/")))
+            {
                 Some(t) => s = t,
                 None => break,
             }
         }
         s
     };
-    if let Some(alts) = schema.get("anyOf").or_else(|| schema.get("oneOf")).and_then(Value::as_array) {
-        let parts: Vec<String> = alts.iter().filter(|a| !is_null_type(a)).map(|a| describe(root, a)).collect();
+    if let Some(alts) = schema
+        .get("anyOf")
+        .or_else(|| schema.get("oneOf"))
+        .and_then(Value::as_array)
+    {
+        let parts: Vec<String> = alts
+            .iter()
+            .filter(|a| !is_null_type(a))
+            .map(|a| describe(root, a))
+            .collect();
         return parts.join(", or ");
     }
     if let Some(c) = schema.get("const") {
@@ -302,7 +416,11 @@ fn describe(root: &Value, schema: &Value) -> String {
     }
     let types: Vec<&str> = match schema.get("type") {
         Some(Value::String(t)) => vec![t.as_str()],
-        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|t| *t != "null")
+            .collect(),
         _ => vec![],
     };
     match types.first().copied() {
@@ -321,11 +439,21 @@ fn describe(root: &Value, schema: &Value) -> String {
         Some("string") if schema.get("additionalProperties").is_none() => "a string".to_owned(),
         Some("boolean") => "true or false".to_owned(),
         Some("array") => {
-            let item = schema.get("items").map(|i| describe(root, i)).unwrap_or_default();
-            if item.is_empty() { "a list".to_owned() } else { format!("a list of {}s", item.trim_start_matches("a ")) }
+            let item = schema
+                .get("items")
+                .map(|i| describe(root, i))
+                .unwrap_or_default();
+            if item.is_empty() {
+                "a list".to_owned()
+            } else {
+                format!("a list of {}s", item.trim_start_matches("a "))
+            }
         }
         Some("object") => match schema.get("additionalProperties") {
-            Some(v) if v.is_object() => format!("a mapping of names to {}s", describe(root, v).trim_start_matches("a ")),
+            Some(v) if v.is_object() => format!(
+                "a mapping of names to {}s",
+                describe(root, v).trim_start_matches("a ")
+            ),
             _ => "a mapping".to_owned(),
         },
         Some("number") => "a number".to_owned(),

@@ -45,8 +45,14 @@ impl Diagnostic {
             let number = pos.line.to_string();
             let pad = " ".repeat(number.len());
             let caret_at = usize::try_from(pos.column.saturating_sub(1)).unwrap_or(0);
-            let indent: String = line.chars().take(caret_at).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
-            out.push_str(&format!("\n {pad} |\n {number} | {line}\n {pad} | {indent}^"));
+            let indent: String = line
+                .chars()
+                .take(caret_at)
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
+            out.push_str(&format!(
+                "\n {pad} |\n {number} | {line}\n {pad} | {indent}^"
+            ));
         }
         out
     }

@@ -216,7 +216,9 @@ impl HumanDuration {
     pub fn parse(text: &str) -> Result<Self, String> {
         humantime::parse_duration(text.trim())
             .map(HumanDuration)
-            .map_err(|_| format!("expected a duration such as 30s, 10m or 1h 30m, found \"{text}\""))
+            .map_err(|_| {
+                format!("expected a duration such as 30s, 10m or 1h 30m, found \"{text}\"")
+            })
     }
 }
 

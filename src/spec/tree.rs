@@ -93,7 +93,10 @@ pub fn parse(text: &str) -> Result<Located<Node>, serde_saphyr::Error> {
         let l = l.trim();
         l.is_empty() || l.starts_with('#') || l == "---"
     }) {
-        return Ok(Located { value: Node::Map(Vec::new()), pos: Pos { line: 1, column: 1 } });
+        return Ok(Located {
+            value: Node::Map(Vec::new()),
+            pos: Pos { line: 1, column: 1 },
+        });
     }
     let options = serde_saphyr::options! {
         // A spec is small; refuse input (and anchors) that expand into gigabytes.
@@ -108,7 +111,13 @@ pub fn parse(text: &str) -> Result<Located<Node>, serde_saphyr::Error> {
 
 fn from_spanned(s: Spanned<Node>) -> Located<Node> {
     let loc = s.referenced;
-    Located { value: s.value, pos: Pos { line: loc.line(), column: loc.column() } }
+    Located {
+        value: s.value,
+        pos: Pos {
+            line: loc.line(),
+            column: loc.column(),
+        },
+    }
 }
 
 impl<'de> Deserialize<'de> for Node {
@@ -147,7 +156,9 @@ impl<'de> Visitor<'de> for NodeVisitor {
         Ok(Node::Int(v))
     }
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<Node, E> {
-        i128::try_from(v).map(Node::Int).map_err(|_| E::custom("integer too large"))
+        i128::try_from(v)
+            .map(Node::Int)
+            .map_err(|_| E::custom("integer too large"))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
         Ok(Node::Float(v))
@@ -177,16 +188,21 @@ impl<'de> Visitor<'de> for NodeVisitor {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
     fn nodes_know_their_place() {
         let tree = parse("a: 1\nb:\n  - x\n  - {c: true}\n").unwrap();
-        let Node::Map(entries) = &tree.value else { panic!("not a map: {tree:?}") };
+        let Node::Map(entries) = &tree.value else {
+            panic!("not a map: {tree:?}")
+        };
         assert_eq!(entries[0].0.pos, Pos { line: 1, column: 1 });
         assert_eq!(entries[0].1.pos, Pos { line: 1, column: 4 });
         assert_eq!(entries[0].1.value, Node::Int(1));
-        let Node::Seq(items) = &entries[1].1.value else { panic!("not a seq") };
+        let Node::Seq(items) = &entries[1].1.value else {
+            panic!("not a seq")
+        };
         assert_eq!(items[0].pos, Pos { line: 3, column: 5 });
         assert_eq!(items[1].pos.line, 4);
     }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::decode::{self, Places};
-use super::desired::{DEFAULT_CONTROL, DEFAULT_LISTEN, Desired, LaunchOptions, Lifecycle, ModelConfig};
+use super::desired::{
+    DEFAULT_CONTROL, DEFAULT_LISTEN, Desired, LaunchOptions, Lifecycle, ModelConfig,
+};
 use super::diagnostic::{Diagnostic, SpecErrors};
 use super::model::{ModelOptions, SpecFile};
 use super::tree::{self, Pos};
@@ -31,7 +33,10 @@ impl FileProbe for Disk {
         let mut magic = [0u8; 4];
         match file.read_exact(&mut magic) {
             Ok(()) if &magic == b"GGUF" => Ok(()),
-            Ok(()) => Err(format!("{} is not a GGUF file (it does not start with the GGUF magic)", path.display())),
+            Ok(()) => Err(format!(
+                "{} is not a GGUF file (it does not start with the GGUF magic)",
+                path.display()
+            )),
             Err(_) => Err(format!("{} is too short to be a GGUF file", path.display())),
         }
     }
@@ -40,14 +45,19 @@ impl FileProbe for Disk {
         if !meta.is_file() {
             return Err(format!("{} is not a regular file", path.display()));
         }
-        std::fs::File::open(path).map(|_| ()).map_err(|e| describe_io(path, &e))
+        std::fs::File::open(path)
+            .map(|_| ())
+            .map_err(|e| describe_io(path, &e))
     }
 }
 
 fn describe_io(path: &Path, e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => format!("file {} does not exist", path.display()),
-        std::io::ErrorKind::PermissionDenied => format!("file {} is not readable (permission denied)", path.display()),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "file {} is not readable (permission denied)",
+            path.display()
+        ),
         _ => format!("cannot read {}: {e}", path.display()),
     }
 }
@@ -68,24 +78,43 @@ pub fn load(text: &str, ctx: &Context<'_>) -> Result<Desired, SpecErrors> {
     let tree = match tree::parse(text) {
         Ok(tree) => tree,
         Err(e) => {
-            let pos = e.location().map(|l| Pos { line: l.line(), column: l.column() });
+            let pos = e.location().map(|l| Pos {
+                line: l.line(),
+                column: l.column(),
+            });
             let message = e.without_snippet().to_string();
             // The library's message repeats the place; keep what comes after it.
             let message = strip_location_prefix(&message);
-            return Err(SpecErrors::single(ctx.spec_path, pos, "", format!("invalid YAML: {message}")));
+            return Err(SpecErrors::single(
+                ctx.spec_path,
+                pos,
+                "",
+                format!("invalid YAML: {message}"),
+            ));
         }
     };
     let decoded = decode::decode(&tree);
-    let mut v = Validator { ctx, places: &decoded.places, diagnostics: Vec::new() };
+    let mut v = Validator {
+        ctx,
+        places: &decoded.places,
+        diagnostics: Vec::new(),
+    };
     for p in &decoded.problems {
-        v.diagnostics.push(Diagnostic { file: ctx.spec_path.to_owned(), pos: Some(p.pos), path: p.path.clone(), message: p.message.clone() });
+        v.diagnostics.push(Diagnostic {
+            file: ctx.spec_path.to_owned(),
+            pos: Some(p.pos),
+            path: p.path.clone(),
+            message: p.message.clone(),
+        });
     }
     let desired = v.validate(&decoded.spec);
     if v.diagnostics.is_empty() {
         Ok(desired)
     } else {
-        v.diagnostics.sort_by(|a, b| a.pos.cmp(&b.pos));
-        Err(SpecErrors { diagnostics: v.diagnostics })
+        v.diagnostics.sort_by_key(|a| a.pos);
+        Err(SpecErrors {
+            diagnostics: v.diagnostics,
+        })
     }
 }
 
@@ -93,7 +122,10 @@ pub fn load(text: &str, ctx: &Context<'_>) -> Result<Desired, SpecErrors> {
 fn strip_location_prefix(message: &str) -> String {
     let first = message.lines().next().unwrap_or(message).trim();
     // The library's advice is for programmers, not spec authors.
-    let first = first.split(", set DuplicateKeyPolicy").next().unwrap_or(first);
+    let first = first
+        .split(", set DuplicateKeyPolicy")
+        .next()
+        .unwrap_or(first);
     match first.rfind(" at line ") {
         Some(i) if first[i..].contains("column") => first[..i].to_owned(),
         _ => first.to_owned(),
@@ -107,7 +139,15 @@ struct Validator<'a> {
 }
 
 /// Environment variables llama-server reads as flags the daemon owns.
-const OWNED_ENV: &[&str] = &["LLAMA_ARG_HOST", "LLAMA_ARG_PORT", "LLAMA_ARG_MODEL", "LLAMA_ARG_ALIAS", "LLAMA_API_KEY", "LLAMA_ARG_API_KEY", "LLAMA_ARG_API_KEY_FILE"];
+const OWNED_ENV: &[&str] = &[
+    "LLAMA_ARG_HOST",
+    "LLAMA_ARG_PORT",
+    "LLAMA_ARG_MODEL",
+    "LLAMA_ARG_ALIAS",
+    "LLAMA_API_KEY",
+    "LLAMA_ARG_API_KEY",
+    "LLAMA_ARG_API_KEY_FILE",
+];
 
 /// Flags the daemon sets itself; `extra_args` may not set them.
 const OWNED_FLAGS: &[(&str, &str)] = &[
@@ -117,13 +157,24 @@ const OWNED_FLAGS: &[(&str, &str)] = &[
     ("--model", "use the model's `model` option"),
     ("-a", "use `aliases`; the daemon routes them"),
     ("--alias", "use `aliases`; the daemon routes them"),
-    ("--api-key", "use the top-level `api_key_file`; the daemon checks keys"),
-    ("--api-key-file", "use the top-level `api_key_file`; the daemon checks keys"),
+    (
+        "--api-key",
+        "use the top-level `api_key_file`; the daemon checks keys",
+    ),
+    (
+        "--api-key-file",
+        "use the top-level `api_key_file`; the daemon checks keys",
+    ),
 ];
 
 impl Validator<'_> {
     fn error_at(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
-        self.diagnostics.push(Diagnostic { file: self.ctx.spec_path.to_owned(), pos: Some(pos), path: path.to_owned(), message: message.into() });
+        self.diagnostics.push(Diagnostic {
+            file: self.ctx.spec_path.to_owned(),
+            pos: Some(pos),
+            path: path.to_owned(),
+            message: message.into(),
+        });
     }
     fn error(&mut self, path: &str, message: impl Into<String>) {
         let pos = self.places.value(path);
@@ -134,14 +185,22 @@ impl Validator<'_> {
         if p.is_absolute() {
             return p.to_owned();
         }
-        let base = self.ctx.spec_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = self
+            .ctx
+            .spec_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         base.join(p)
     }
 
     fn address(&mut self, key: &str, written: Option<&String>, default: &str) -> SocketAddr {
         let text = written.map(String::as_str).unwrap_or(default);
         text.parse().unwrap_or_else(|_| {
-            self.error(key, format!("expected an address such as {default} (IP:port), found \"{text}\""));
+            self.error(
+                key,
+                format!("expected an address such as {default} (IP:port), found \"{text}\""),
+            );
             // Unreachable in a successful result: an error was recorded.
             SocketAddr::from(([127, 0, 0, 1], 0))
         })
@@ -159,17 +218,33 @@ impl Validator<'_> {
         {
             self.error("api_key_file", e);
         }
-        let llama_server = spec.llama_server.as_ref().map(|p| self.resolve(p)).unwrap_or_else(|| self.ctx.default_llama_server.clone());
+        let llama_server = spec
+            .llama_server
+            .as_ref()
+            .map(|p| self.resolve(p))
+            .unwrap_or_else(|| self.ctx.default_llama_server.clone());
 
-        for (key, what) in [("model", "a model file"), ("aliases", "aliases"), ("default", "`default`")] {
+        for (key, what) in [
+            ("model", "a model file"),
+            ("aliases", "aliases"),
+            ("default", "`default`"),
+        ] {
             let path = format!("defaults.{key}");
             if self.places_has(&path) {
                 let pos = self.places.key(&path);
-                self.error_at(pos, &path, format!("{what} can only be set on a model, not in defaults"));
+                self.error_at(
+                    pos,
+                    &path,
+                    format!("{what} can only be set on a model, not in defaults"),
+                );
             }
         }
         if spec.models.is_empty() && !self.places_has("models") {
-            self.error_at(Pos { line: 1, column: 1 }, "models", "the spec declares no models; add a `models:` mapping");
+            self.error_at(
+                Pos { line: 1, column: 1 },
+                "models",
+                "the spec declares no models; add a `models:` mapping",
+            );
         }
 
         let mut models = BTreeMap::new();
@@ -178,7 +253,13 @@ impl Validator<'_> {
             models.insert(name.clone(), config);
         }
         self.check_ids(&models);
-        Desired { listen, control, api_key_file, llama_server, models }
+        Desired {
+            listen,
+            control,
+            api_key_file,
+            llama_server,
+            models,
+        }
     }
 
     fn places_has(&self, path: &str) -> bool {
@@ -187,9 +268,16 @@ impl Validator<'_> {
 
     fn model(&mut self, name: &str, defaults: &ModelOptions, own: &ModelOptions) -> ModelConfig {
         let base = format!("models.{name}");
-        if name.trim().is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) || name.len() > 128 {
+        if name.trim().is_empty()
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            || name.len() > 128
+        {
             let pos = self.places.key(&base);
-            self.error_at(pos, &base, format!("model name \"{name}\" must be 1 to 128 characters without spaces"));
+            self.error_at(
+                pos,
+                &base,
+                format!("model name \"{name}\" must be 1 to 128 characters without spaces"),
+            );
         }
         let o = merge(defaults, own);
         let model = match &own.model {
@@ -202,40 +290,68 @@ impl Validator<'_> {
             }
             None => {
                 let pos = self.places.key(&base);
-                self.error_at(pos, &base, "missing required key `model` (the path of the GGUF file)");
+                self.error_at(
+                    pos,
+                    &base,
+                    "missing required key `model` (the path of the GGUF file)",
+                );
                 PathBuf::new()
             }
         };
         if o.chat_template.is_some() && o.chat_template_file.is_some() {
-            self.error(&format!("{base}.chat_template_file"), "set either `chat_template` or `chat_template_file`, not both");
+            self.error(
+                &format!("{base}.chat_template_file"),
+                "set either `chat_template` or `chat_template_file`, not both",
+            );
         }
         let chat_template_file = o.chat_template_file.as_ref().map(|p| self.resolve(p));
         if let Some(p) = &chat_template_file
             && let Err(e) = self.ctx.probe.check_readable(p)
         {
-            let path = if own.chat_template_file.is_some() { format!("{base}.chat_template_file") } else { "defaults.chat_template_file".to_owned() };
+            let path = if own.chat_template_file.is_some() {
+                format!("{base}.chat_template_file")
+            } else {
+                "defaults.chat_template_file".to_owned()
+            };
             self.error(&path, e);
         }
         if let (Some(b), Some(u)) = (o.batch_size, o.ubatch_size)
             && u > b
         {
-            self.error(&format!("{base}.ubatch_size"), format!("ubatch_size ({u}) cannot exceed batch_size ({b})"));
+            self.error(
+                &format!("{base}.ubatch_size"),
+                format!("ubatch_size ({u}) cannot exceed batch_size ({b})"),
+            );
         }
         let env = o.env.clone().unwrap_or_default();
         for key in env.keys() {
-            let path = self.option_path(&base, own.env.as_ref().is_some_and(|e| e.contains_key(key)), &format!("env.{key}"));
+            let path = self.option_path(
+                &base,
+                own.env.as_ref().is_some_and(|e| e.contains_key(key)),
+                &format!("env.{key}"),
+            );
             if !valid_env_name(key) {
                 self.error_at(self.places.key(&path), &path, format!("\"{key}\" is not a valid environment variable name (letters, digits and _, not starting with a digit)"));
             } else if OWNED_ENV.contains(&key.as_str()) {
-                self.error_at(self.places.key(&path), &path, format!("{key} would override a setting the daemon owns; remove it"));
+                self.error_at(
+                    self.places.key(&path),
+                    &path,
+                    format!("{key} would override a setting the daemon owns; remove it"),
+                );
             }
         }
         let extra_args = o.extra_args.clone().unwrap_or_default();
         for (i, arg) in extra_args.iter().enumerate() {
             let flag = arg.split_once('=').map_or(arg.as_str(), |(f, _)| f);
             if let Some((owned, why)) = OWNED_FLAGS.iter().find(|(f, _)| *f == flag) {
-                let path = self.option_path(&base, own.extra_args.is_some(), &format!("extra_args[{i}]"));
-                self.error(&path, format!("`{owned}` is set by the daemon and cannot be passed in extra_args: {why}"));
+                let path =
+                    self.option_path(&base, own.extra_args.is_some(), &format!("extra_args[{i}]"));
+                self.error(
+                    &path,
+                    format!(
+                        "`{owned}` is set by the daemon and cannot be passed in extra_args: {why}"
+                    ),
+                );
             }
         }
         let d = Lifecycle::default();
@@ -252,21 +368,51 @@ impl Validator<'_> {
         };
         let sec = Duration::from_secs;
         for (key, value, min, max) in [
-            ("ready_timeout", Some(lifecycle.ready_timeout), sec(1), sec(24 * 3600)),
-            ("stop_grace", Some(lifecycle.stop_grace), Duration::ZERO, sec(3600)),
-            ("idle_timeout", lifecycle.idle_timeout, sec(1), sec(365 * 24 * 3600)),
-            ("wait_timeout", Some(lifecycle.wait_timeout), Duration::ZERO, sec(24 * 3600)),
-            ("drain_timeout", Some(lifecycle.drain_timeout), Duration::ZERO, sec(24 * 3600)),
+            (
+                "ready_timeout",
+                Some(lifecycle.ready_timeout),
+                sec(1),
+                sec(24 * 3600),
+            ),
+            (
+                "stop_grace",
+                Some(lifecycle.stop_grace),
+                Duration::ZERO,
+                sec(3600),
+            ),
+            (
+                "idle_timeout",
+                lifecycle.idle_timeout,
+                sec(1),
+                sec(365 * 24 * 3600),
+            ),
+            (
+                "wait_timeout",
+                Some(lifecycle.wait_timeout),
+                Duration::ZERO,
+                sec(24 * 3600),
+            ),
+            (
+                "drain_timeout",
+                Some(lifecycle.drain_timeout),
+                Duration::ZERO,
+                sec(24 * 3600),
+            ),
         ] {
             if let Some(v) = value
                 && (v < min || v > max)
             {
                 let written_here = self.places_has(&format!("{base}.{key}"));
                 let path = self.option_path(&base, written_here, key);
-                self.error(&path, format!(
-                    "expected a duration from {} to {}, found {}",
-                    humantime::format_duration(min), humantime::format_duration(max), humantime::format_duration(v)
-                ));
+                self.error(
+                    &path,
+                    format!(
+                        "expected a duration from {} to {}, found {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max),
+                        humantime::format_duration(v)
+                    ),
+                );
             }
         }
         if lifecycle.idle_timeout.is_some() && !lifecycle.on_demand {
@@ -303,7 +449,11 @@ impl Validator<'_> {
     /// The path of an option as the user wrote it: on the model, or inherited
     /// from `defaults`.
     fn option_path(&self, base: &str, on_model: bool, rest: &str) -> String {
-        if on_model { format!("{base}.{rest}") } else { format!("defaults.{rest}") }
+        if on_model {
+            format!("{base}.{rest}")
+        } else {
+            format!("defaults.{rest}")
+        }
     }
 
     fn check_ids(&mut self, models: &BTreeMap<String, ModelConfig>) {
@@ -316,21 +466,33 @@ impl Validator<'_> {
             for (i, alias) in m.aliases.iter().enumerate() {
                 let path = format!("models.{name}.aliases[{i}]");
                 if alias.trim().is_empty() || alias.chars().any(char::is_whitespace) {
-                    self.error(&path, format!("alias \"{alias}\" must be non-empty and without spaces"));
+                    self.error(
+                        &path,
+                        format!("alias \"{alias}\" must be non-empty and without spaces"),
+                    );
                     continue;
                 }
                 match owner.get(alias.as_str()) {
                     Some(other) if *other == name.as_str() && alias == name => {
-                        self.error(&path, format!("alias \"{alias}\" repeats the model's own name"));
+                        self.error(
+                            &path,
+                            format!("alias \"{alias}\" repeats the model's own name"),
+                        );
                     }
                     Some(other) if *other == name.as_str() => {
                         self.error(&path, format!("alias \"{alias}\" is listed twice"));
                     }
                     Some(other) if models.contains_key(alias) => {
-                        self.error(&path, format!("alias \"{alias}\" is already the name of model \"{other}\""));
+                        self.error(
+                            &path,
+                            format!("alias \"{alias}\" is already the name of model \"{other}\""),
+                        );
                     }
                     Some(other) => {
-                        self.error(&path, format!("alias \"{alias}\" is already an alias of model \"{other}\""));
+                        self.error(
+                            &path,
+                            format!("alias \"{alias}\" is already an alias of model \"{other}\""),
+                        );
                     }
                     None => {
                         owner.insert(alias, name);
@@ -338,10 +500,20 @@ impl Validator<'_> {
                 }
             }
         }
-        let defaults: Vec<&str> = models.values().filter(|m| m.default).map(|m| m.name.as_str()).collect();
+        let defaults: Vec<&str> = models
+            .values()
+            .filter(|m| m.default)
+            .map(|m| m.name.as_str())
+            .collect();
         if defaults.len() > 1 {
             for name in &defaults[1..] {
-                self.error(&format!("models.{name}.default"), format!("only one model can be the default; \"{}\" already is", defaults[0]));
+                self.error(
+                    &format!("models.{name}.default"),
+                    format!(
+                        "only one model can be the default; \"{}\" already is",
+                        defaults[0]
+                    ),
+                );
             }
         }
     }
@@ -356,9 +528,33 @@ pub fn merge(defaults: &ModelOptions, own: &ModelOptions) -> ModelOptions {
         };
     }
     let mut merged = pick!(
-        model, aliases, default, enabled, ctx_size, gpu_layers, parallel, flash_attn, cache_type_k, cache_type_v,
-        threads, batch_size, ubatch_size, load_mode, chat_template, chat_template_file, jinja, extra_args,
-        ready_timeout, stop_grace, restart, swap, on_demand, idle_timeout, queue_length, wait_timeout, drain_timeout,
+        model,
+        aliases,
+        default,
+        enabled,
+        ctx_size,
+        gpu_layers,
+        parallel,
+        flash_attn,
+        cache_type_k,
+        cache_type_v,
+        threads,
+        batch_size,
+        ubatch_size,
+        load_mode,
+        chat_template,
+        chat_template_file,
+        jinja,
+        extra_args,
+        ready_timeout,
+        stop_grace,
+        restart,
+        swap,
+        on_demand,
+        idle_timeout,
+        queue_length,
+        wait_timeout,
+        drain_timeout,
     );
     merged.env = match (&defaults.env, &own.env) {
         (None, None) => None,

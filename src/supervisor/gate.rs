@@ -76,7 +76,9 @@ impl Gate {
             return None;
         }
         self.served.fetch_add(1, Ordering::Relaxed);
-        Some(Lease { gate: Arc::clone(self) })
+        Some(Lease {
+            gate: Arc::clone(self),
+        })
     }
 
     fn leave(&self) {
@@ -106,7 +108,10 @@ impl Gate {
         if self.in_flight() > 0 {
             return Duration::ZERO;
         }
-        self.last_used.lock().map(|t| t.elapsed()).unwrap_or(Duration::ZERO)
+        self.last_used
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or(Duration::ZERO)
     }
 
     /// Closes the gate and waits until every request inside has left, or
@@ -123,11 +128,17 @@ impl Gate {
             emptied.as_mut().enable();
             let now = self.in_flight();
             if now == 0 {
-                return DrainOutcome { drained: at_start, cut: 0 };
+                return DrainOutcome {
+                    drained: at_start,
+                    cut: 0,
+                };
             }
             if tokio::time::timeout_at(deadline, emptied).await.is_err() {
                 let cut = self.in_flight();
-                return DrainOutcome { drained: at_start.saturating_sub(cut), cut };
+                return DrainOutcome {
+                    drained: at_start.saturating_sub(cut),
+                    cut,
+                };
             }
         }
     }
@@ -163,6 +174,9 @@ mod tests {
     #[tokio::test]
     async fn an_empty_gate_drains_at_once() {
         let gate = Gate::new(1);
-        assert_eq!(gate.drain(Duration::from_secs(60)).await, DrainOutcome { drained: 0, cut: 0 });
+        assert_eq!(
+            gate.drain(Duration::from_secs(60)).await,
+            DrainOutcome { drained: 0, cut: 0 }
+        );
     }
 }

@@ -125,13 +125,27 @@ enum Command {
 enum Event {
     Command(Command),
     /// A process answered `/health` 200, or never will.
-    ReadyResult { generation: u64, result: Result<Duration, ReadyError> },
+    ReadyResult {
+        generation: u64,
+        result: Result<Duration, ReadyError>,
+    },
     /// A ready process exited.
-    Exited { generation: u64, status: std::process::ExitStatus },
+    Exited {
+        generation: u64,
+        status: std::process::ExitStatus,
+    },
     /// A process we retired has been drained and stopped.
-    Retired { generation: u64, pid: i32, outcome: StopOutcome, drain: DrainOutcome },
+    Retired {
+        generation: u64,
+        pid: i32,
+        outcome: StopOutcome,
+        drain: DrainOutcome,
+    },
     /// A backoff delay or an idle check is due.
-    Timer { epoch: u64, kind: TimerKind },
+    Timer {
+        epoch: u64,
+        kind: TimerKind,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,8 +157,14 @@ enum TimerKind {
 /// Why [`InstanceHandle::acquire`] could not give a lease.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AcquireError {
-    #[error("{queued} requests are already waiting for model {model} to start (queue_length {limit})")]
-    QueueFull { model: String, queued: usize, limit: u32 },
+    #[error(
+        "{queued} requests are already waiting for model {model} to start (queue_length {limit})"
+    )]
+    QueueFull {
+        model: String,
+        queued: usize,
+        limit: u32,
+    },
     #[error("model {model} was not ready within {waited:?}")]
     Timeout { model: String, waited: Duration },
     #[error("model {model} failed: {reason}")]
@@ -198,13 +218,19 @@ impl InstanceHandle {
     /// take effect at once; a new launch identity replaces the process (by
     /// the model's swap strategy).
     pub fn apply(&self, spec: InstanceSpec) {
-        let _ = self.events.send(Event::Command(Command::Apply(Box::new(spec))));
+        let _ = self
+            .events
+            .send(Event::Command(Command::Apply(Box::new(spec))));
     }
 
     /// Drains and stops the model's processes and ends the owner.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.events.send(Event::Command(Command::Shutdown(tx))).is_ok() {
+        if self
+            .events
+            .send(Event::Command(Command::Shutdown(tx)))
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }
@@ -224,7 +250,11 @@ impl InstanceHandle {
         let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
         let _guard = WaitingGuard(Arc::clone(&self.waiting));
         if queued >= limit as usize {
-            return Err(AcquireError::QueueFull { model: self.name.to_string(), queued, limit });
+            return Err(AcquireError::QueueFull {
+                model: self.name.to_string(),
+                queued,
+                limit,
+            });
         }
         let deadline = Instant::now() + wait;
         loop {
@@ -236,9 +266,14 @@ impl InstanceHandle {
                 match s.state {
                     State::Failed => Some(AcquireError::Failed {
                         model: self.name.to_string(),
-                        reason: s.last_error.clone().unwrap_or_else(|| "it keeps failing to start".into()),
+                        reason: s
+                            .last_error
+                            .clone()
+                            .unwrap_or_else(|| "it keeps failing to start".into()),
                     }),
-                    State::Stopped | State::Stopping => Some(AcquireError::Gone { model: self.name.to_string() }),
+                    State::Stopped | State::Stopping => Some(AcquireError::Gone {
+                        model: self.name.to_string(),
+                    }),
                     State::Idle => {
                         let _ = self.events.send(Event::Command(Command::Demand));
                         None
@@ -251,8 +286,17 @@ impl InstanceHandle {
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(AcquireError::Gone { model: self.name.to_string() }),
-                Err(_) => return Err(AcquireError::Timeout { model: self.name.to_string(), waited: wait }),
+                Ok(Err(_)) => {
+                    return Err(AcquireError::Gone {
+                        model: self.name.to_string(),
+                    });
+                }
+                Err(_) => {
+                    return Err(AcquireError::Timeout {
+                        model: self.name.to_string(),
+                        waited: wait,
+                    });
+                }
             }
         }
     }
@@ -328,7 +372,8 @@ pub fn start_instance(
     let (publish, snapshot) = watch::channel(initial);
     let backoff = Backoff::new(backoff).unwrap_or_else(|_| {
         // The policy is ours, not the user's; fall back rather than fail.
-        Backoff::new(BackoffPolicy::default()).unwrap_or_else(|_| unreachable!("the default backoff policy is valid"))
+        Backoff::new(BackoffPolicy::default())
+            .unwrap_or_else(|_| unreachable!("the default backoff policy is valid"))
     });
     let handle = InstanceHandle {
         name: Arc::from(name.as_str()),
@@ -405,13 +450,23 @@ impl Owner {
             }
             Event::ReadyResult { generation, result } => self.on_ready_result(generation, result),
             Event::Exited { generation, status } => self.on_exited(generation, status),
-            Event::Retired { generation, pid, outcome, drain } => self.on_retired(generation, pid, outcome, drain),
+            Event::Retired {
+                generation,
+                pid,
+                outcome,
+                drain,
+            } => self.on_retired(generation, pid, outcome, drain),
             Event::Timer { epoch, kind } if epoch == self.timer_epoch => match kind {
                 // A failed process may still be on its way out: wait for it.
-                TimerKind::Retry if matches!(self.state, State::Backoff | State::Failed) && !self.retiring.is_empty() => {
+                TimerKind::Retry
+                    if matches!(self.state, State::Backoff | State::Failed)
+                        && !self.retiring.is_empty() =>
+                {
                     self.start_after_retire = true;
                 }
-                TimerKind::Retry if matches!(self.state, State::Backoff | State::Failed) => self.start(),
+                TimerKind::Retry if matches!(self.state, State::Backoff | State::Failed) => {
+                    self.start()
+                }
                 TimerKind::IdleCheck => self.check_idle(),
                 TimerKind::Retry => {}
             },
@@ -433,11 +488,17 @@ impl Owner {
         self.backoff.reset();
         self.timer_epoch += 1;
         self.last_error = None;
-        self.logs.push(LogStream::Daemon, &format!("spec changed: launch id {}", self.spec.id));
+        self.logs.push(
+            LogStream::Daemon,
+            &format!("spec changed: launch id {}", self.spec.id),
+        );
         if let Some(p) = self.next.take() {
             self.retire(p);
         }
-        let serving = self.current.as_ref().is_some_and(|p| p.ready_after.is_some());
+        let serving = self
+            .current
+            .as_ref()
+            .is_some_and(|p| p.ready_after.is_some());
         match self.current.take() {
             // Still loading the old launch: nobody depends on it. Stop it,
             // and start the new one once it is reaped (never two at once).
@@ -459,7 +520,9 @@ impl Owner {
             },
             None if self.state == State::Idle && self.spec.config.lifecycle.on_demand => {}
             // stop_first: an older process is still on its way out.
-            None if !self.retiring.is_empty() && self.spec.config.lifecycle.swap == SwapStrategy::StopFirst => {
+            None if !self.retiring.is_empty()
+                && self.spec.config.lifecycle.swap == SwapStrategy::StopFirst =>
+            {
                 self.state = State::Swapping;
                 self.start_after_retire = true;
             }
@@ -470,8 +533,13 @@ impl Owner {
     fn spawn_proc(&mut self) -> Result<Proc, String> {
         self.generation += 1;
         let port = pick_free_port().map_err(|e| e.to_string())?;
-        let process = spawn(&self.spec.launch, port, self.logs.clone()).map_err(|e| e.to_string())?;
-        if let Err(e) = self.state_file.record(InstanceRecord::for_process(&self.name, self.spec.id.clone(), &process)) {
+        let process =
+            spawn(&self.spec.launch, port, self.logs.clone()).map_err(|e| e.to_string())?;
+        if let Err(e) = self.state_file.record(InstanceRecord::for_process(
+            &self.name,
+            self.spec.id.clone(),
+            &process,
+        )) {
             tracing::warn!(model = %self.name, "could not record the instance in the state file: {e}");
         }
         let generation = self.generation;
@@ -518,8 +586,14 @@ impl Owner {
     }
 
     fn on_ready_result(&mut self, generation: u64, result: Result<Duration, ReadyError>) {
-        let is_current = self.current.as_ref().is_some_and(|p| p.generation == generation);
-        let is_next = self.next.as_ref().is_some_and(|p| p.generation == generation);
+        let is_current = self
+            .current
+            .as_ref()
+            .is_some_and(|p| p.generation == generation);
+        let is_next = self
+            .next
+            .as_ref()
+            .is_some_and(|p| p.generation == generation);
         if !is_current && !is_next {
             return; // about a process already retired
         }
@@ -545,14 +619,21 @@ impl Owner {
             }
             Err(e) => {
                 let bind_failure = e.is_bind_failure();
-                let slot = if is_next { self.next.take() } else { self.current.take() };
+                let slot = if is_next {
+                    self.next.take()
+                } else {
+                    self.current.take()
+                };
                 let retries = slot.as_ref().map_or(0, |p| p.bind_retries);
                 if let Some(p) = slot {
                     self.retire(p);
                 }
                 if bind_failure && retries < 3 {
                     // Someone took the port between picking and binding.
-                    self.logs.push(LogStream::Daemon, "port taken before llama-server bound it; retrying on another");
+                    self.logs.push(
+                        LogStream::Daemon,
+                        "port taken before llama-server bound it; retrying on another",
+                    );
                     if is_next {
                         self.start_next();
                         if let Some(p) = self.next.as_mut() {
@@ -584,8 +665,18 @@ impl Owner {
         self.restarts += 1;
         self.last_error = Some(message);
         let decision = self.backoff.on_failure(Instant::now());
-        self.state = if decision.failed { State::Failed } else { State::Backoff };
-        self.logs.push(LogStream::Daemon, &format!("retrying in {:?} (failure {} in a row)", decision.delay, decision.failures));
+        self.state = if decision.failed {
+            State::Failed
+        } else {
+            State::Backoff
+        };
+        self.logs.push(
+            LogStream::Daemon,
+            &format!(
+                "retrying in {:?} (failure {} in a row)",
+                decision.delay, decision.failures
+            ),
+        );
         self.schedule(decision.delay, TimerKind::Retry);
     }
 
@@ -605,7 +696,10 @@ impl Owner {
             return; // a retired process; its retirement reports on it
         };
         let _ = self.state_file.remove(p.process.pid());
-        let message = format!("llama-server (pid {}) exited unexpectedly: {status}", p.process.pid());
+        let message = format!(
+            "llama-server (pid {}) exited unexpectedly: {status}",
+            p.process.pid()
+        );
         let restart = match self.spec.config.lifecycle.restart {
             RestartPolicy::Always => true,
             RestartPolicy::OnFailure => !status.success(),
@@ -643,7 +737,12 @@ impl Owner {
                 tracing::warn!(model = %name, pid = p.process.pid(), "llama-server ignored SIGTERM for {:?}; killed", lifecycle.stop_grace);
             }
             let pid = p.process.pid();
-            let _ = events.send(Event::Retired { generation: p.generation, pid, outcome, drain });
+            let _ = events.send(Event::Retired {
+                generation: p.generation,
+                pid,
+                outcome,
+                drain,
+            });
         });
     }
 
@@ -664,7 +763,11 @@ impl Owner {
     }
 
     fn finish_if_stopped(&mut self) {
-        if self.state == State::Stopping && self.retiring.is_empty() && self.current.is_none() && self.next.is_none() {
+        if self.state == State::Stopping
+            && self.retiring.is_empty()
+            && self.current.is_none()
+            && self.next.is_none()
+        {
             self.state = State::Stopped;
         }
     }
@@ -679,22 +782,40 @@ impl Owner {
     }
 
     fn schedule_idle_check(&mut self) {
-        if let (Some(idle), true, State::Ready) = (self.spec.config.lifecycle.idle_timeout, self.spec.config.lifecycle.on_demand, self.state) {
+        if let (Some(idle), true, State::Ready) = (
+            self.spec.config.lifecycle.idle_timeout,
+            self.spec.config.lifecycle.on_demand,
+            self.state,
+        ) {
             self.timer_epoch += 1;
-            let idle_for = self.current.as_ref().map_or(Duration::ZERO, |p| p.gate.idle_for());
-            self.schedule(idle.saturating_sub(idle_for).max(Duration::from_millis(50)), TimerKind::IdleCheck);
+            let idle_for = self
+                .current
+                .as_ref()
+                .map_or(Duration::ZERO, |p| p.gate.idle_for());
+            self.schedule(
+                idle.saturating_sub(idle_for).max(Duration::from_millis(50)),
+                TimerKind::IdleCheck,
+            );
         }
     }
 
     fn check_idle(&mut self) {
-        let Some(idle) = self.spec.config.lifecycle.idle_timeout else { return };
+        let Some(idle) = self.spec.config.lifecycle.idle_timeout else {
+            return;
+        };
         if self.state != State::Ready || !self.spec.config.lifecycle.on_demand {
             return;
         }
-        let idle_for = self.current.as_ref().map_or(Duration::ZERO, |p| p.gate.idle_for());
+        let idle_for = self
+            .current
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.gate.idle_for());
         if idle_for >= idle {
             tracing::info!(model = %self.name, "idle for {:?}; stopping until the next request", idle_for);
-            self.logs.push(LogStream::Daemon, &format!("idle for {}; stopping", humantime::format_duration(idle)));
+            self.logs.push(
+                LogStream::Daemon,
+                &format!("idle for {}; stopping", humantime::format_duration(idle)),
+            );
             if let Some(p) = self.current.take() {
                 self.retire(p);
             }
@@ -708,7 +829,9 @@ impl Owner {
     fn publish(&self) {
         let current = self.current.as_ref();
         let serving = match self.state {
-            State::Ready => current.filter(|p| p.ready_after.is_some()).map(|p| Arc::clone(&p.gate)),
+            State::Ready => current
+                .filter(|p| p.ready_after.is_some())
+                .map(|p| Arc::clone(&p.gate)),
             _ => None,
         };
         let l = &self.spec.config.lifecycle;

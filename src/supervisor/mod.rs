@@ -11,17 +11,17 @@
 //! - [`ports`]: picking a free loopback port ([`pick_free_port`]).
 
 pub mod backoff;
+pub mod gate;
+pub mod instance;
 pub mod leftovers;
 pub mod logs;
 pub mod ports;
 pub mod process;
 pub mod readiness;
-pub mod gate;
-pub mod instance;
 
+pub use backoff::{Backoff, BackoffError, BackoffPolicy, Decision};
 pub use gate::{DrainOutcome, Gate, Lease};
 pub use instance::{AcquireError, InstanceHandle, InstanceSpec, Snapshot, State, start_instance};
-pub use backoff::{Backoff, BackoffError, BackoffPolicy, Decision};
 pub use leftovers::{
     InstanceRecord, Leftover, LeftoverError, LeftoverOutcome, STATE_FILE_NAME, StateFile,
     reap_leftovers,

@@ -24,7 +24,10 @@ pub fn fake_llama_server() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A daemon in a temporary directory of its own.
@@ -45,16 +48,34 @@ impl Daemon {
         Daemon::start_with_env(model_files, models, &[])
     }
 
-    pub fn start_with_env(model_files: &[&str], models: &str, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
+    pub fn start_with_env(
+        model_files: &[&str],
+        models: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         for (i, name) in model_files.iter().enumerate() {
             let path = dir.path().join(format!("{name}.gguf"));
-            rocm_llm::gguf::write_tiny_llama(&path, &rocm_llm::gguf::TinyModel::with_seed(i as u64 + 1, *name)).expect("model");
+            rocm_llm::gguf::write_tiny_llama(
+                &path,
+                &rocm_llm::gguf::TinyModel::with_seed(i as u64 + 1, *name),
+            )
+            .expect("model");
         }
         let listen = format!("127.0.0.1:{}", free_port());
         let control = format!("127.0.0.1:{}", free_port());
         let spec = dir.path().join("models.yaml");
-        let mut d = Daemon { dir, spec, control, listen, child: None, env: env.iter().map(|(k, v)| (k.to_string(), v.to_os_string())).collect() };
+        let mut d = Daemon {
+            dir,
+            spec,
+            control,
+            listen,
+            child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_os_string()))
+                .collect(),
+        };
         d.write_spec(models);
         d.spawn();
         d
@@ -91,7 +112,9 @@ impl Daemon {
             .spawn()
             .expect("spawn rocm-llm serve");
         self.child = Some(child);
-        wait_until(Duration::from_secs(20), "the status API answers", || get(&self.control, "/healthz").ok());
+        wait_until(Duration::from_secs(20), "the status API answers", || {
+            get(&self.control, "/healthz").ok()
+        });
     }
 
     pub fn log(&self) -> String {
@@ -99,7 +122,8 @@ impl Daemon {
     }
 
     pub fn status(&self) -> Value {
-        let body = get(&self.control, "/status").unwrap_or_else(|e| panic!("GET /status: {e}\n{}", self.log()));
+        let body = get(&self.control, "/status")
+            .unwrap_or_else(|e| panic!("GET /status: {e}\n{}", self.log()));
         serde_json::from_str(&body).expect("status JSON")
     }
 
@@ -112,23 +136,35 @@ impl Daemon {
                 return s;
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; status:\n{s:#}\nlog:\n{}", self.log());
+                panic!(
+                    "timed out waiting for {what}; status:\n{s:#}\nlog:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn wait_ready(&self, models: &[&str]) -> Value {
-        self.wait_status(&format!("{models:?} ready"), |s| models.iter().all(|m| s["models"][m]["state"] == "ready"))
+        self.wait_status(&format!("{models:?} ready"), |s| {
+            models.iter().all(|m| s["models"][m]["state"] == "ready")
+        })
     }
 
     pub fn pid(status: &Value, model: &str) -> i64 {
-        status["models"][model]["pid"].as_i64().unwrap_or_else(|| panic!("{model} has no pid: {status:#}"))
+        status["models"][model]["pid"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{model} has no pid: {status:#}"))
     }
 
     pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().expect("running").id();
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("kill").success();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill")
+            .success();
         assert!(ok, "kill -{sig} {pid}");
     }
 
@@ -141,7 +177,11 @@ impl Daemon {
                 self.child = None;
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "the daemon did not exit within {timeout:?}\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit within {timeout:?}\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -156,7 +196,10 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -168,7 +211,10 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
         for pid in self.children() {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
         }
     }
 }
@@ -183,7 +229,11 @@ pub fn write_by_rename(path: &Path, text: &str) {
 /// Saves the way some editors do: truncate in place, then write in pieces,
 /// so a reader can see an empty or partial (yet valid) file.
 pub fn write_by_truncate(path: &Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(path).expect("open");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .expect("open");
     let (head, tail) = text.split_at(text.len() / 2);
     f.write_all(head.as_bytes()).expect("write");
     f.flush().expect("flush");
@@ -193,10 +243,14 @@ pub fn write_by_truncate(path: &Path, text: &str) {
 
 pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
     let me = std::process::id() as i32;
     for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         if pid == me {
             continue;
         }
@@ -206,7 +260,9 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
             continue;
         }
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
         if matches!(state, Some('Z' | 'X') | None) {
             continue; // dead; only not yet reaped
         }
@@ -226,7 +282,10 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting until {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -234,8 +293,13 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 /// A plain HTTP/1.0 GET.
 pub fn get(addr: &str, path: &str) -> Result<String, String> {
     let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut out = String::new();
     s.read_to_string(&mut out).map_err(|e| e.to_string())?;
     let (head, body) = out.split_once("\r\n\r\n").ok_or("no body")?;

@@ -21,7 +21,11 @@ impl FileProbe for AnyFile {
 }
 
 pub fn desired(yaml: &str) -> Desired {
-    let ctx = Context { spec_path: Path::new("/specs/models.yaml"), default_llama_server: PathBuf::from("/bin/llama-server"), probe: &AnyFile };
+    let ctx = Context {
+        spec_path: Path::new("/specs/models.yaml"),
+        default_llama_server: PathBuf::from("/bin/llama-server"),
+        probe: &AnyFile,
+    };
     match validate::load(yaml, &ctx) {
         Ok(d) => d,
         Err(e) => panic!("spec should be valid:\n{e}\n---\n{yaml}"),
