@@ -247,6 +247,11 @@ impl InstanceHandle {
             let s = rx.borrow();
             (s.queue_length, s.wait_timeout)
         };
+        // A request for an idle model starts it even when it cannot wait
+        // for it (queue_length 0): the client's retry will find it up.
+        if rx.borrow().state == State::Idle {
+            let _ = self.events.send(Event::Command(Command::Demand));
+        }
         let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
         let _guard = WaitingGuard(Arc::clone(&self.waiting));
         if queued >= limit as usize {
