@@ -678,6 +678,11 @@ async fn the_official_openai_python_client_works() {
         return;
     };
     let Some(python) = std::env::var_os("ROCM_LLM_TEST_PYTHON") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{}: a skip is a failure in CI (scripts/test.sh provides what this test needs)",
+            "the_official_openai_python_client_works"
+        );
         eprintln!(
             "SKIPPED: the_official_openai_python_client_works needs ROCM_LLM_TEST_PYTHON=<a python with the openai package> (scripts/test.sh makes one)"
         );
