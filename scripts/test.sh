@@ -152,7 +152,7 @@ if cargo clippy --all-targets -- -D warnings >"$logs/clippy.log" 2>&1; then
   record PASS clippy ""
 else
   grep -vE '^ *(Compiling|Checking|Finished|Blocking|Updating|Downloading|Downloaded|Locking|Adding) ' "$logs/clippy.log" | head -150 | indent
-  record FAIL clippy "see above (all of it in $logs/clippy.log)"
+  record FAIL clippy "$(grep -E '^(error|warning)(\[|:)' "$logs/clippy.log" | grep -cvE 'could not compile|build failed') diagnostics, see above (all of it in $logs/clippy.log)"
 fi
 
 # The fuzz crate is a workspace of its own: nothing else builds it. Check it on
