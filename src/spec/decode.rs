@@ -120,15 +120,8 @@ fn join(path: &str, key: &str) -> String {
 }
 
 impl<'s> Checker<'s> {
-    fn resolve(&self, mut schema: &'s Value) -> &'s Value {
-        while let Some(r) = schema.get("$ref").and_then(Value::as_str) {
-            let name = r.trim_start_matches("#/$defs/");
-            match self.root.get("$defs").and_then(|d| d.get(name)) {
-                Some(target) => schema = target,
-                None => break,
-            }
-        }
-        schema
+    fn resolve(&self, schema: &'s Value) -> &'s Value {
+        resolve_ref(self.root, schema)
     }
 
     fn problem(&mut self, pos: Pos, path: &str, message: String) {
@@ -137,6 +130,16 @@ impl<'s> Checker<'s> {
             path: path.to_owned(),
             message,
         });
+    }
+
+    /// Records "expected <what the schema accepts>, found <node>".
+    fn mismatch(&mut self, schema: &Value, node: &Located<Node>, path: &str, hint: &str) {
+        let message = format!(
+            "expected {}, found {}{hint}",
+            describe(self.root, schema),
+            node.value.describe()
+        );
+        self.problem(node.pos, path, message);
     }
 
     /// Returns the JSON form of `node` if it matches `schema`; records why
@@ -156,15 +159,7 @@ impl<'s> Checker<'s> {
             return if node.value.to_json() == *expected {
                 Some(expected.clone())
             } else {
-                self.problem(
-                    node.pos,
-                    path,
-                    format!(
-                        "expected {}, found {}",
-                        describe(self.root, schema),
-                        node.value.describe()
-                    ),
-                );
+                self.mismatch(schema, node, path, "");
                 None
             };
         }
@@ -210,15 +205,7 @@ impl<'s> Checker<'s> {
             } else {
                 ""
             };
-            self.problem(
-                node.pos,
-                path,
-                format!(
-                    "expected {}, found {}{hint}",
-                    describe(self.root, schema),
-                    node.value.describe()
-                ),
-            );
+            self.mismatch(schema, node, path, hint);
             return None;
         }
         match &node.value {
@@ -239,15 +226,7 @@ impl<'s> Checker<'s> {
                 if min.is_some_and(|m| *i < i128::from(m))
                     || max.is_some_and(|m| *i > i128::from(m))
                 {
-                    self.problem(
-                        node.pos,
-                        path,
-                        format!(
-                            "expected {}, found {}",
-                            describe(self.root, schema),
-                            node.value.describe()
-                        ),
-                    );
+                    self.mismatch(schema, node, path, "");
                     return None;
                 }
                 Some(node.value.to_json())
@@ -294,15 +273,7 @@ impl<'s> Checker<'s> {
                 return Some(v);
             }
         }
-        self.problem(
-            node.pos,
-            path,
-            format!(
-                "expected {}, found {}",
-                describe(self.root, schema),
-                node.value.describe()
-            ),
-        );
+        self.mismatch(schema, node, path, "");
         None
     }
 
@@ -380,21 +351,23 @@ fn type_matches(schema: &Value, node: &Node) -> bool {
     }
 }
 
+/// Follows `$ref`s into the schema's `$defs`.
+fn resolve_ref<'s>(root: &'s Value, mut schema: &'s Value) -> &'s Value {
+    while let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        match root
+            .get("$defs")
+            .and_then(|d| d.get(r.trim_start_matches("#/$defs/")))
+        {
+            Some(target) => schema = target,
+            None => break,
+        }
+    }
+    schema
+}
+
 /// A person's description of what a schema accepts.
 fn describe(root: &Value, schema: &Value) -> String {
-    let schema = {
-        let mut s = schema;
-        while let Some(r) = s.get("$ref").and_then(Value::as_str) {
-            match root
-                .get("$defs")
-                .and_then(|d| d.get(r.trim_start_matches("#/$defs/")))
-            {
-                Some(t) => s = t,
-                None => break,
-            }
-        }
-        s
-    };
+    let schema = resolve_ref(root, schema);
     if let Some(alts) = schema
         .get("anyOf")
         .or_else(|| schema.get("oneOf"))
