@@ -176,11 +176,11 @@ runner_log="$logs/tests.log"
 if cargo nextest --version >/dev/null 2>&1; then
   runner=nextest
   profile=${NEXTEST_PROFILE:-$([ -n "${CI:-}" ] && echo ci || echo default)}
-  run_tests() { cargo nextest run --profile "$profile" --no-fail-fast "$@"; }
+  run_tests() { cargo nextest run --profile "$profile" "$@"; }
 else
   runner="cargo test"
   say "cargo-nextest is not installed: using cargo test (cargo install --locked cargo-nextest)"
-  run_tests() { cargo test --no-fail-fast "$@"; }
+  run_tests() { cargo test "$@"; }
 fi
 
 # Compile first, into a log, so that the runner's output is only the tests.
@@ -193,7 +193,7 @@ else
 fi
 
 begin "tests: $runner${profile:+ (profile $profile)}"
-run_tests --color "$color" "$@" 2>&1 | tee "$runner_log"
+run_tests --no-fail-fast --color "$color" "$@" 2>&1 | tee "$runner_log"
 tests_rc=${PIPESTATUS[0]}
 strip_ansi() { sed -E 's/\x1b\[[0-9;]*[A-Za-z]//g'; }
 if [ "$runner" = nextest ]; then
