@@ -13,7 +13,7 @@
 #      ROCM_LLM_TEST_PYTHON (unless already set). Only when a test reads it.
 #   3. the Nix checks (scripts/check-nix.sh; it installs Debian's nix-bin
 #      when nix-instantiate is missing; NIXPKGS_LIB enables module evaluation).
-#   4. cargo fmt --check (when rustfmt is installed), cargo clippy
+#   4. cargo fmt --check of both crates (when rustfmt is installed), cargo clippy
 #      --all-targets -D warnings, and a stable type-check of the fuzz crate.
 #   5. the test suite: cargo nextest when installed (profile `ci` under
 #      CI=true, see .config/nextest.toml), else cargo test.
@@ -137,9 +137,15 @@ fi
 # ---- 4. format, lints, fuzz crate -----------------------------------------------------
 
 begin "cargo fmt --check"
+fmt_check() { # the main crate and the fuzz crate (a workspace of its own)
+  local rc=0
+  cargo fmt --all --check || rc=1
+  cargo fmt --manifest-path fuzz/Cargo.toml --check || rc=1
+  return "$rc"
+}
 if ! cargo fmt --version >/dev/null 2>&1; then
   record SKIP rustfmt "rustfmt is not installed (rustup component add rustfmt)"
-elif cargo fmt --all --check >"$logs/fmt.log" 2>&1; then
+elif fmt_check >"$logs/fmt.log" 2>&1; then
   record PASS rustfmt ""
 else
   unformatted=$(grep '^Diff in ' "$logs/fmt.log" | sed -E 's/^Diff in (.*):[0-9]+:$/\1/' | sed "s|^$root/||" | sort -u)

@@ -48,10 +48,16 @@ fuzz_target!(|text: &str| {
                 .map(|(name, launch)| (name, launch.identity()))
                 .collect();
             let again = plan::plan(&desired, &running);
-            assert!(plan::is_noop(&again), "planning after the launches ran is not a no-op: {again:?}");
+            assert!(
+                plan::is_noop(&again),
+                "planning after the launches ran is not a no-op: {again:?}"
+            );
         }
         Err(errors) => {
-            assert!(!errors.diagnostics.is_empty(), "a rejected spec with no diagnostic");
+            assert!(
+                !errors.diagnostics.is_empty(),
+                "a rejected spec with no diagnostic"
+            );
             for d in &errors.diagnostics {
                 let _ = d.render(text);
             }
