@@ -236,14 +236,33 @@ fn addresses(text: &str, options: &ServeOptions) -> (SocketAddr, SocketAddr, Opt
         default_llama_server: options.default_llama_server.clone(),
         probe: &Disk,
     };
-    match validate::load(text, &ctx) {
-        Ok(d) => (d.listen, d.control, d.api_key_file),
-        Err(_) => (
-            default_addr(DEFAULT_LISTEN),
-            default_addr(DEFAULT_CONTROL),
-            None,
-        ),
+    if let Ok(d) = validate::load(text, &ctx) {
+        return (d.listen, d.control, d.api_key_file);
     }
+    // An invalid spec still says where to listen and which key guards the
+    // endpoint: take what of that is valid, so a typo elsewhere never opens
+    // the daemon on other addresses or without its key.
+    let spec = crate::spec::tree::parse(text)
+        .map(|tree| crate::spec::decode::decode(&tree).spec)
+        .unwrap_or_default();
+    let addr = |written: &Option<String>, default: &str| {
+        written
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| default_addr(default))
+    };
+    let key = spec.api_key_file.map(|p| {
+        if p.is_absolute() {
+            p
+        } else {
+            options.spec_path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    });
+    (
+        addr(&spec.listen, DEFAULT_LISTEN),
+        addr(&spec.control, DEFAULT_CONTROL),
+        key,
+    )
 }
 
 fn spawn_signal_handlers(
