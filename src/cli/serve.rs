@@ -11,9 +11,12 @@ use tokio_util::sync::CancellationToken;
 pub fn run(spec: PathBuf, state_dir: Option<PathBuf>, debounce: Duration, log: &str) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, not for journald or files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
     let spec = std::path::absolute(&spec).unwrap_or(spec);
     let options = ServeOptions {
