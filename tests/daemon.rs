@@ -487,8 +487,16 @@ fn an_invalid_spec_at_start_runs_nothing_until_a_valid_save() {
     // Start from a broken spec: the daemon must still come up on the
     // spec's own control address and say what is wrong.
     let mut d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n    ctx_size: lots\n");
-    let s = d.wait_status("the start-up error reported", |s| s["last_reload"]["ok"] == false);
-    assert!(s["last_reload"]["errors"][0].as_str().unwrap().contains("models.a.ctx_size"), "{s:#}");
+    let s = d.wait_status("the start-up error reported", |s| {
+        s["last_reload"]["ok"] == false
+    });
+    assert!(
+        s["last_reload"]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("models.a.ctx_size"),
+        "{s:#}"
+    );
     assert_eq!(s["generation"], 0);
     assert!(d.children().is_empty());
     d.write_spec("  a:\n    model: a.gguf\n");
