@@ -195,27 +195,12 @@ fn a_child_killed_with_sigkill_is_restarted() {
 
 #[test]
 fn a_child_that_never_becomes_ready_times_out_fails_and_backs_off() {
-    // The spec names one binary for all models, so a wrapper picks the
-    // fake for the model that sets FAKE_LLAMA_MODE and the real one otherwise.
-    let fake = common::daemon::fake_llama_server();
     let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
-    let wrapper = d.dir.path().join("llama-server-or-fake");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nif [ -n \"$FAKE_LLAMA_MODE\" ]; then exec {} \"$@\"; fi\nexec {} \"$@\"\n",
-            fake.display(),
-            common::daemon::llama_server().display()
-        ),
-    )
-    .unwrap();
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&wrapper)
-        .status()
-        .unwrap();
-    let spec = d.spec_text("  a:\n    model: a.gguf\n  stuck:\n    model: a.gguf\n    ready_timeout: 1s\n    env: {FAKE_LLAMA_MODE: hang}\n")
-        .replace(&format!("llama_server: {}", common::daemon::llama_server().display()), &format!("llama_server: {}", wrapper.display()));
+    let server = d.fake_or_real_server();
+    let spec = d.spec_text_with_server(
+        "  a:\n    model: a.gguf\n  stuck:\n    model: a.gguf\n    ready_timeout: 1s\n    env: {FAKE_LLAMA_MODE: hang}\n",
+        &server,
+    );
     write_by_rename(&d.spec, &spec);
     // First a timeout and a backoff...
     let s = d.wait_status("stuck backing off", |s| {
@@ -236,17 +221,10 @@ fn a_child_that_never_becomes_ready_times_out_fails_and_backs_off() {
 fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
     let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
     d.wait_ready(&["a"]);
-    let fake = common::daemon::fake_llama_server();
-    let spec = d
-        .spec_text("  a:\n    model: a.gguf\n    stop_grace: 1s\n    ready_timeout: 1h\n")
-        .replace(
-            &format!("llama_server: {}", common::daemon::llama_server().display()),
-            &format!("llama_server: {}", fake.display()),
-        )
-        .replace(
-            "  threads: 1\n",
-            "  threads: 1\n  env: {FAKE_LLAMA_MODE: ignore-term}\n",
-        );
+    let spec = d.spec_text_with_server(
+        "  a:\n    model: a.gguf\n    stop_grace: 1s\n    ready_timeout: 1h\n    env: {FAKE_LLAMA_MODE: ignore-term}\n",
+        &d.fake_or_real_server(),
+    );
     write_by_rename(&d.spec, &spec);
     let s = d.wait_status("the stubborn fake starting", |s| {
         s["models"]["a"]["state"] == "starting" && s["generation"] == 2
@@ -503,4 +481,36 @@ fn an_invalid_spec_at_start_runs_nothing_until_a_valid_save() {
     d.wait_ready(&["a"]);
     d.signal("TERM");
     assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn a_client_that_hangs_up_while_waiting_leaves_the_queue() {
+    use std::io::Write as _;
+    let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
+    d.wait_ready(&["a"]);
+    // A model that never becomes ready: requests for it wait.
+    let server = d.fake_or_real_server();
+    let spec = d.spec_text_with_server(
+        "  a:\n    model: a.gguf\n  stuck:\n    model: a.gguf\n    ready_timeout: 1h\n    wait_timeout: 1h\n    env: {FAKE_LLAMA_MODE: hang}\n",
+        &server,
+    );
+    write_by_rename(&d.spec, &spec);
+    d.wait_status("stuck starting", |s| {
+        s["models"]["stuck"]["state"] == "starting"
+    });
+    let body = r#"{"model":"stuck","messages":[{"role":"user","content":"hi"}],"max_tokens":2}"#;
+    let mut client = std::net::TcpStream::connect(&d.listen).unwrap();
+    write!(
+        client,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    d.wait_status("the request queued", |s| {
+        s["models"]["stuck"]["waiting"] == 1
+    });
+    drop(client);
+    d.wait_status("the queue slot freed", |s| {
+        s["models"]["stuck"]["waiting"] == 0
+    });
 }

@@ -91,6 +91,38 @@ impl Daemon {
         )
     }
 
+    /// A llama-server that is the fake for models whose `env` sets
+    /// FAKE_LLAMA_MODE and the real one otherwise (the spec names one binary
+    /// for all models).
+    pub fn fake_or_real_server(&self) -> PathBuf {
+        let wrapper = self.dir.path().join("llama-server-or-fake");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nif [ -n \"$FAKE_LLAMA_MODE\" ]; then exec {} \"$@\"; fi\nexec {} \"$@\"\n",
+                fake_llama_server().display(),
+                llama_server().display()
+            ),
+        )
+        .expect("write wrapper");
+        let ok = Command::new("chmod")
+            .arg("+x")
+            .arg(&wrapper)
+            .status()
+            .expect("chmod")
+            .success();
+        assert!(ok, "chmod +x {}", wrapper.display());
+        wrapper
+    }
+
+    /// [`Daemon::spec_text`] with another llama-server binary.
+    pub fn spec_text_with_server(&self, models: &str, server: &Path) -> String {
+        self.spec_text(models).replace(
+            &format!("llama_server: {}", llama_server().display()),
+            &format!("llama_server: {}", server.display()),
+        )
+    }
+
     pub fn write_spec(&self, models: &str) {
         write_by_rename(&self.spec, &self.spec_text(models));
     }
