@@ -514,3 +514,43 @@ fn a_client_that_hangs_up_while_waiting_leaves_the_queue() {
         s["models"]["stuck"]["waiting"] == 0
     });
 }
+
+#[test]
+fn restart_never_keeps_a_dead_model_down_and_requests_hear_why() {
+    use std::io::{Read as _, Write as _};
+    let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n    restart: never\n");
+    let s = d.wait_ready(&["a"]);
+    let pid = Daemon::pid(&s, "a");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let s = d.wait_status("a down", |s| s["models"]["a"]["state"] == "idle");
+    assert!(
+        s["models"]["a"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("exited unexpectedly")
+    );
+    let body = r#"{"model":"a","messages":[{"role":"user","content":"hi"}],"max_tokens":2}"#;
+    let mut client = std::net::TcpStream::connect(&d.listen).unwrap();
+    write!(
+        client,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    client.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(
+        response.contains("restart policy keeps it down"),
+        "{response}"
+    );
+    // Nothing was started behind the client's back.
+    assert!(d.children().is_empty(), "{:?}", d.children());
+    assert_eq!(d.status()["models"]["a"]["state"], "idle");
+}

@@ -106,6 +106,8 @@ pub struct Snapshot {
     pub last_error: Option<String>,
     pub queue_length: u32,
     pub wait_timeout: Duration,
+    /// Whether a request may start the model when it is idle.
+    pub on_demand: bool,
     /// Requests that were in flight when a drain began and finished.
     pub drained: u64,
     /// Requests cut because a drain timed out.
@@ -249,7 +251,7 @@ impl InstanceHandle {
         };
         // A request for an idle model starts it even when it cannot wait
         // for it (queue_length 0): the client's retry will find it up.
-        if rx.borrow().state == State::Idle {
+        if rx.borrow().state == State::Idle && rx.borrow().on_demand {
             let _ = self.events.send(Event::Command(Command::Demand));
         }
         let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -279,10 +281,18 @@ impl InstanceHandle {
                     State::Stopped | State::Stopping => Some(AcquireError::Gone {
                         model: self.name.to_string(),
                     }),
-                    State::Idle => {
+                    State::Idle if s.on_demand => {
                         let _ = self.events.send(Event::Command(Command::Demand));
                         None
                     }
+                    // Down by its restart policy: say so instead of waiting.
+                    State::Idle => Some(AcquireError::Failed {
+                        model: self.name.to_string(),
+                        reason: format!(
+                            "{}; its restart policy keeps it down until the spec changes it",
+                            s.last_error.as_deref().unwrap_or("it is not running")
+                        ),
+                    }),
                     _ => None,
                 }
             };
@@ -371,6 +381,7 @@ pub fn start_instance(
         last_error: None,
         queue_length: spec.config.lifecycle.queue_length,
         wait_timeout: spec.config.lifecycle.wait_timeout,
+        on_demand: spec.config.lifecycle.on_demand,
         drained: 0,
         cut: 0,
     };
@@ -410,8 +421,11 @@ pub fn start_instance(
     };
     tokio::spawn(async move {
         if let Some(p) = predecessor {
+            // Requests wait while the previous instance of this model leaves.
+            owner.state = State::Swapping;
             owner.publish();
             let _ = p.await;
+            owner.state = State::Idle;
         }
         if !owner.spec.config.lifecycle.on_demand {
             owner.start();
@@ -436,7 +450,7 @@ impl Owner {
         match event {
             Event::Command(Command::Apply(spec)) => self.apply(*spec),
             Event::Command(Command::Demand) => {
-                if self.state == State::Idle {
+                if self.state == State::Idle && self.spec.config.lifecycle.on_demand {
                     self.start();
                 }
             }
@@ -853,6 +867,7 @@ impl Owner {
             last_error: self.last_error.clone(),
             queue_length: l.queue_length,
             wait_timeout: l.wait_timeout,
+            on_demand: l.on_demand,
             drained: self.drained,
             cut: self.cut,
         });
