@@ -554,3 +554,36 @@ fn restart_never_keeps_a_dead_model_down_and_requests_hear_why() {
     assert!(d.children().is_empty(), "{:?}", d.children());
     assert_eq!(d.status()["models"]["a"]["state"], "idle");
 }
+
+#[test]
+fn a_blue_green_replacement_that_fails_leaves_the_old_instance_serving_and_is_retried() {
+    let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n    swap: blue_green\n");
+    let s = d.wait_ready(&["a"]);
+    let (pid, launch) = (Daemon::pid(&s, "a"), s["models"]["a"]["launch_id"].clone());
+    // llama-server refuses an unknown flag and exits before it is ready.
+    d.write_spec(
+        "  a:\n    model: a.gguf\n    swap: blue_green\n    extra_args: [--no-such-flag]\n",
+    );
+    let s = d.wait_status("the replacement failed twice", |s| {
+        s["models"]["a"]["restarts"].as_u64().unwrap_or(0) >= 2
+    });
+    let a = &s["models"]["a"];
+    assert_eq!(a["state"], "ready", "{s:#}");
+    assert_eq!(Daemon::pid(&s, "a"), pid, "the old instance keeps serving");
+    assert_eq!(a["launch_id"], launch);
+    assert_ne!(a["target_launch_id"], launch);
+    assert!(
+        a["last_error"].as_str().unwrap().contains("start failed"),
+        "{s:#}"
+    );
+    // Fixing the spec replaces it.
+    d.write_spec("  a:\n    model: a.gguf\n    swap: blue_green\n    ctx_size: 128\n");
+    let s = d.wait_status("the fixed replacement serving", |s| {
+        s["models"]["a"]["state"] == "ready" && s["models"]["a"]["pid"] != pid
+    });
+    assert_eq!(
+        s["models"]["a"]["launch_id"],
+        s["models"]["a"]["target_launch_id"]
+    );
+    assert!(s["models"]["a"]["last_error"].is_null());
+}

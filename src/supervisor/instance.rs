@@ -152,8 +152,11 @@ enum Event {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TimerKind {
-    Retry,
-    IdleCheck,
+    /// Start again after a failure.
+    Retry = 0,
+    /// Start a blue/green replacement again after it failed.
+    RetryNext = 1,
+    IdleCheck = 2,
 }
 
 /// Why [`InstanceHandle::acquire`] could not give a lease.
@@ -343,7 +346,9 @@ struct Owner {
     start_after_retire: bool,
     shutdown_replies: Vec<oneshot::Sender<()>>,
     generation: u64,
-    timer_epoch: u64,
+    /// Per timer kind; a timer fires only if its kind was not re-armed or
+    /// cancelled since it was set.
+    timer_epochs: [u64; 3],
     backoff: Backoff,
     restarts: u64,
     last_error: Option<String>,
@@ -408,7 +413,7 @@ pub fn start_instance(
         start_after_retire: false,
         shutdown_replies: Vec::new(),
         generation: 0,
-        timer_epoch: 0,
+        timer_epochs: [0; 3],
         backoff,
         restarts: 0,
         last_error: None,
@@ -458,7 +463,7 @@ impl Owner {
                 self.shutdown_replies.push(reply);
                 self.state = State::Stopping;
                 self.start_after_retire = false;
-                self.timer_epoch += 1;
+                self.timer_epochs = self.timer_epochs.map(|e| e + 1);
                 if let Some(p) = self.next.take() {
                     self.retire(p);
                 }
@@ -475,7 +480,8 @@ impl Owner {
                 outcome,
                 drain,
             } => self.on_retired(generation, pid, outcome, drain),
-            Event::Timer { epoch, kind } if epoch == self.timer_epoch => match kind {
+            Event::Timer { epoch, kind } if epoch == self.timer_epochs[kind as usize] => match kind
+            {
                 // A failed process may still be on its way out: wait for it.
                 TimerKind::Retry
                     if matches!(self.state, State::Backoff | State::Failed)
@@ -485,6 +491,12 @@ impl Owner {
                 }
                 TimerKind::Retry if matches!(self.state, State::Backoff | State::Failed) => {
                     self.start()
+                }
+                TimerKind::RetryNext => {
+                    let stale = self.current.as_ref().is_some_and(|p| p.id != self.spec.id);
+                    if self.state == State::Ready && self.next.is_none() && stale {
+                        self.start_next();
+                    }
                 }
                 TimerKind::IdleCheck => self.check_idle(),
                 TimerKind::Retry => {}
@@ -505,7 +517,8 @@ impl Owner {
         }
         // A changed model gets a fresh start: forget earlier failures.
         self.backoff.reset();
-        self.timer_epoch += 1;
+        self.cancel(TimerKind::Retry);
+        self.cancel(TimerKind::RetryNext);
         self.last_error = None;
         self.logs.push(
             LogStream::Daemon,
@@ -581,7 +594,7 @@ impl Owner {
     }
 
     fn start(&mut self) {
-        self.timer_epoch += 1;
+        self.cancel(TimerKind::Retry);
         match self.spawn_proc() {
             Ok(p) => {
                 tracing::info!(model = %self.name, pid = p.process.pid(), port = p.gate.port(), "starting llama-server");
@@ -600,6 +613,8 @@ impl Owner {
             }
             Err(e) => {
                 self.last_error = Some(format!("could not start the replacement: {e}"));
+                let decision = self.backoff.on_failure(Instant::now());
+                self.schedule(decision.delay, TimerKind::RetryNext);
             }
         }
     }
@@ -672,6 +687,8 @@ impl Owner {
                     tracing::error!(model = %self.name, "{message}; the previous instance keeps serving");
                     self.last_error = Some(message);
                     self.restarts += 1;
+                    let decision = self.backoff.on_failure(Instant::now());
+                    self.schedule(decision.delay, TimerKind::RetryNext);
                 } else {
                     self.failed_start(message);
                 }
@@ -791,9 +808,13 @@ impl Owner {
         }
     }
 
+    fn cancel(&mut self, kind: TimerKind) {
+        self.timer_epochs[kind as usize] += 1;
+    }
+
     fn schedule(&self, delay: Duration, kind: TimerKind) {
         let events = self.events.clone();
-        let epoch = self.timer_epoch;
+        let epoch = self.timer_epochs[kind as usize];
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let _ = events.send(Event::Timer { epoch, kind });
@@ -806,7 +827,7 @@ impl Owner {
             self.spec.config.lifecycle.on_demand,
             self.state,
         ) {
-            self.timer_epoch += 1;
+            self.cancel(TimerKind::IdleCheck);
             let idle_for = self
                 .current
                 .as_ref()
