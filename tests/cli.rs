@@ -121,6 +121,28 @@ fn plan_prints_the_exact_command_line_and_environment() {
         "expected:\n{expected}\nin:\n{stdout}"
     );
     assert!(stdout.contains("#   start tiny"), "{stdout}");
+    // The memory estimate from the GGUF header (checked against
+    // llama-server's own figures in tests/memory.rs).
+    assert!(
+        stdout.contains("#   memory: weights 450.75 KiB + KV cache 256.00 KiB (512 tokens, f16/f16) = 706.75 KiB, plus compute buffers"),
+        "{stdout}"
+    );
+    // The same spec named relatively from its own directory plans the same launch.
+    let relative = rocm_llm()
+        .arg("plan")
+        .arg("models.yaml")
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    let launch_line = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("launch id"))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        launch_line(&String::from_utf8_lossy(&relative.stdout)),
+        launch_line(&stdout)
+    );
     assert!(
         stdout.contains("no daemon answers at 127.0.0.1:1"),
         "{stdout}"

@@ -14,7 +14,7 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 
-use rocm_llm::plan::{self, Launch};
+use rocm_llm::plan::{self, Launch, memory};
 use rocm_llm::spec::validate::{self, Context, Disk};
 use rocm_llm::spec::{Desired, SpecErrors};
 
@@ -91,7 +91,7 @@ pub fn main() -> ExitCode {
         Command::Validate { files } => validate_files(&files),
         Command::Plan { file } => plan_file(&file),
         Command::Schema => {
-            println!("{}", schema_json());
+            emit(&format!("{}\n", schema_json()));
             ExitCode::SUCCESS
         }
         Command::Serve {
@@ -119,6 +119,18 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// Writes to stdout; a reader that went away (`rocm-llm plan | head`) is
+/// not an error worth a panic.
+pub fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write to stdout: {e}");
     }
 }
 
@@ -207,13 +219,18 @@ fn plan_file(file: &Path) -> ExitCode {
         Ok(d) => d,
         Err(e) => return ExitCode::from(report(&e)),
     };
-    print!("{}", render_plan(&desired));
-    print!("{}", render_diff(&desired));
+    emit(&format!(
+        "{}{}",
+        render_plan(&desired),
+        render_diff(&desired)
+    ));
     ExitCode::SUCCESS
 }
 
 pub fn render_plan(desired: &Desired) -> String {
     let mut out = String::new();
+    let mut always_on = 0u64;
+    let mut largest_on_demand: Option<(u64, &str)> = None;
     for m in desired.models.values() {
         let launch = Launch::for_model(m, &desired.llama_server);
         out.push_str(&format!(
@@ -228,11 +245,48 @@ pub fn render_plan(desired: &Desired) -> String {
         if m.lifecycle.on_demand {
             out.push_str("#   on demand: starts at its first request\n");
         }
+        match rocm_llm::gguf::GgufHeader::read_path(&m.model)
+            .ok()
+            .and_then(|h| memory::estimate(&h, &m.launch))
+        {
+            Some(e) => {
+                let cache = |t: Option<rocm_llm::spec::CacheType>| {
+                    t.map_or("f16".to_owned(), |t| t.to_string())
+                };
+                out.push_str(&format!(
+                    "#   memory: weights {} + KV cache {} ({} tokens, {}/{}) = {}, plus compute buffers\n",
+                    memory::human_bytes(e.weights_bytes),
+                    memory::human_bytes(e.kv_cache_bytes),
+                    e.context,
+                    cache(m.launch.cache_type_k),
+                    cache(m.launch.cache_type_v),
+                    memory::human_bytes(e.total_bytes()),
+                ));
+                if m.lifecycle.on_demand {
+                    if largest_on_demand.is_none_or(|(b, _)| e.total_bytes() > b) {
+                        largest_on_demand = Some((e.total_bytes(), &m.name));
+                    }
+                } else {
+                    always_on = always_on.saturating_add(e.total_bytes());
+                }
+            }
+            None => out.push_str("#   memory: cannot be estimated from this GGUF header\n"),
+        }
         for (k, v) in &launch.env {
             out.push_str(&format!("{k}={} \\\n  ", shell_word(v)));
         }
         out.push_str(&launch.shell_line());
         out.push_str(" --host 127.0.0.1 --port <chosen at start>\n\n");
+    }
+    out.push_str(&format!(
+        "# memory of the models that start at once: {} (weights + KV cache)\n",
+        memory::human_bytes(always_on)
+    ));
+    if let Some((bytes, name)) = largest_on_demand {
+        out.push_str(&format!(
+            "# with the largest on-demand model ({name}) loaded as well: {}\n",
+            memory::human_bytes(always_on.saturating_add(bytes))
+        ));
     }
     out
 }

@@ -51,7 +51,7 @@ pub fn run(control: &str, json: bool) -> ExitCode {
         }
     };
     if json {
-        println!("{body}");
+        super::emit(&format!("{body}\n"));
         return ExitCode::SUCCESS;
     }
     let status: Value = match serde_json::from_str(&body) {
@@ -61,7 +61,7 @@ pub fn run(control: &str, json: bool) -> ExitCode {
             return ExitCode::from(super::EXIT_FAILURE);
         }
     };
-    print!("{}", render(&status, SystemTime::now()));
+    super::emit(&render(&status, SystemTime::now()));
     let reload_ok = status["last_reload"]["ok"].as_bool().unwrap_or(true);
     let any_failed = status["models"]
         .as_object()

@@ -3,6 +3,7 @@
 //! they are done yields nothing but `Keep`.
 
 pub mod launch;
+pub mod memory;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -191,7 +191,10 @@ impl Validator<'_> {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        base.join(p)
+        // Absolute, whatever directory the command ran in, so the same spec
+        // gives the same launch identity to `plan` and to the daemon.
+        let joined = base.join(p);
+        std::path::absolute(&joined).unwrap_or(joined)
     }
 
     fn address(&mut self, key: &str, written: Option<&String>, default: &str) -> SocketAddr {
