@@ -173,13 +173,7 @@ fn a_child_killed_with_sigkill_is_restarted() {
     let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
     let s = d.wait_ready(&["a"]);
     let pid = Daemon::pid(&s, "a");
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::daemon::kill("KILL", pid);
     let s = d.wait_status("a restarted", |s| {
         s["models"]["a"]["state"] == "ready" && s["models"]["a"]["pid"] != pid
     });
@@ -485,7 +479,6 @@ fn an_invalid_spec_at_start_runs_nothing_until_a_valid_save() {
 
 #[test]
 fn a_client_that_hangs_up_while_waiting_leaves_the_queue() {
-    use std::io::Write as _;
     let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
     d.wait_ready(&["a"]);
     // A model that never becomes ready: requests for it wait.
@@ -498,14 +491,7 @@ fn a_client_that_hangs_up_while_waiting_leaves_the_queue() {
     d.wait_status("stuck starting", |s| {
         s["models"]["stuck"]["state"] == "starting"
     });
-    let body = r#"{"model":"stuck","messages":[{"role":"user","content":"hi"}],"max_tokens":2}"#;
-    let mut client = std::net::TcpStream::connect(&d.listen).unwrap();
-    write!(
-        client,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    let client = d.send_chat("stuck");
     d.wait_status("the request queued", |s| {
         s["models"]["stuck"]["waiting"] == 1
     });
@@ -517,17 +503,11 @@ fn a_client_that_hangs_up_while_waiting_leaves_the_queue() {
 
 #[test]
 fn restart_never_keeps_a_dead_model_down_and_requests_hear_why() {
-    use std::io::{Read as _, Write as _};
+    use std::io::Read as _;
     let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n    restart: never\n");
     let s = d.wait_ready(&["a"]);
     let pid = Daemon::pid(&s, "a");
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::daemon::kill("KILL", pid);
     let s = d.wait_status("a down", |s| s["models"]["a"]["state"] == "idle");
     assert!(
         s["models"]["a"]["last_error"]
@@ -535,14 +515,7 @@ fn restart_never_keeps_a_dead_model_down_and_requests_hear_why() {
             .unwrap()
             .contains("exited unexpectedly")
     );
-    let body = r#"{"model":"a","messages":[{"role":"user","content":"hi"}],"max_tokens":2}"#;
-    let mut client = std::net::TcpStream::connect(&d.listen).unwrap();
-    write!(
-        client,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    let mut client = d.send_chat("a");
     let mut response = String::new();
     client.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 503"), "{response}");

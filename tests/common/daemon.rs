@@ -191,13 +191,23 @@ impl Daemon {
 
     pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().expect("running").id();
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{sig} {pid}");
+        kill(sig, i64::from(pid));
+    }
+
+    /// Sends a chat completion for `model` on a raw connection and returns
+    /// the connection, so a test can read the answer or hang up.
+    pub fn send_chat(&self, model: &str) -> TcpStream {
+        let body = format!(
+            r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":2}}"#
+        );
+        let mut client = TcpStream::connect(&self.listen).expect("connect to the endpoint");
+        write!(
+            client,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("send the request");
+        client
     }
 
     /// Waits for the daemon to exit and returns its exit code.
@@ -249,6 +259,17 @@ impl Drop for Daemon {
                 .status();
         }
     }
+}
+
+/// `kill -SIG pid`, which must succeed.
+pub fn kill(sig: &str, pid: i64) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
 }
 
 /// Saves the way most editors do: write a temporary file, rename it over.
