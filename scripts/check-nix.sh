@@ -183,10 +183,10 @@ EOF
     fail "(c) nix/llama-cpp-flags.nix does not evaluate"
   fi
 
-  # flake.nix and everything it imports, against a stub nixpkgs
-  if NIXPKGS_LIB_DIR=$libdir nix-instantiate --eval --strict --json --read-write-mode \
-    "$root/nix/tests/flake-eval.nix" --arg lib "import $libdir" >"$work/flake.json" 2>"$work/flake.err"; then
-    if python3 - "$work/flake.json" <<'EOF'; then
+  # A nix test's result is {"passed": [...], "failed": [...]}: print each
+  # check, fail if any failed; count_checks says how many passed.
+  print_checks() {
+    python3 - "$1" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
 for name in d["passed"]:
@@ -195,7 +195,16 @@ for name in d["failed"]:
     print("  FAIL", name)
 sys.exit(1 if d["failed"] else 0)
 EOF
-      pass "(c) flake.nix outputs evaluated against a stub nixpkgs: $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["passed"]))' "$work/flake.json") checks of the packages, overrides, app and checks"
+  }
+  count_checks() {
+    python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["passed"]))' "$1"
+  }
+
+  # flake.nix and everything it imports, against a stub nixpkgs
+  if NIXPKGS_LIB_DIR=$libdir nix-instantiate --eval --strict --json --read-write-mode \
+    "$root/nix/tests/flake-eval.nix" --arg lib "import $libdir" >"$work/flake.json" 2>"$work/flake.err"; then
+    if print_checks "$work/flake.json"; then
+      pass "(c) flake.nix outputs evaluated against a stub nixpkgs: $(count_checks "$work/flake.json") checks of the packages, overrides, app and checks"
     else
       fail "(c) nix/tests/flake-eval.nix: checks failed"
     fi
@@ -212,16 +221,8 @@ EOF
   # the store (builtins.toFile), so that it can be run below
   if nix-instantiate --eval --strict --json --read-write-mode "$root/nix/tests/module-eval.nix" \
     --arg lib "import $libdir" --argstr modelDir "$models" >"$work/eval.json" 2>"$work/eval.err"; then
-    if python3 - "$work/eval.json" <<'EOF'; then
-import json, sys
-d = json.load(open(sys.argv[1]))
-for name in d["passed"]:
-    print("  ok  ", name)
-for name in d["failed"]:
-    print("  FAIL", name)
-sys.exit(1 if d["failed"] else 0)
-EOF
-      pass "(c) services.rocm-llm under lib.evalModules: $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["passed"]))' "$work/eval.json") checks of the unit, firewall, spec and assertion messages"
+    if print_checks "$work/eval.json"; then
+      pass "(c) services.rocm-llm under lib.evalModules: $(count_checks "$work/eval.json") checks of the unit, firewall, spec and assertion messages"
     else
       fail "(c) nix/tests/module-eval.nix: checks failed"
     fi
