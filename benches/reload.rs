@@ -8,33 +8,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 15;
 const DEBOUNCE_MS: u64 = 100;
-/// Must match `WatchTiming::default().settle`.
-const SETTLE_MS: u64 = 30;
 
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let code = out.get(9..12)?.parse().ok()?;
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((code, body))
+/// The body of a 200 answer, or nothing.
+fn get(addr: &str, path: &str) -> Option<String> {
+    rocm_llm::daemon::client::get(addr, path, None).ok()
 }
 
 fn free_port() -> u16 {
@@ -72,7 +55,7 @@ fn direct_cold_start(server: &Path, model: &Path, ctx: u32) -> f64 {
         .expect("spawn llama-server");
     let addr = format!("127.0.0.1:{port}");
     loop {
-        if let Some((200, _)) = get(&addr, "/health") {
+        if get(&addr, "/health").is_some() {
             break;
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -123,7 +106,7 @@ fn through_daemon(server: &Path, dir: &Path, swap: &str) -> Measured {
         .spawn()
         .expect("spawn rocm-llm");
     let ready_with = |ctx_marker: &str| loop {
-        if let Some((200, body)) = get(&control, "/status")
+        if let Some(body) = get(&control, "/status")
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
             && v["models"]["a"]["state"] == "ready"
             && v["models"]["a"]["launch_id"] == ctx_marker
@@ -200,11 +183,14 @@ fn main() {
     }
 
     let cold = median(direct);
-    let wait = (DEBOUNCE_MS + SETTLE_MS) as f64;
+    let settle_ms = rocm_llm::daemon::watch::WatchTiming::default()
+        .settle
+        .as_millis();
+    let wait = (u128::from(DEBOUNCE_MS) + settle_ms) as f64;
     println!("spec edit -> model serving, tiny model, {RUNS} edits per mode, medians");
     println!("  direct llama-server cold start (spawn -> /health 200): {cold:7.1} ms");
     println!(
-        "  watcher wait (debounce {DEBOUNCE_MS} ms + settle {SETTLE_MS} ms), shown apart: {wait:7.1} ms"
+        "  watcher wait (debounce {DEBOUNCE_MS} ms + settle {settle_ms} ms), shown apart: {wait:7.1} ms"
     );
     for (name, m) in [("stop_first", &stop_first), ("blue_green", &blue_green)] {
         let total = median(m.total.clone());

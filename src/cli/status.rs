@@ -1,45 +1,22 @@
 //! `rocm-llm status`: the daemon's models in a table.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-/// A plain HTTP/1.0 GET: the CLI needs no async runtime for one request.
+/// `GET path` on the daemon's control address, with `$ROCM_LLM_API_KEY`
+/// when it is set.
 pub fn get(control: &str, path: &str) -> Result<String, String> {
-    let mut stream = TcpStream::connect(control).map_err(|e| {
-        format!("cannot reach the daemon at {control}: {e} (is `rocm-llm serve` running?)")
-    })?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
     let key = std::env::var("ROCM_LLM_API_KEY")
         .ok()
         .filter(|k| !k.is_empty());
-    let auth = key
-        .map(|k| format!("Authorization: Bearer {k}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {control}\r\n{auth}\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or("malformed response from the daemon")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(format!(
-            "the daemon answered: {}",
-            head.lines().next().unwrap_or_default()
-        ));
-    }
-    Ok(body.to_owned())
+    rocm_llm::daemon::client::get(control, path, key.as_deref()).map_err(|e| match e {
+        rocm_llm::daemon::client::GetError::Connect { .. } => {
+            format!("{e} (is `rocm-llm serve` running?)")
+        }
+        e => e.to_string(),
+    })
 }
 
 pub fn run(control: &str, json: bool) -> ExitCode {

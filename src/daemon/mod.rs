@@ -11,6 +11,7 @@
 //! invalid spec changes nothing that runs; the error stays in the status
 //! until a valid edit arrives.
 
+pub mod client;
 pub mod routes;
 pub mod sdnotify;
 pub mod status;
