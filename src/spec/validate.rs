@@ -233,7 +233,7 @@ impl Validator<'_> {
             ("default", "`default`"),
         ] {
             let path = format!("defaults.{key}");
-            if self.places_has(&path) {
+            if self.places.written(&path) {
                 let pos = self.places.key(&path);
                 self.error_at(
                     pos,
@@ -242,7 +242,7 @@ impl Validator<'_> {
                 );
             }
         }
-        if spec.models.is_empty() && !self.places_has("models") {
+        if spec.models.is_empty() && !self.places.written("models") {
             self.error_at(
                 Pos { line: 1, column: 1 },
                 "models",
@@ -263,10 +263,6 @@ impl Validator<'_> {
             llama_server,
             models,
         }
-    }
-
-    fn places_has(&self, path: &str) -> bool {
-        self.places.written(path)
     }
 
     fn model(&mut self, name: &str, defaults: &ModelOptions, own: &ModelOptions) -> ModelConfig {
@@ -405,7 +401,7 @@ impl Validator<'_> {
             if let Some(v) = value
                 && (v < min || v > max)
             {
-                let written_here = self.places_has(&format!("{base}.{key}"));
+                let written_here = self.places.written(&format!("{base}.{key}"));
                 let path = self.option_path(&base, written_here, key);
                 self.error(
                     &path,
