@@ -11,9 +11,11 @@
 //! - [`daemon`]: the reconcile loop over a closed set of events, the spec
 //!   watcher, the status API and systemd notification.
 //! - [`proxy`]: the OpenAI-compatible endpoint.
+//! - [`http`]: rules both HTTP servers share (what browsers may do).
 
 pub mod daemon;
 pub mod gguf;
+pub mod http;
 pub mod plan;
 pub mod proxy;
 pub mod spec;

@@ -4,8 +4,12 @@
 
 use std::process::Command;
 
+/// The binary, with an executable default `llama_server` (validation checks
+/// that it can run; these specs name none) unless a test removes it.
 fn rocm_llm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rocm-llm"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rocm-llm"));
+    cmd.env("ROCM_LLM_LLAMA_SERVER", "/bin/true");
+    cmd
 }
 
 #[test]
@@ -97,10 +101,16 @@ fn validate_of_an_unreadable_file_exits_3() {
 fn plan_prints_the_exact_command_line_and_environment() {
     let dir = tempfile::tempdir().expect("tempdir");
     rocm_llm_lib_write_model(&dir.path().join("tiny.gguf"));
+    // validate checks that llama_server can run; plan needs no real one.
+    let server = dir.path().join("bin/llama-server");
+    std::fs::create_dir(dir.path().join("bin")).expect("mkdir");
+    std::fs::write(&server, "#!/bin/sh\n").expect("write");
+    std::fs::set_permissions(&server, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     let spec = dir.path().join("models.yaml");
     std::fs::write(
         &spec,
-        "llama_server: /opt/llama/bin/llama-server\ncontrol: 127.0.0.1:1\nmodels:\n  tiny:\n    model: tiny.gguf\n    ctx_size: 512\n    flash_attn: on\n    env: {HSA_OVERRIDE_GFX_VERSION: \"11.0.1\"}\n    extra_args: [--top-k, \"40\"]\n",
+        "llama_server: bin/llama-server\ncontrol: 127.0.0.1:1\nmodels:\n  tiny:\n    model: tiny.gguf\n    ctx_size: 512\n    flash_attn: on\n    env: {HSA_OVERRIDE_GFX_VERSION: \"11.0.1\"}\n    extra_args: [--top-k, \"40\"]\n",
     )
     .expect("write");
     let out = rocm_llm().arg("plan").arg(&spec).output().expect("run");
@@ -113,7 +123,8 @@ fn plan_prints_the_exact_command_line_and_environment() {
     );
     let model = dir.path().join("tiny.gguf");
     let expected = format!(
-        "HSA_OVERRIDE_GFX_VERSION=11.0.1 \\\n  /opt/llama/bin/llama-server --model {} --alias tiny --ctx-size 512 --flash-attn on --top-k 40 --host 127.0.0.1 --port <chosen at start>",
+        "HSA_OVERRIDE_GFX_VERSION=11.0.1 \\\n  {} --model {} --alias tiny --ctx-size 512 --flash-attn on --top-k 40 --host 127.0.0.1 --port <chosen at start>",
+        server.display(),
         model.display()
     );
     assert!(
@@ -178,4 +189,73 @@ fn every_command_has_help_and_the_binary_a_version() {
     }
     let out = rocm_llm().arg("no-such-command").output().expect("run");
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_spec_that_is_not_utf8_is_invalid_at_its_first_bad_byte() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("models.yaml");
+    std::fs::write(&spec, b"models:\n  a:\n    model: caf\xe9.gguf\n").expect("write");
+    let out = rocm_llm().arg("validate").arg(&spec).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:3:15: the spec is not UTF-8 text: byte 0xe9 (file offset 27)",
+            spec.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 error found"), "{stderr}");
+}
+
+#[test]
+fn validate_says_which_llama_server_cannot_run_and_where_it_looked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    rocm_llm_lib_write_model(&dir.path().join("tiny.gguf"));
+    std::fs::write(dir.path().join("not-executable"), "#!/bin/sh\n").expect("write");
+    let cases = [
+        // Named in the spec: the error is at its value.
+        (
+            "llama_server: /nowhere/llama-server\n",
+            None,
+            "1:15: llama_server: llama-server cannot run: file /nowhere/llama-server does not exist".to_owned(),
+        ),
+        (
+            "llama_server: not-executable\n",
+            None,
+            format!(
+                "1:15: llama_server: llama-server cannot run: {} is not executable (mode 644; chmod +x it)",
+                dir.path().join("not-executable").display()
+            ),
+        ),
+        // Not named: from $ROCM_LLM_LLAMA_SERVER, else PATH, which it shows.
+        (
+            "",
+            Some("/empty-dir-for-test"),
+            "1:1: llama_server: llama-server cannot run: the spec sets no `llama_server`, so the daemon runs llama-server (from $ROCM_LLM_LLAMA_SERVER, else `llama-server` on PATH), and `llama-server` is not on PATH (/empty-dir-for-test)".to_owned(),
+        ),
+    ];
+    for (head, path, expected) in cases {
+        let spec = dir.path().join("models.yaml");
+        std::fs::write(
+            &spec,
+            format!("{head}models:\n  tiny:\n    model: tiny.gguf\n"),
+        )
+        .expect("write");
+        let mut cmd = rocm_llm();
+        cmd.arg("validate")
+            .arg(&spec)
+            .env_remove("ROCM_LLM_LLAMA_SERVER");
+        if let Some(p) = path {
+            cmd.env("PATH", p);
+        }
+        let out = cmd.output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{}:{expected}", spec.display())),
+            "expected {expected:?} in:\n{stderr}"
+        );
+    }
 }

@@ -158,8 +158,10 @@ pub enum LoadError {
 }
 
 pub fn load_spec(path: &Path) -> Result<Desired, LoadError> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .map_err(|e| LoadError::Read(format!("{}: cannot read the spec: {e}", path.display())))?;
+    let text = validate::spec_text(bytes, path)
+        .map_err(|(errors, source)| LoadError::Invalid { errors, source })?;
     let ctx = Context {
         spec_path: path,
         default_llama_server: default_llama_server(),

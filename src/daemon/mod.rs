@@ -317,6 +317,10 @@ impl Daemon {
                 tracing::error!("{spec}: cannot read the spec: {e}; nothing was changed");
                 return self.reject(vec![format!("{spec}: cannot read the spec: {e}")]);
             }
+            SpecRead::NotText(located) => {
+                tracing::error!("invalid spec, nothing was changed: {located}");
+                return self.reject(vec![located]);
+            }
         };
         let ctx = Context {
             spec_path: &self.options.spec_path,
@@ -458,7 +462,10 @@ impl Daemon {
     }
 
     fn publish_routes(&self, desired: &Desired) {
-        let mut routes = Routes::default();
+        let mut routes = Routes {
+            browser: desired.browser.clone(),
+            ..Routes::default()
+        };
         for m in desired.enabled_models() {
             let Some(handle) = self.owners.get(&m.name) else {
                 continue;

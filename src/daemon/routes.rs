@@ -15,6 +15,9 @@ pub struct Routes {
     pub ids: BTreeMap<String, String>,
     /// The model that gets requests naming none.
     pub default: Option<String>,
+    /// What browsers may do, from the same spec as the table; the status
+    /// API follows it too.
+    pub browser: crate::spec::BrowserAccess,
 }
 
 #[derive(Clone, Debug)]

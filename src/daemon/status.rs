@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::DaemonInfo;
 use super::routes::Routes;
+use crate::http::browser::{self, Verdict};
 use crate::supervisor::Snapshot;
 
 #[derive(Clone)]
@@ -202,7 +203,33 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
 async fn handle(
     state: StatusState,
     req: Request<Incoming>,
+    local: std::net::SocketAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let access = state.routes.borrow().browser.clone();
+    let cors = match browser::check(&access, req.method(), req.headers(), local) {
+        Verdict::Serve { cors } => cors,
+        Verdict::Preflight { origin, headers } => {
+            let mut r = respond(StatusCode::NO_CONTENT, "text/plain", String::new());
+            r.headers_mut()
+                .extend(browser::preflight_headers(origin, headers));
+            return Ok(r);
+        }
+        Verdict::Forbidden { message, .. } => {
+            return Ok(respond(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                format!("{message}\n"),
+            ));
+        }
+    };
+    let mut response = route(&state, &req);
+    if let Some(origin) = cors {
+        browser::add_cors_headers(response.headers_mut(), origin);
+    }
+    Ok(response)
+}
+
+fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.uri().path() != "/healthz" {
         match state.auth.check(req.headers()) {
             Ok(()) => {}
@@ -216,20 +243,20 @@ async fn handle(
                     hyper::header::WWW_AUTHENTICATE,
                     hyper::header::HeaderValue::from_static("Bearer"),
                 );
-                return Ok(r);
+                return r;
             }
             Err(crate::proxy::AuthError::Unavailable(reason)) => {
-                return Ok(respond(
+                return respond(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
                     format!("{reason}\n"),
-                ));
+                );
             }
         }
     }
-    Ok(match (req.method(), req.uri().path()) {
+    match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n".into()),
-        (&Method::GET, "/status") => match serde_json::to_string_pretty(&report(&state)) {
+        (&Method::GET, "/status") => match serde_json::to_string_pretty(&report(state)) {
             Ok(json) => respond(StatusCode::OK, "application/json", json),
             Err(e) => respond(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -238,7 +265,7 @@ async fn handle(
             ),
         },
         (&Method::GET, "/metrics") => {
-            respond(StatusCode::OK, "text/plain; version=0.0.4", metrics(&state))
+            respond(StatusCode::OK, "text/plain; version=0.0.4", metrics(state))
         }
         (_, "/healthz" | "/status" | "/metrics") => respond(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -250,7 +277,7 @@ async fn handle(
             "text/plain",
             "not found: try /status, /healthz or /metrics\n".into(),
         ),
-    })
+    }
 }
 
 pub async fn serve(listener: TcpListener, state: StatusState, shutdown: CancellationToken) {
@@ -267,8 +294,11 @@ pub async fn serve(listener: TcpListener, state: StatusState, shutdown: Cancella
             () = shutdown.cancelled() => return,
         };
         let state = state.clone();
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let service = hyper::service::service_fn(move |req| handle(state.clone(), req, local));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;

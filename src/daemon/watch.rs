@@ -20,6 +20,8 @@ pub enum SpecRead {
     Text(String),
     Deleted,
     Unreadable(String),
+    /// Read, but not UTF-8: the located error, as `validate` prints it.
+    NotText(String),
 }
 
 /// Timing of the watcher.
@@ -42,9 +44,9 @@ impl Default for WatchTiming {
 
 pub fn read_spec(path: &Path) -> SpecRead {
     match std::fs::read(path) {
-        Ok(bytes) => match String::from_utf8(bytes) {
+        Ok(bytes) => match crate::spec::validate::spec_text(bytes, path) {
             Ok(text) => SpecRead::Text(text),
-            Err(_) => SpecRead::Unreadable("the spec is not valid UTF-8".into()),
+            Err((errors, _)) => SpecRead::NotText(errors.to_string()),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => SpecRead::Deleted,
         Err(e) => SpecRead::Unreadable(e.to_string()),

@@ -69,11 +69,24 @@ fn ct_eq(a: &KeyDigest, b: &KeyDigest) -> bool {
 fn read_key(path: &Path) -> Result<KeyDigest, String> {
     let text = std::fs::read(path)
         .map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?;
+    if let Some(mode) = readable_by_others(path) {
+        tracing::warn!(
+            "the API key file {} can be read by other users (mode {mode:o}); chmod 600 it",
+            path.display()
+        );
+    }
     let key = text.trim_ascii();
     if key.is_empty() {
         return Err(format!("the API key file {} is empty", path.display()));
     }
     Ok(digest(key))
+}
+
+/// The file's mode when group or others may read it.
+fn readable_by_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o044 != 0).then_some(mode)
 }
 
 impl ApiKey {
@@ -208,6 +221,22 @@ impl ApiKey {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn key_files_readable_by_others_are_noticed() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = tempfile::NamedTempFile::new().unwrap();
+        for (mode, noticed) in [
+            (0o600, None),
+            (0o400, None),
+            (0o640, Some(0o640)),
+            (0o644, Some(0o644)),
+            (0o604, Some(0o604)),
+        ] {
+            std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(readable_by_others(f.path()), noticed, "{mode:o}");
+        }
+    }
     use hyper::header::HeaderValue;
 
     fn headers(name: &str, value: &str) -> HeaderMap {

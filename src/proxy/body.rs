@@ -82,14 +82,22 @@ pub struct UpstreamBody {
     inner: Incoming,
     hold: Option<Hold>,
     first_byte: bool,
+    /// For a server-sent-events response, the model's name: if the upstream
+    /// breaks off, the client gets a last `error` event saying so (OpenAI's
+    /// clients raise it) instead of a torn chunked body.
+    sse_model: Option<String>,
+    /// The break-off event was sent: the body is over.
+    ended: bool,
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, hold: Hold) -> UpstreamBody {
+    pub fn new(inner: Incoming, hold: Hold, sse_model: Option<String>) -> UpstreamBody {
         UpstreamBody {
             inner,
             hold: Some(hold),
             first_byte: false,
+            sse_model,
+            ended: false,
         }
     }
 
@@ -113,6 +121,9 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -132,6 +143,10 @@ impl Body for UpstreamBody {
                     tracing::warn!("upstream response broke off: {e}");
                 }
                 this.finish();
+                if let Some(model) = &this.sse_model {
+                    this.ended = true;
+                    return Poll::Ready(Some(Ok(Frame::data(break_off_event(model, e)))));
+                }
             }
             Poll::Ready(None) => this.finish(),
             Poll::Pending => {}
@@ -140,7 +155,7 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -148,10 +163,23 @@ impl Body for UpstreamBody {
     }
 }
 
+/// The last event of a stream whose llama-server went away mid-response.
+fn break_off_event(model: &str, e: &hyper::Error) -> Bytes {
+    let event = json!({
+        "error": {
+            "message": format!("model {model}'s llama-server stopped in the middle of this response ({e}); the answer is incomplete"),
+            "type": "server_error",
+            "param": null,
+            "code": "upstream_broke_off",
+        }
+    });
+    Bytes::from(format!("\n\ndata: {event}\n\n"))
+}
+
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         if self.hold.is_some() {
-            if self.inner.is_end_stream() {
+            if self.ended || self.inner.is_end_stream() {
                 self.finish();
             } else if let Some(hold) = self.hold.take() {
                 // The client went away mid-response.

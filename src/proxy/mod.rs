@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod route;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -46,6 +47,7 @@ pub use metrics::ProxyMetrics;
 use route::Route;
 
 use crate::daemon::routes::{RouteEntry, Routes, SharedRoutes};
+use crate::http::browser::{self, Verdict};
 use crate::supervisor::{AcquireError, InstanceHandle, Lease, State};
 
 /// Bounds on what clients send. Responses are not bounded: long streams
@@ -143,12 +145,15 @@ pub async fn serve(listener: TcpListener, state: ProxyState) {
             () = shutdown.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         let state = state.clone();
         let header_timeout = state.inner.config.header_timeout;
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state.inner, req).await) }
+                async move { Ok::<_, Infallible>(guarded(&state.inner, req, local).await) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -159,6 +164,38 @@ pub async fn serve(listener: TcpListener, state: ProxyState) {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// Applies what browsers may do ([`browser::check`]) before anything else,
+/// so a refused request reaches no model.
+async fn guarded(state: &Shared, req: Request<Incoming>, local: SocketAddr) -> Response<ProxyBody> {
+    let access = state.routes.borrow().browser.clone();
+    match browser::check(&access, req.method(), req.headers(), local) {
+        Verdict::Serve { cors } => {
+            let mut response = handle(state, req).await;
+            if let Some(origin) = cors {
+                browser::add_cors_headers(response.headers_mut(), origin);
+            }
+            response
+        }
+        Verdict::Preflight { origin, headers } => {
+            state.metrics.count_unrouted(204);
+            let mut r = Response::new(ProxyBody::full(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            *r.headers_mut() = browser::preflight_headers(origin, headers);
+            r
+        }
+        Verdict::Forbidden { code, message } => {
+            state.metrics.count_unrouted(403);
+            openai_error(
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                code,
+                None,
+                message,
+            )
+        }
     }
 }
 
@@ -504,6 +541,22 @@ async fn proxy(
                 .headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
+            // Only the transcription routes take a form; the rest must say
+            // JSON, which a web page cannot send cross-origin unasked.
+            let form = route::takes_form(parts.uri.path())
+                && content_type.is_some_and(route::is_multipart);
+            if !form
+                && let Err(message) = browser::json_content_type(&parts.headers, body.is_empty())
+            {
+                state.metrics.count_unrouted(415);
+                return openai_error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "invalid_request_error",
+                    "unsupported_media_type",
+                    None,
+                    message,
+                );
+            }
             match route::body_info(content_type, &body) {
                 Ok(info) => {
                     stream = info.stream;
@@ -640,7 +693,15 @@ async fn proxy(
         metrics: Arc::clone(&model),
         received,
     };
-    Response::from_parts(head, ProxyBody::Upstream(UpstreamBody::new(incoming, hold)))
+    let events = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let break_off = events.then(|| handle.name().to_owned());
+    Response::from_parts(
+        head,
+        ProxyBody::Upstream(UpstreamBody::new(incoming, hold, break_off)),
+    )
 }
 
 /// An error and its sources, `: `-separated.

@@ -144,14 +144,25 @@ pub struct BodyInfo<'a> {
     pub stream: bool,
 }
 
+/// Whether a route takes a `multipart/form-data` body (an audio upload)
+/// instead of JSON.
+pub fn takes_form(path: &str) -> bool {
+    path.ends_with("/audio/transcriptions")
+}
+
+/// Whether a `Content-Type` is `multipart/form-data`.
+pub fn is_multipart(content_type: &str) -> bool {
+    content_type
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data")
+}
+
 /// The `model` of a request body: JSON (the usual case) or a multipart form
 /// (`/v1/audio/transcriptions`), and whether it asks for a stream.
 pub fn body_info<'a>(content_type: Option<&str>, body: &'a [u8]) -> Result<BodyInfo<'a>, BadBody> {
     if let Some(ct) = content_type
-        && ct
-            .trim_start()
-            .to_ascii_lowercase()
-            .starts_with("multipart/form-data")
+        && is_multipart(ct)
     {
         let model = multipart_model(ct, body);
         let stream = multipart_field(ct, body, "stream").is_some_and(|v| v.trim() == "true");

@@ -19,8 +19,77 @@ pub struct Desired {
     pub control: SocketAddr,
     pub api_key_file: Option<PathBuf>,
     pub llama_server: PathBuf,
+    /// Who may reach the endpoint and the status API from a browser.
+    pub browser: BrowserAccess,
     /// Every declared model, enabled or not, by name.
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// The spec's `allowed_hosts` and `cors_origins`, checked and lowercased.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BrowserAccess {
+    /// Host names (no port) answered besides the own address and loopback;
+    /// `"*"` for all.
+    pub allowed_hosts: Vec<String>,
+    /// `scheme://host[:port]` origins allowed cross-origin; `"*"` for all.
+    pub cors_origins: Vec<String>,
+}
+
+/// Whether `h` is a host name or IP address as a `Host` header carries it
+/// (without port; IPv6 in brackets), or `"*"`.
+pub fn valid_host(h: &str) -> bool {
+    if h == "*" {
+        return true;
+    }
+    if let Some(v6) = h.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// The host of an authority `host[:port]` or `[v6][:port]`; `None` when the
+/// port is not a port.
+pub fn host_of(authority: &str) -> Option<&str> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')? + 1;
+        let rest = &authority[end..];
+        if !rest.is_empty() && !rest.starts_with(':') {
+            return None;
+        }
+        (&authority[..end], rest.strip_prefix(':'))
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    match port {
+        Some(p) => p.parse::<u16>().ok().map(|_| host),
+        None => Some(host),
+    }
+}
+
+/// `scheme://host[:port]` lowercased, as browsers send it in `Origin`; or
+/// `"*"`. `None` for anything else (a path, a bad port, another scheme).
+pub fn normal_origin(o: &str) -> Option<String> {
+    if o == "*" {
+        return Some(o.to_owned());
+    }
+    let lower = o.to_ascii_lowercase();
+    let (scheme, authority) = lower.split_once("://")?;
+    if !matches!(scheme, "http" | "https") {
+        return None;
+    }
+    let host = host_of(authority)?;
+    (host != "*" && valid_host(host)).then(|| lower.clone())
 }
 
 impl Desired {
@@ -74,6 +143,26 @@ pub struct Lifecycle {
     pub queue_length: u32,
     pub wait_timeout: Duration,
     pub drain_timeout: Duration,
+    pub liveness: Liveness,
+}
+
+/// Liveness probes of a ready process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Liveness {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Failures in a row that replace the process; 0: never probe.
+    pub failures: u32,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            failures: 3,
+        }
+    }
 }
 
 impl Default for Lifecycle {
@@ -88,6 +177,7 @@ impl Default for Lifecycle {
             queue_length: 64,
             wait_timeout: Duration::from_secs(120),
             drain_timeout: Duration::from_secs(300),
+            liveness: Liveness::default(),
         }
     }
 }

@@ -28,6 +28,18 @@ pub struct SpecFile {
     /// The llama-server binary. Default: `$ROCM_LLM_LLAMA_SERVER`, then `llama-server` on PATH.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llama_server: Option<PathBuf>,
+    /// More `Host` names the endpoint and the status API answer to, besides
+    /// the address a client connected to and the loopback names (`localhost`,
+    /// `*.localhost`, `127.0.0.1`, `[::1]`). Any other name gets 403, which
+    /// keeps DNS-rebinding web pages out. `"*"` answers every name: only
+    /// behind a reverse proxy that checks `Host` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Web origins (`scheme://host[:port]`) whose pages may call the
+    /// endpoint and the status API from a browser (CORS). Default none: a
+    /// request from any other page's origin gets 403 and does nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors_origins: Option<Vec<String>>,
     /// Options every model inherits; a model's own value wins.
     #[serde(default, skip_serializing_if = "ModelOptions::is_empty")]
     pub defaults: ModelOptions,
@@ -134,6 +146,17 @@ pub struct ModelOptions {
     /// How long in-flight requests may run before a stop cuts them. Default `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<HumanDuration>,
+    /// How often a ready llama-server is asked `/health`. Default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_interval: Option<HumanDuration>,
+    /// How long one liveness probe may take. Default `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_timeout: Option<HumanDuration>,
+    /// Failed probes in a row, while the process uses no CPU or is stopped,
+    /// after which it is replaced. Default 3; 0 turns liveness probes off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub liveness_failures: Option<u32>,
 }
 
 impl ModelOptions {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::decode::{self, Places};
 use super::desired::{
-    DEFAULT_CONTROL, DEFAULT_LISTEN, Desired, LaunchOptions, Lifecycle, ModelConfig,
+    BrowserAccess, DEFAULT_CONTROL, DEFAULT_LISTEN, Desired, LaunchOptions, Lifecycle, Liveness,
+    ModelConfig, normal_origin, valid_host,
 };
 use super::diagnostic::{Diagnostic, SpecErrors};
 use super::model::{ModelOptions, SpecFile};
@@ -21,6 +22,12 @@ pub trait FileProbe {
     fn check_gguf(&self, path: &Path) -> Result<(), String>;
     /// `Ok` when `path` is a readable regular file.
     fn check_readable(&self, path: &Path) -> Result<(), String>;
+    /// `Ok` when `program` (a path, or a bare name looked up on PATH) can
+    /// be executed. Fakes accept every program.
+    fn check_executable(&self, program: &Path) -> Result<(), String> {
+        let _ = program;
+        Ok(())
+    }
 }
 
 /// The real file system.
@@ -39,6 +46,36 @@ impl FileProbe for Disk {
             )),
             Err(_) => Err(format!("{} is too short to be a GGUF file", path.display())),
         }
+    }
+    fn check_executable(&self, program: &Path) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let bare = program.components().count() == 1 && !program.is_absolute();
+        if bare {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let found = std::env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .find(|c| c.is_file());
+            return match found {
+                Some(c) => self.check_executable(&c),
+                None => Err(format!(
+                    "`{}` is not on PATH ({})",
+                    program.display(),
+                    path.to_string_lossy()
+                )),
+            };
+        }
+        let meta = std::fs::metadata(program).map_err(|e| describe_io(program, &e))?;
+        if !meta.is_file() {
+            return Err(format!("{} is not a regular file", program.display()));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(format!(
+                "{} is not executable (mode {:o}; chmod +x it)",
+                program.display(),
+                meta.permissions().mode() & 0o7777
+            ));
+        }
+        Ok(())
     }
     fn check_readable(&self, path: &Path) -> Result<(), String> {
         let meta = std::fs::metadata(path).map_err(|e| describe_io(path, &e))?;
@@ -71,6 +108,32 @@ pub struct Context<'a> {
     /// `llama-server` found on PATH, looked up by the caller.
     pub default_llama_server: PathBuf,
     pub probe: &'a dyn FileProbe,
+}
+
+/// A spec file's bytes as text. A file that is not UTF-8 is an invalid spec:
+/// the error points at the line and column of its first bad byte, and comes
+/// with the text as far as it can be shown (for the caret).
+pub fn spec_text(bytes: Vec<u8>, spec_path: &Path) -> Result<String, (SpecErrors, String)> {
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(text),
+        Err(e) => {
+            let bytes = e.into_bytes();
+            let good = std::str::from_utf8(&bytes).map_or_else(|e| e.valid_up_to(), |s| s.len());
+            let before = String::from_utf8_lossy(&bytes[..good]);
+            let line = before.matches('\n').count() as u64 + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64 + 1;
+            let byte = bytes.get(good).copied().unwrap_or_default();
+            let errors = SpecErrors::single(
+                spec_path,
+                Some(Pos { line, column }),
+                "",
+                format!(
+                    "the spec is not UTF-8 text: byte 0x{byte:02x} (file offset {good}) cannot start or continue a UTF-8 character; save the file as UTF-8"
+                ),
+            );
+            Err((errors, String::from_utf8_lossy(&bytes).into_owned()))
+        }
+    }
 }
 
 /// Parses, decodes and validates one spec file's text.
@@ -226,6 +289,32 @@ impl Validator<'_> {
             .as_ref()
             .map(|p| self.resolve(p))
             .unwrap_or_else(|| self.ctx.default_llama_server.clone());
+        if let Err(e) = self.ctx.probe.check_executable(&llama_server) {
+            if spec.llama_server.is_some() {
+                self.error("llama_server", format!("llama-server cannot run: {e}"));
+            } else {
+                self.error_at(
+                    Pos { line: 1, column: 1 },
+                    "llama_server",
+                    format!(
+                        "llama-server cannot run: the spec sets no `llama_server`, so the daemon runs {} (from $ROCM_LLM_LLAMA_SERVER, else `llama-server` on PATH), and {e}; set `llama_server: /path/to/llama-server`",
+                        llama_server.display()
+                    ),
+                );
+            }
+        }
+        let browser = BrowserAccess {
+            allowed_hosts: self.list("allowed_hosts", spec.allowed_hosts.as_deref(), |h| {
+                valid_host(h).then(|| h.to_ascii_lowercase()).ok_or_else(|| {
+                    format!("expected a host name such as llm.home.arpa or 192.168.1.20 (no scheme, port or path), or \"*\", found \"{h}\"")
+                })
+            }),
+            cors_origins: self.list("cors_origins", spec.cors_origins.as_deref(), |o| {
+                normal_origin(o).ok_or_else(|| {
+                    format!("expected an origin such as http://llm.home.arpa:3000 (scheme://host[:port], no path), or \"*\", found \"{o}\"")
+                })
+            }),
+        };
 
         for (key, what) in [
             ("model", "a model file"),
@@ -261,8 +350,27 @@ impl Validator<'_> {
             control,
             api_key_file,
             llama_server,
+            browser,
             models,
         }
+    }
+
+    /// Checks each entry of a list of strings, reporting a bad one at its
+    /// own line and column.
+    fn list(
+        &mut self,
+        key: &str,
+        items: Option<&[String]>,
+        check: impl Fn(&str) -> Result<String, String>,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, item) in items.unwrap_or_default().iter().enumerate() {
+            match check(item.trim()) {
+                Ok(v) => out.push(v),
+                Err(e) => self.error(&format!("{key}[{i}]"), e),
+            }
+        }
+        out
     }
 
     fn model(&mut self, name: &str, defaults: &ModelOptions, own: &ModelOptions) -> ModelConfig {
@@ -364,6 +472,11 @@ impl Validator<'_> {
             queue_length: o.queue_length.unwrap_or(d.queue_length),
             wait_timeout: o.wait_timeout.map_or(d.wait_timeout, |x| x.0),
             drain_timeout: o.drain_timeout.map_or(d.drain_timeout, |x| x.0),
+            liveness: Liveness {
+                interval: o.liveness_interval.map_or(d.liveness.interval, |x| x.0),
+                timeout: o.liveness_timeout.map_or(d.liveness.timeout, |x| x.0),
+                failures: o.liveness_failures.unwrap_or(d.liveness.failures),
+            },
         };
         let sec = Duration::from_secs;
         for (key, value, min, max) in [
@@ -396,6 +509,18 @@ impl Validator<'_> {
                 Some(lifecycle.drain_timeout),
                 Duration::ZERO,
                 sec(24 * 3600),
+            ),
+            (
+                "liveness_interval",
+                Some(lifecycle.liveness.interval),
+                Duration::from_millis(10),
+                sec(24 * 3600),
+            ),
+            (
+                "liveness_timeout",
+                Some(lifecycle.liveness.timeout),
+                Duration::from_millis(10),
+                sec(3600),
             ),
         ] {
             if let Some(v) = value
@@ -554,6 +679,9 @@ pub fn merge(defaults: &ModelOptions, own: &ModelOptions) -> ModelOptions {
         queue_length,
         wait_timeout,
         drain_timeout,
+        liveness_interval,
+        liveness_timeout,
+        liveness_failures,
     );
     merged.env = match (&defaults.env, &own.env) {
         (None, None) => None,

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use super::backoff::{Backoff, BackoffPolicy};
 use super::gate::{DrainOutcome, Gate, Lease};
 use super::leftovers::{InstanceRecord, StateFile};
+use super::liveness;
 use super::logs::{LogSink, LogStream};
 use super::ports::pick_free_port;
 use super::process::{RunningProcess, StopOutcome, spawn};
@@ -142,6 +143,11 @@ enum Event {
         pid: i32,
         outcome: StopOutcome,
         drain: DrainOutcome,
+    },
+    /// What a liveness probe of a ready process found.
+    Liveness {
+        generation: u64,
+        probe: liveness::Probe,
     },
     /// A backoff delay or an idle check is due.
     Timer {
@@ -330,6 +336,7 @@ struct Proc {
     started_at: SystemTime,
     /// Bind failures in a row (port raced away), retried without backoff.
     bind_retries: u32,
+    liveness: liveness::Tracker,
 }
 
 struct Owner {
@@ -474,6 +481,7 @@ impl Owner {
             }
             Event::ReadyResult { generation, result } => self.on_ready_result(generation, result),
             Event::Exited { generation, status } => self.on_exited(generation, status),
+            Event::Liveness { generation, probe } => self.on_liveness(generation, &probe),
             Event::Retired {
                 generation,
                 pid,
@@ -564,6 +572,13 @@ impl Owner {
 
     fn spawn_proc(&mut self) -> Result<Proc, String> {
         self.generation += 1;
+        // The spec was checked when applied, but the file may have gone
+        // since (a running process keeps the one it opened): say so rather
+        // than let llama-server fail to load it.
+        crate::spec::validate::FileProbe::check_gguf(
+            &crate::spec::validate::Disk,
+            &self.spec.config.model,
+        )?;
         let port = pick_free_port().map_err(|e| e.to_string())?;
         let process =
             spawn(&self.spec.launch, port, self.logs.clone()).map_err(|e| e.to_string())?;
@@ -572,7 +587,12 @@ impl Owner {
             self.spec.id.clone(),
             &process,
         )) {
-            tracing::warn!(model = %self.name, "could not record the instance in the state file: {e}");
+            let message = format!(
+                "could not record pid {} in the state file ({e}): if the daemon is killed, this llama-server is not reaped at its next start",
+                process.pid()
+            );
+            tracing::warn!(model = %self.name, "{message}");
+            self.logs.push(LogStream::Daemon, &message);
         }
         let generation = self.generation;
         let events = self.events.clone();
@@ -590,6 +610,7 @@ impl Owner {
             ready_after: None,
             started_at: SystemTime::now(),
             bind_retries: 0,
+            liveness: liveness::Tracker::default(),
         })
     }
 
@@ -601,7 +622,7 @@ impl Owner {
                 self.current = Some(p);
                 self.state = State::Starting;
             }
-            Err(e) => self.failed_start(format!("could not start llama-server: {e}")),
+            Err(e) => self.failed_start(e.to_string()),
         }
     }
 
@@ -647,6 +668,7 @@ impl Owner {
                 if let Some(p) = self.current.as_mut() {
                     p.ready_after = Some(latency);
                     self.watch_exit(generation);
+                    self.watch_liveness(generation);
                 }
                 self.state = State::Ready;
                 self.schedule_idle_check();
@@ -727,6 +749,59 @@ impl Owner {
         }
     }
 
+    fn watch_liveness(&self, generation: u64) {
+        if let Some(p) = &self.current {
+            tokio::spawn(liveness::run(
+                p.process.clone(),
+                self.spec.config.lifecycle.liveness,
+                self.events.clone(),
+                move |probe| Event::Liveness { generation, probe },
+            ));
+        }
+    }
+
+    /// A ready process that stopped answering is replaced like one that
+    /// crashed; its in-flight requests cannot finish, so it is not drained.
+    fn on_liveness(&mut self, generation: u64, probe: &liveness::Probe) {
+        let policy = self.spec.config.lifecycle.liveness;
+        let Some(p) = self.current.as_mut().filter(|p| p.generation == generation) else {
+            return; // about a process already retired
+        };
+        let verdict = p.liveness.observe(&policy, probe);
+        let pid = p.process.pid();
+        match verdict {
+            liveness::Verdict::Alive => {}
+            liveness::Verdict::Busy => self.logs.push(
+                LogStream::Daemon,
+                &format!(
+                    "liveness probe failed while pid {pid} is busy (using CPU); not counted: {}",
+                    probe.failure.as_deref().unwrap_or("")
+                ),
+            ),
+            liveness::Verdict::Suspect(n) => self.logs.push(
+                LogStream::Daemon,
+                &format!(
+                    "liveness probe {n}/{} of pid {pid} failed: {}",
+                    policy.failures,
+                    probe.failure.as_deref().unwrap_or("")
+                ),
+            ),
+            liveness::Verdict::Dead(why) => {
+                let Some(p) = self.current.take() else {
+                    return;
+                };
+                let message = format!("llama-server (pid {pid}) {why}; replaced");
+                tracing::error!(model = %self.name, "{message}");
+                self.logs.push(LogStream::Daemon, &message);
+                if let Some(next) = self.next.take() {
+                    self.retire(next);
+                }
+                self.retire_now(p);
+                self.failed_start(message);
+            }
+        }
+    }
+
     fn on_exited(&mut self, generation: u64, status: std::process::ExitStatus) {
         let Some(p) = self.current.take_if(|p| p.generation == generation) else {
             return; // a retired process; its retirement reports on it
@@ -755,18 +830,29 @@ impl Owner {
 
     /// Takes a process out of service: close its gate, drain it, stop it.
     fn retire(&mut self, p: Proc) {
+        let drain = if p.ready_after.is_some() {
+            self.spec.config.lifecycle.drain_timeout
+        } else {
+            Duration::ZERO
+        };
+        self.retire_within(p, drain);
+    }
+
+    /// Takes a hung process out of service without waiting for its
+    /// requests, which it will never finish: they are cut and counted.
+    fn retire_now(&mut self, p: Proc) {
+        self.retire_within(p, Duration::ZERO);
+    }
+
+    fn retire_within(&mut self, p: Proc, drain_timeout: Duration) {
         self.retiring.push(p.generation);
         let lifecycle = self.spec.config.lifecycle.clone();
         let events = self.events.clone();
         let name = self.name.clone();
         tokio::spawn(async move {
-            let drain = if p.ready_after.is_some() {
-                p.gate.drain(lifecycle.drain_timeout).await
-            } else {
-                p.gate.drain(Duration::ZERO).await
-            };
+            let drain = p.gate.drain(drain_timeout).await;
             if drain.cut > 0 {
-                tracing::warn!(model = %name, cut = drain.cut, "drain timeout ({:?}) ran out; cutting in-flight requests", lifecycle.drain_timeout);
+                tracing::warn!(model = %name, cut = drain.cut, "drain timeout ({drain_timeout:?}) ran out; cutting in-flight requests");
             }
             let outcome = p.process.stop(lifecycle.stop_grace).await;
             if outcome.was_killed() {

@@ -14,6 +14,7 @@ pub mod backoff;
 pub mod gate;
 pub mod instance;
 pub mod leftovers;
+pub mod liveness;
 pub mod logs;
 pub mod ports;
 pub mod process;

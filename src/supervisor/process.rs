@@ -45,7 +45,7 @@ const READER_DRAIN: Duration = Duration::from_millis(500);
 /// What went wrong starting a child.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("could not start {program}: {source}", program = program.display())]
+    #[error("could not start {}: {}", program.display(), explain_spawn(program, source))]
     Spawn {
         program: PathBuf,
         #[source]
@@ -59,6 +59,22 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+}
+
+/// What a failed exec means for the user: where the program was looked for.
+fn explain_spawn(program: &std::path::Path, e: &io::Error) -> String {
+    let bare = program.components().count() == 1 && !program.is_absolute();
+    match e.kind() {
+        io::ErrorKind::NotFound if bare => format!(
+            "it is not on PATH ({}); set `llama_server` in the spec or $ROCM_LLM_LLAMA_SERVER to its path",
+            std::env::var("PATH").unwrap_or_default()
+        ),
+        io::ErrorKind::NotFound => "the file does not exist".into(),
+        io::ErrorKind::PermissionDenied => {
+            "permission denied: it is not executable by this user".into()
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// How [`RunningProcess::stop`] ended.
@@ -431,6 +447,9 @@ impl RunningProcess {
         }
         tracing::info!(model = %self.logs.model(), pid = self.pid, ?grace, "stopping llama-server");
         self.signal(Signal::TERM);
+        // A stopped (SIGSTOP, or hung in a debugger) process acts on SIGTERM
+        // only once it runs again; to a running one SIGCONT is harmless.
+        self.signal(Signal::CONT);
         if let Ok(status) = tokio::time::timeout(grace, self.wait()).await {
             return StopOutcome::Graceful(status);
         }
@@ -488,6 +507,8 @@ pub struct ProcStat {
     pub pgrp: i32,
     /// Field 22: start time in clock ticks since boot.
     pub start_time: u64,
+    /// Fields 14 + 15: CPU time used so far (user + system), in clock ticks.
+    pub cpu_ticks: u64,
 }
 
 /// Reads `/proc/<pid>/stat`. `ErrorKind::NotFound` when no such process.
@@ -511,10 +532,13 @@ pub fn parse_proc_stat(text: &str) -> Option<ProcStat> {
     let state = fields.first()?.chars().next()?;
     let pgrp = fields.get(5 - 3)?.parse().ok()?;
     let start_time = fields.get(22 - 3)?.parse().ok()?;
+    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
+    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
     Some(ProcStat {
         state,
         pgrp,
         start_time,
+        cpu_ticks: utime + stime,
     })
 }
 
@@ -537,7 +561,8 @@ mod tests {
             ProcStat {
                 state: 'S',
                 pgrp: 1234,
-                start_time: 987654
+                start_time: 987654,
+                cpu_ticks: 1 + 2,
             }
         );
         assert!(parse_proc_stat("garbage").is_none());
