@@ -6,6 +6,7 @@
 {
   system ? "x86_64-linux",
   overlays ? [ ],
+  config ? { },
   ...
 }:
 let
@@ -47,6 +48,7 @@ let
       npmHooks,
       pkg-config,
       cudaSupport ? false,
+      cudaPackages ? { },
       rocmSupport ? false,
       rocmPackages ? { },
       rocmGpuTargets ? [ "gfx900" ],
@@ -88,12 +90,16 @@ let
         (cmakeBool "GGML_CPU_ALL_VARIANTS" true)
         (cmakeBool "GGML_BACKEND_DL" true)
       ]
+      ++ optionals cudaSupport [
+        (cmakeFeature "CMAKE_CUDA_ARCHITECTURES" (cudaPackages.flags.cmakeCudaArchitecturesString or "75;86"))
+      ]
       ++ optionals rocmSupport [
         (cmakeFeature "CMAKE_HIP_COMPILER" "${rocmPackages.clr or "clr"}/bin/clang++")
         (cmakeFeature "CMAKE_HIP_ARCHITECTURES" (builtins.concatStringsSep ";" rocmGpuTargets))
       ];
       postInstall = "cp $src/include/llama.h $out/include/";
       passthru.stubArgs = {
+        allowUnfree = config.allowUnfree or false;
         inherit
           cudaSupport
           rocmSupport
@@ -114,21 +120,45 @@ let
 
       inherit mkDerivation;
       runCommand =
-        name: env: _script:
-        mkDerivation ({ inherit name; } // env);
-      writeText = name: text: mkDerivation { inherit name text; };
-      writeShellScript = name: text: mkDerivation { inherit name text; };
-      symlinkJoin = args: mkDerivation args;
+        name: env: script:
+        mkDerivation ({ inherit name; } // env // { buildCommand = script; });
+      # the store path depends on the text, as a real one does
+      writeText =
+        name: text:
+        mkDerivation { inherit name text; }
+        // {
+          outPath = "/nix/store/${builtins.substring 0 32 (builtins.hashString "sha256" text)}-${name}";
+        };
+      writeShellScript = name: text: self.writeText name "#!/usr/bin/env bash\n${text}";
+      # as nixpkgs' symlinkJoin: postBuild (and the other arguments of
+      # symlinkJoin itself) are not attributes of the result
+      symlinkJoin =
+        args:
+        mkDerivation (
+          builtins.removeAttrs args [
+            "postBuild"
+            "paths"
+            "stripPrefix"
+          ]
+        );
       mkShell = args: mkDerivation ({ name = "shell"; } // args);
       fetchPypi =
         {
           pname,
           version,
           hash,
+          format ? "setuptools",
+          dist ? "py2.py3",
+          python ? "py2.py3",
         }:
         mkDerivation {
-          name = "${pname}-${version}.tar.gz";
+          name =
+            if format == "wheel" then
+              "${pname}-${version}-${python}-none-any.whl"
+            else
+              "${pname}-${version}.tar.gz";
           outputHash = hash;
+          stubArgs = { inherit format dist python; };
         };
       rustPlatform = {
         buildRustPackage = args: mkDerivation args;
@@ -142,11 +172,21 @@ let
         };
 
       llama-cpp = self.callPackage llamaCppPackage { };
+      # nixpkgs' own builds (top-level since 2025): the overlay must leave
+      # them alone, and the module must not pick them
+      llama-cpp-rocm = (self.llama-cpp.override { rocmSupport = true; }) // {
+        nixpkgsOwn = true;
+      };
+      llama-cpp-vulkan = (self.llama-cpp.override { vulkanSupport = true; }) // {
+        nixpkgsOwn = true;
+      };
+      cudaPackages.flags.cmakeCudaArchitecturesString = "75;86";
       npmHooks.npmConfigHook = drv "npm-config-hook";
       nodejs_latest = drv "nodejs-25.2.0";
     }
     // lib.genAttrs [
       "cargo"
+      "cargo-nextest"
       "clippy"
       "cmake"
       "coreutils"
@@ -160,6 +200,7 @@ let
       "rust-analyzer"
       "rustc"
       "rustfmt"
+      "unzip"
     ] drv;
 in
 lib.fix (lib.foldl' (acc: overlay: lib.extends overlay acc) base overlays)
