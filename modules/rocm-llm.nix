@@ -379,7 +379,9 @@ let
   # FlashAttention kernel for (faKvPairs: null = every pair, or not known)
   faPairs = llama.faKvPairs or (llama.passthru.faKvPairs or null);
   specDefaults = cfg.settings.defaults or { };
-  effective = m: k: fallback: m.${k} or (specDefaults.${k} or fallback);
+  effective =
+    m: k: fallback:
+    m.${k} or (specDefaults.${k} or fallback);
   faMisses =
     if faPairs == null then
       [ ]
@@ -618,10 +620,12 @@ in
       ++
         optional (cfg.models == { } && !(cfg.settings ? models) && cfg.specFile == null)
           "services.rocm-llm: no models are declared and specFile is null, so the daemon has nothing to run."
-      ++ optional (hiddenFiles != [ ] && protectHome == true)
-        "services.rocm-llm: the service runs with ProtectHome=true, which hides ${concatStringsSep ", " hiddenFiles}; move the files under /var/lib (or /srv), or set systemd.services.rocm-llm.serviceConfig.ProtectHome = lib.mkForce \"read-only\" and make them readable by any user."
-      ++ optional (faMisses != [ ])
-        "services.rocm-llm: flash_attn = \"on\" with a K/V cache pair that ${lib.getName llama} has no FlashAttention kernel for: ${concatStringsSep ", " faMisses}; it has ${concatStringsSep ", " faPairs}. Use one of those cache types, flash_attn = \"auto\", or a build with faQuants (GGML_CUDA_FA_QUANTS).";
+      ++
+        optional (hiddenFiles != [ ] && protectHome == true)
+          "services.rocm-llm: the service runs with ProtectHome=true, which hides ${concatStringsSep ", " hiddenFiles}; move the files under /var/lib (or /srv), or set systemd.services.rocm-llm.serviceConfig.ProtectHome = lib.mkForce \"read-only\" and make them readable by any user."
+      ++
+        optional (faMisses != [ ])
+          "services.rocm-llm: flash_attn = \"on\" with a K/V cache pair that ${lib.getName llama} has no FlashAttention kernel for: ${concatStringsSep ", " faMisses}; it has ${concatStringsSep ", " faPairs}. Use one of those cache types, flash_attn = \"auto\", or a build with faQuants (GGML_CUDA_FA_QUANTS).";
 
     environment.etc."rocm-llm/models.yaml".source = declaredSpecFile;
 

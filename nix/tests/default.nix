@@ -31,8 +31,6 @@ let
         ]
         ++ modules;
       }).config;
-    # the real systemd module renders the unit
-    unitText = c: c.systemd.units."rocm-llm.service".text;
     modelDir = "/var/lib/models";
   };
 in

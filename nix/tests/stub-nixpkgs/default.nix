@@ -1,8 +1,13 @@
 # A stand-in for nixpkgs with just the attributes this flake uses, so that
 # flake.nix and everything it imports can be evaluated where no nixpkgs is
 # (nix/tests/flake-eval.nix, run by scripts/check-nix.sh). Derivations are
-# plain attribute sets that remember their arguments; nothing is built.
-# `lib` is the real nixpkgs lib, found through NIXPKGS_LIB_DIR.
+# attribute sets that remember their arguments, around a real derivation
+# whose builder only fails (so a current Nix's `nix flake check --no-build`
+# finds a drvPath); nothing is built. `lib` is the real nixpkgs lib: ./lib
+# where check-nix.sh copies it in to make this directory a flake (the input
+# that replaces nixpkgs), else found through NIXPKGS_LIB_DIR. Its
+# nixos/lib/eval-config.nix is the NixOS module system stubbed
+# (./nixos-stubs.nix).
 {
   system ? "x86_64-linux",
   overlays ? [ ],
@@ -14,22 +19,39 @@ let
     let
       dir = builtins.getEnv "NIXPKGS_LIB_DIR";
     in
-    if dir == "" then throw "stub-nixpkgs: set NIXPKGS_LIB_DIR to nixpkgs' lib directory" else dir
+    if builtins.pathExists ./lib/default.nix then
+      ./lib
+    else if dir == "" then
+      throw "stub-nixpkgs: set NIXPKGS_LIB_DIR to nixpkgs' lib directory"
+    else
+      dir
   );
 
-  storePath = name: "/nix/store/00000000000000000000000000000000-${name}";
+  # `key` tells apart derivations of one name (the text of a writeText)
+  realDerivation =
+    name: key:
+    derivation {
+      inherit name system;
+      builder = "/bin/sh";
+      args = [
+        "-c"
+        "echo stub-nixpkgs cannot build anything; exit 1"
+      ];
+      stubKey = key;
+    };
 
   mkDerivation =
     attrs:
     let
       name = attrs.name or "${attrs.pname}-${attrs.version}";
+      real = realDerivation name (attrs.stubKey or "");
     in
     (attrs.passthru or { })
     // attrs
     // {
       type = "derivation";
       inherit name;
-      outPath = storePath name;
+      inherit (real) outPath drvPath;
       drvAttrs = attrs;
       overrideAttrs = f: mkDerivation (attrs // (if builtins.isFunction f then f attrs else f));
     };
@@ -91,7 +113,9 @@ let
         (cmakeBool "GGML_BACKEND_DL" true)
       ]
       ++ optionals cudaSupport [
-        (cmakeFeature "CMAKE_CUDA_ARCHITECTURES" (cudaPackages.flags.cmakeCudaArchitecturesString or "75;86"))
+        (cmakeFeature "CMAKE_CUDA_ARCHITECTURES" (
+          cudaPackages.flags.cmakeCudaArchitecturesString or "75;86"
+        ))
       ]
       ++ optionals rocmSupport [
         (cmakeFeature "CMAKE_HIP_COMPILER" "${rocmPackages.clr or "clr"}/bin/clang++")
@@ -114,7 +138,7 @@ let
     self:
     {
       inherit lib;
-      path = storePath "nixpkgs";
+      path = ./.;
       stdenv.hostPlatform.system = system;
       callPackage = lib.callPackageWith self;
 
@@ -125,9 +149,9 @@ let
       # the store path depends on the text, as a real one does
       writeText =
         name: text:
-        mkDerivation { inherit name text; }
-        // {
-          outPath = "/nix/store/${builtins.substring 0 32 (builtins.hashString "sha256" text)}-${name}";
+        mkDerivation {
+          inherit name text;
+          stubKey = builtins.hashString "sha256" text;
         };
       writeShellScript = name: text: self.writeText name "#!/usr/bin/env bash\n${text}";
       # as nixpkgs' symlinkJoin: postBuild (and the other arguments of

@@ -16,6 +16,7 @@
 }:
 let
   inherit (lib) mkOption types;
+  unitFile = import ./unit-file.nix { inherit lib; };
 
   fakePackage = name: path: {
     type = "derivation";
@@ -160,17 +161,15 @@ in
     # module writes can run there
     coreutils = fakePackage "coreutils" "/usr";
     rocm-llm = fake "00000000000000000000000000000000" "rocm-llm-stub";
-    rocm-llm-llama-cpp-rocm =
-      fake "11111111111111111111111111111111" "llama-cpp-rocm-stub"
-      // {
-        backend = "rocm";
-        faKvPairs = [
-          "q4_0-q4_0"
-          "q8_0-q8_0"
-          "f16-f16"
-          "bf16-bf16"
-        ];
-      };
+    rocm-llm-llama-cpp-rocm = fake "11111111111111111111111111111111" "llama-cpp-rocm-stub" // {
+      backend = "rocm";
+      faKvPairs = [
+        "q4_0-q4_0"
+        "q8_0-q8_0"
+        "f16-f16"
+        "bf16-bf16"
+      ];
+    };
     llama-cpp-vulkan-stub = fake "44444444444444444444444444444444" "llama-cpp-vulkan-stub" // {
       backend = "vulkan";
       faKvPairs = null;
@@ -213,56 +212,67 @@ in
     };
   };
 
-  module = {
-    options = {
-      assertions = mkOption {
-        type = types.listOf types.unspecified;
-        default = [ ];
-      };
-      warnings = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-      };
-      environment.etc = mkOption {
-        type = types.attrsOf (
-          types.submodule (
-            { config, ... }:
-            {
-              options = {
-                source = mkOption { type = types.path; };
-                text = mkOption {
-                  type = types.nullOr types.lines;
-                  default = null;
+  module =
+    { config, ... }:
+    {
+      # the unit files, as NixOS's systemd module makes them
+      config.systemd.units = lib.mapAttrs' (
+        name: svc: lib.nameValuePair "${name}.service" { text = unitFile.render svc; }
+      ) config.systemd.services;
+
+      options = {
+        assertions = mkOption {
+          type = types.listOf types.unspecified;
+          default = [ ];
+        };
+        warnings = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+        environment.etc = mkOption {
+          type = types.attrsOf (
+            types.submodule (
+              { config, ... }:
+              {
+                options = {
+                  source = mkOption { type = types.path; };
+                  text = mkOption {
+                    type = types.nullOr types.lines;
+                    default = null;
+                  };
+                  mode = mkOption {
+                    type = types.str;
+                    default = "symlink";
+                  };
                 };
-                mode = mkOption {
-                  type = types.str;
-                  default = "symlink";
-                };
-              };
-              config.source = lib.mkIf (config.text != null) (
-                lib.mkDefault "${stubStore}/00000000000000000000000000000000-etc-text"
-              );
-            }
-          )
-        );
-        default = { };
-      };
-      environment.systemPackages = mkOption {
-        type = types.listOf types.package;
-        default = [ ];
-      };
-      networking.firewall.allowedTCPPorts = mkOption {
-        type = types.listOf types.port;
-        default = [ ];
-      };
-      hardware.graphics.enable = mkOption {
-        type = types.bool;
-        default = false;
-      };
-      systemd.services = mkOption {
-        type = types.attrsOf service;
-        default = { };
+                config.source = lib.mkIf (config.text != null) (
+                  lib.mkDefault "${stubStore}/00000000000000000000000000000000-etc-text"
+                );
+              }
+            )
+          );
+          default = { };
+        };
+        environment.systemPackages = mkOption {
+          type = types.listOf types.package;
+          default = [ ];
+        };
+        networking.firewall.allowedTCPPorts = mkOption {
+          type = types.listOf types.port;
+          default = [ ];
+        };
+        hardware.graphics.enable = mkOption {
+          type = types.bool;
+          default = false;
+        };
+        systemd.services = mkOption {
+          type = types.attrsOf service;
+          default = { };
+        };
+        systemd.units = mkOption {
+          type = types.attrsOf (types.submodule { options.text = mkOption { type = types.str; }; });
+          default = { };
+        };
       };
     };
-  };
 }

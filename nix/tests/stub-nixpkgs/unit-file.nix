@@ -31,7 +31,8 @@ let
     else
       toString v;
 
-  lines = attrs: concatMap (k: map (v: "${k}=${value v}") (lib.toList attrs.${k})) (builtins.attrNames attrs);
+  lines =
+    attrs: concatMap (k: map (v: "${k}=${value v}") (lib.toList attrs.${k})) (builtins.attrNames attrs);
 
   joined = k: l: optional (l != [ ]) "${k}=${concatStringsSep " " l}";
 
@@ -60,7 +61,13 @@ let
         ++ lines (svc.serviceConfig or { });
     in
     concatStringsSep "\n" (
-      [ "[Unit]" ] ++ unitSection ++ [ "" "[Service]" ] ++ serviceSection
+      [ "[Unit]" ]
+      ++ unitSection
+      ++ [
+        ""
+        "[Service]"
+      ]
+      ++ serviceSection
     )
     + "\n";
 
