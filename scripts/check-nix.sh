@@ -476,14 +476,14 @@ else
     --no-write-lock-file
   )
   # the flake as git sees it: tracked files only, as any Nix user gets it
-  if "${current_nix[@]}" flake show "${flake_args[@]}" "$root" >"$work/show.out" 2>"$work/show.err"; then
+  if env NO_COLOR=1 "${current_nix[@]}" flake show "${flake_args[@]}" "$root" >"$work/show.out" 2>"$work/show.err"; then
     sed 's/^/  /' "$work/show.out"
     pass "(e) nix flake show: every output of the flake evaluates with the stub nixpkgs ($("${current_nix[@]}" --version | head -1))"
   else
     cat "$work/show.out" "$work/show.err"
     fail "(e) nix flake show"
   fi
-  if "${current_nix[@]}" flake check --no-build "${flake_args[@]}" "$root" >"$work/check.out" 2>"$work/check.err"; then
+  if env NO_COLOR=1 "${current_nix[@]}" flake check --no-build "${flake_args[@]}" "$root" >"$work/check.out" 2>"$work/check.err"; then
     grep -v '^$' "$work/check.err" | sed 's/^/  /'
     pass "(e) nix flake check --no-build: the output schema, every package, app, check, module and overlay, with the stub nixpkgs"
   else

@@ -20,7 +20,7 @@ lib.evalModules {
     stubs.module
     stubs.vmModule
     {
-      _module.args.pkgs = pkgs;
+      config._module.args.pkgs = pkgs;
       # what a NixOS configuration sets that the stubs do not model
       options = {
         boot = loose;
