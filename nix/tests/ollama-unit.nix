@@ -1,6 +1,6 @@
 # A baseline for `systemd-analyze security`: the systemd service of nixpkgs'
 # services.ollama (another local-LLM server with GPU access), as a
-# `systemd.services.<name>` value for ./unit-file.nix. The settings were read
+# `systemd.services.<name>` value for ./stub-nixpkgs/unit-file.nix. The settings were read
 # from its module (nixos/modules/services/misc/ollama.nix, serviceConfig, in
 # nixpkgs commit 071a30ae, the version the project's search tool holds; the
 # pinned nixpkgs could not be read here) and are written out here as plain
