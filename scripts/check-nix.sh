@@ -477,7 +477,7 @@ else
   )
   # the flake as git sees it: tracked files only, as any Nix user gets it
   if env NO_COLOR=1 "${current_nix[@]}" flake show "${flake_args[@]}" "$root" >"$work/show.out" 2>"$work/show.err"; then
-    sed 's/^/  /' "$work/show.out"
+    sed 's/\x1b\[[0-9;]*m//g; s/^/  /' "$work/show.out"
     pass "(e) nix flake show: every output of the flake evaluates with the stub nixpkgs ($("${current_nix[@]}" --version | head -1))"
   else
     cat "$work/show.out" "$work/show.err"
