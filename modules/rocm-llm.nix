@@ -353,7 +353,17 @@ let
 
   llama = cfg.llamaServerPackage;
   backend = llama.backend or (llama.passthru.backend or null);
-  isVulkan = backend == "vulkan" || (backend == null && lib.hasInfix "vulkan" (lib.getName llama));
+  # this flake's builds say their backend; nixpkgs' own llama-cpp-vulkan is
+  # told by the Vulkan loader it links
+  isVulkan =
+    backend == "vulkan"
+    || (
+      backend == null
+      && (
+        lib.hasInfix "vulkan" (lib.getName llama)
+        || builtins.any (d: lib.getName d == "vulkan-loader") (llama.buildInputs or [ ])
+      )
+    );
 
   # ProtectHome=true hides these from the service
   hiddenPrefixes = [

@@ -191,6 +191,10 @@ let
     llamaServerPackage = stubs.pkgs.llama-cpp-vulkan-stub;
   };
   changedLlama = vulkanGraphics;
+  nixpkgsVulkanNoGraphics = withGraphics false {
+    inherit models;
+    llamaServerPackage = stubs.pkgs.nixpkgs-llama-cpp-vulkan;
+  };
 
   homeModels = {
     home = {
@@ -398,6 +402,8 @@ let
         failedMessages vulkanNoGraphics
       );
     "a Vulkan build with hardware.graphics.enable passes" = failedMessages vulkanGraphics == [ ];
+    "assertion: nixpkgs' own Vulkan build (it links vulkan-loader) without hardware.graphics.enable" =
+      anyInfix "is a Vulkan build (llama-cpp)" (failedMessages nixpkgsVulkanNoGraphics);
 
     # assertion messages
     "assertion: relative model path" =

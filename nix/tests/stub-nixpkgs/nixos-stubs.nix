@@ -170,6 +170,10 @@ in
         "bf16-bf16"
       ];
     };
+    # nixpkgs' own llama-cpp-vulkan: no passthru.backend, a Vulkan loader
+    nixpkgs-llama-cpp-vulkan = fake "66666666666666666666666666666666" "llama-cpp-7000" // {
+      buildInputs = [ (fake "77777777777777777777777777777777" "vulkan-loader-1.4.321") ];
+    };
     llama-cpp-vulkan-stub = fake "44444444444444444444444444444444" "llama-cpp-vulkan-stub" // {
       backend = "vulkan";
       faKvPairs = null;
