@@ -2,11 +2,12 @@
 # output names, the llama.cpp overrides (flags, hooks, source, target list),
 # the CUDA build, the demo model, the rocm-llm package, the wrapper, the app,
 # the checks, and that the overlay leaves nixpkgs' own llama.cpp builds
-# alone. Nothing is built. The VM tests' scripts are returned for
-# check-nix.sh to compile.
+# alone; and the VM tests' machines, evaluated with the module. Nothing is
+# built. The VM tests' scripts are returned for check-nix.sh to lint.
 #
-#   NIXPKGS_LIB_DIR=/path/to/nixpkgs/lib \
-#     nix-instantiate --eval --strict --json nix/tests/flake-eval.nix --arg lib 'import /path/to/nixpkgs/lib'
+#   NIXPKGS_LIB_DIR=/path/to/nixpkgs/lib nix-instantiate --eval --strict --json \
+#     --read-write-mode nix/tests/flake-eval.nix --arg lib 'import /path/to/nixpkgs/lib'
+# (--read-write-mode: the stub's derivations are real .drv files)
 { lib }:
 let
   # (the stub's derivations are real, so their paths carry string context,
