@@ -13,6 +13,12 @@
         inherit system;
         overlays = [ self.overlays.default ];
       };
+      # CUDA is unfree; only llama-cpp-cuda comes from this instance
+      pkgsUnfree = import nixpkgs {
+        inherit system;
+        overlays = [ self.overlays.default ];
+        config.allowUnfree = true;
+      };
 
       tests = import ./nix/tests {
         inherit pkgs self;
@@ -25,12 +31,12 @@
       nixosModules.rocm-llm = self.nixosModules.default;
 
       packages.${system} = {
-        inherit (pkgs)
-          rocm-llm
-          llama-cpp-rocm
-          llama-cpp-vulkan
-          llama-cpp-cpu
-          ;
+        inherit (pkgs) rocm-llm;
+        llama-cpp-rocm = pkgs.rocm-llm-llama-cpp-rocm;
+        llama-cpp-cuda = pkgsUnfree.rocm-llm-llama-cpp-cuda;
+        llama-cpp-vulkan = pkgs.rocm-llm-llama-cpp-vulkan;
+        llama-cpp-cpu = pkgs.rocm-llm-llama-cpp-cpu;
+        demo-model = pkgs.rocm-llm-demo-model;
         # rocm-llm whose default llama-server is llama-cpp-rocm
         default = pkgs.rocm-llm-rocm;
       };
@@ -50,7 +56,7 @@
             clippy
             rustfmt
             rust-analyzer
-            nixfmt
+            cargo-nextest
           ];
           RUST_SRC_PATH = "${pkgs.rustPlatform.rustLibSrc}";
         };
@@ -58,22 +64,26 @@
         # (builds llama.cpp on first use)
         with-llama-server = pkgs.mkShell {
           inputsFrom = [ self.devShells.${system}.default ];
-          packages = [ pkgs.llama-cpp-cpu ];
-          ROCM_LLM_LLAMA_SERVER = lib.getExe' pkgs.llama-cpp-cpu "llama-server";
+          packages = [ pkgs.rocm-llm-llama-cpp-cpu ];
+          ROCM_LLM_LLAMA_SERVER = lib.getExe' pkgs.rocm-llm-llama-cpp-cpu "llama-server";
         };
       };
 
+      # `nix fmt`. The authoritative format check is scripts/check-nix.sh (b)
+      # (docs/nix.md, "Formatting"); this nixfmt may be another release.
       formatter.${system} = pkgs.nixfmt-tree;
 
       checks.${system} = {
-        # package builds
-        inherit (pkgs)
+        # package builds (llama-cpp-cuda is left out: unfree, and hours of
+        # nvcc on a builder that has no substitute for it)
+        inherit (self.packages.${system})
           rocm-llm
           llama-cpp-rocm
           llama-cpp-vulkan
           llama-cpp-cpu
+          demo-model
+          default
           ;
-        default = self.packages.${system}.default;
       }
       // tests;
     };

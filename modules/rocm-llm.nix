@@ -3,20 +3,22 @@
 # The declared spec (models + settings + listen + ...) is rendered to
 # /etc/rocm-llm/models.yaml. Where the daemon reads its spec from:
 #
-#   specFile = null             the daemon reads /etc/rocm-llm/models.yaml;
-#                               models change only by nixos-rebuild.
-#   specFile = "/var/lib/..."   (the default) the daemon reads this mutable
-#                               file; editing it hot-swaps models at once.
-#                               The declared spec is copied into it when the
-#                               file does not exist and, with
-#                               specFileUpdate = "on-change" (the default),
-#                               whenever the declaration changes; local edits
-#                               made in between are kept until then, and a
-#                               replaced edited file is saved as FILE.bak.
+#   specFile = null             (the default) the daemon reads
+#                               /etc/rocm-llm/models.yaml: what runs is the
+#                               declaration, changed only by nixos-rebuild.
+#   specFile = "/var/lib/..."   the daemon reads this mutable file; editing it
+#                               hot-swaps models at once. The declared spec is
+#                               copied into it when the file does not exist
+#                               and, with specFileUpdate = "on-change" (the
+#                               default), whenever the declaration changes;
+#                               local edits made in between are kept until
+#                               then, and a replaced edited file is saved as
+#                               FILE.bak.
 #
-# Either way a changed declaration reloads the service (SIGHUP, via
-# reloadTriggers) instead of restarting it, and the daemon restarts only the
-# models whose launch identity changed. See docs/nix.md.
+# Either way a changed declaration reloads the service (reloadTriggers)
+# instead of restarting it, and the daemon restarts only the models whose
+# launch identity changed; a changed listen or control address restarts it
+# (restartTriggers), since the daemon binds both once. See docs/nix.md.
 {
   config,
   lib,
@@ -34,6 +36,7 @@ let
     mkIf
     mkOption
     optional
+    optionals
     optionalAttrs
     types
     ;
@@ -178,6 +181,8 @@ let
 
   listenPort = lib.toInt (lib.last (lib.splitString ":" cfg.listen));
   listenHost = lib.removeSuffix ":${toString listenPort}" cfg.listen;
+  # the daemon's default control address (docs/spec.md)
+  controlAddress = cfg.settings.control or "127.0.0.1:8081";
 
   declaredSpec = lib.recursiveUpdate cfg.settings (
     {
@@ -200,7 +205,7 @@ let
     ]
     ++ (
       if cfg.specFile == null then
-        [ "Change it in the NixOS configuration; edits here are replaced." ]
+        [ "The daemon reads this file; change it in the NixOS configuration." ]
       else if cfg.specFileUpdate == "on-change" then
         [
           "Copied to ${cfg.specFile}; edit that copy to hot-swap models. It is"
@@ -343,6 +348,64 @@ let
       }
     ]
   ) (builtins.attrNames finalModels);
+
+  # ---- warnings about what the unit's sandbox or the build cannot do --------
+
+  llama = cfg.llamaServerPackage;
+  backend = llama.backend or (llama.passthru.backend or null);
+  # this flake's builds say their backend; nixpkgs' own llama-cpp-vulkan is
+  # told by the Vulkan loader it links
+  isVulkan =
+    backend == "vulkan"
+    || (
+      backend == null
+      && (
+        lib.hasInfix "vulkan" (lib.getName llama)
+        || builtins.any (d: lib.getName d == "vulkan-loader") (llama.buildInputs or [ ])
+      )
+    );
+
+  # ProtectHome=true hides these from the service
+  hiddenPrefixes = [
+    "/home/"
+    "/root/"
+    "/run/user/"
+  ];
+  hidden = p: builtins.any (pre: lib.hasPrefix pre (toString p)) hiddenPrefixes;
+  protectHome = config.systemd.services.${unitName}.serviceConfig.ProtectHome or true;
+  hiddenFiles = concatMap (
+    name:
+    let
+      m = finalModels.${name};
+    in
+    map (p: "${name}: ${toString p}") (
+      filter hidden (
+        lib.optional (m ? model) m.model ++ lib.optional (m ? chat_template_file) m.chat_template_file
+      )
+    )
+  ) (builtins.attrNames finalModels);
+
+  # flash_attn = "on" with a K/V cache pair the HIP or CUDA build has no
+  # FlashAttention kernel for (faKvPairs: null = every pair, or not known)
+  faPairs = llama.faKvPairs or (llama.passthru.faKvPairs or null);
+  specDefaults = cfg.settings.defaults or { };
+  effective =
+    m: k: fallback:
+    m.${k} or (specDefaults.${k} or fallback);
+  faMisses =
+    if faPairs == null then
+      [ ]
+    else
+      concatMap (
+        name:
+        let
+          m = finalModels.${name};
+          pair = "${effective m "cache_type_k" "f16"}-${effective m "cache_type_v" "f16"}";
+        in
+        lib.optional (
+          effective m "flash_attn" "auto" == "on" && !(builtins.elem pair faPairs)
+        ) "${name} (${pair})"
+      ) (builtins.attrNames finalModels);
 in
 {
   options.services.rocm-llm = {
@@ -350,20 +413,28 @@ in
 
     package = mkOption {
       type = types.package;
-      default = pkgs.rocm-llm or (pkgs.callPackage ../nix/rocm-llm.nix { });
-      defaultText = lib.literalExpression "pkgs.rocm-llm (from this flake's overlay, or built from this flake)";
+      # pkgs.rocm-llm only where this flake's overlay is applied (tested by an
+      # attribute only that overlay defines), else built from this flake
+      default =
+        if pkgs ? rocm-llm-llama-cpp-rocm then pkgs.rocm-llm else pkgs.callPackage ../nix/rocm-llm.nix { };
+      defaultText = lib.literalMD "this flake's rocm-llm (`pkgs.rocm-llm` with the overlay, else built from the flake with the system's nixpkgs)";
       description = "The rocm-llm package. Its llama-server is set by `llamaServerPackage`.";
     };
 
     llamaServerPackage = mkOption {
       type = types.package;
-      default = pkgs.llama-cpp-rocm or (pkgs.callPackage ../nix/llama-cpp.nix { backend = "rocm"; });
-      defaultText = lib.literalExpression "rocm-llm.packages.x86_64-linux.llama-cpp-rocm (HIP, gfx1101)";
+      # never nixpkgs' own llama-cpp-rocm (another build number, every GPU
+      # target, flags the daemon may pass missing): this flake's pinned build
+      default =
+        pkgs.rocm-llm-llama-cpp-rocm or (pkgs.callPackage ../nix/llama-cpp.nix { backend = "rocm"; });
+      defaultText = lib.literalMD "this flake's llama.cpp b11434 for HIP/ROCm, gfx1101 only (`pkgs.rocm-llm-llama-cpp-rocm` with the overlay, else built from the flake); never nixpkgs' own `llama-cpp-rocm`";
       example = lib.literalExpression ''rocm-llm.packages.x86_64-linux.llama-cpp-rocm.override { rocmGpuTargets = [ "gfx1100" ]; }'';
       description = ''
         The llama.cpp build whose `bin/llama-server` runs the models; passed as
-        ROCM_LLM_LLAMA_SERVER. This flake has llama-cpp-rocm, llama-cpp-vulkan
-        and llama-cpp-cpu.
+        ROCM_LLM_LLAMA_SERVER. This flake has llama-cpp-rocm, llama-cpp-cuda,
+        llama-cpp-vulkan and llama-cpp-cpu (with the overlay:
+        `pkgs.rocm-llm-llama-cpp-*`). The Vulkan build needs
+        `hardware.graphics.enable`.
       '';
     };
 
@@ -413,15 +484,20 @@ in
 
     specFile = mkOption {
       type = types.nullOr types.str;
-      default = "${stateDir}/models.yaml";
-      example = null;
+      default = null;
+      example = "${stateDir}/models.yaml";
       description = ''
-        The mutable spec file the daemon reads. Editing it hot-swaps models
-        without nixos-rebuild (the daemon watches it; `systemctl reload
-        rocm-llm` forces a re-read). The declared spec is copied into it as
-        `specFileUpdate` says. `null` makes the daemon read the declared
-        /etc/rocm-llm/models.yaml directly. A file outside ${stateDir} must be
-        writable by the service's dynamic user.
+        `null` (the default): the daemon reads the declared
+        /etc/rocm-llm/models.yaml, so what runs is always the declaration,
+        and it changes by `nixos-rebuild` (a reload, not a restart).
+
+        A path: a mutable spec file the daemon reads instead. This is the way
+        to hot-swap models without nixos-rebuild: edit the file and the
+        daemon applies it at once (`systemctl reload rocm-llm` forces a
+        re-read). The declared spec is copied into it as `specFileUpdate`
+        says, so what runs is the declaration only until someone edits the
+        file. A file outside ${stateDir} must be writable by the service's
+        dynamic user.
       '';
     };
 
@@ -462,6 +538,9 @@ in
         (LoadCredential), so it may be readable by root only; the spec points
         at the service's credential copy. Give a string, not a Nix path
         literal, which would put the key into the world-readable store.
+        systemd copies the file when the service starts, so a rotated key
+        takes effect with `systemctl restart rocm-llm` (a reload re-reads
+        the copy, which has not changed).
       '';
     };
 
@@ -523,7 +602,11 @@ in
         message = "services.rocm-llm.settings.defaults: ${concatStringsSep ", " perModelInDefaults} can only be set on a model, not in defaults.";
       }
       {
-        assertion = cfg.listen != (cfg.settings.control or "127.0.0.1:8081");
+        assertion = !isVulkan || config.hardware.graphics.enable;
+        message = "services.rocm-llm: llamaServerPackage is a Vulkan build (${lib.getName llama}), which finds no Vulkan driver unless hardware.graphics.enable = true.";
+      }
+      {
+        assertion = cfg.listen != controlAddress;
         message = "services.rocm-llm: listen and control (the status API) cannot share ${cfg.listen}; set settings.control to another address.";
       }
       {
@@ -546,7 +629,13 @@ in
       ) "services.rocm-llm.openFirewall is set, but listen (${cfg.listen}) is a loopback address."
       ++
         optional (cfg.models == { } && !(cfg.settings ? models) && cfg.specFile == null)
-          "services.rocm-llm: no models are declared and specFile is null, so the daemon has nothing to run.";
+          "services.rocm-llm: no models are declared and specFile is null, so the daemon has nothing to run."
+      ++
+        optional (hiddenFiles != [ ] && protectHome == true)
+          "services.rocm-llm: the service runs with ProtectHome=true, which hides ${concatStringsSep ", " hiddenFiles}; move the files under /var/lib (or /srv), or set systemd.services.rocm-llm.serviceConfig.ProtectHome = lib.mkForce \"read-only\" and make them readable by any user."
+      ++
+        optional (faMisses != [ ])
+          "services.rocm-llm: flash_attn = \"on\" with a K/V cache pair that ${lib.getName llama} has no FlashAttention kernel for: ${concatStringsSep ", " faMisses}; it has ${concatStringsSep ", " faPairs}. Use one of those cache types, flash_attn = \"auto\", or a build with faQuants (GGML_CUDA_FA_QUANTS).";
 
     environment.etc."rocm-llm/models.yaml".source = declaredSpecFile;
 
@@ -564,14 +653,20 @@ in
     systemd.services.rocm-llm = {
       description = "rocm-llm: local LLMs supervised from a YAML spec";
       wantedBy = [ "multi-user.target" ];
-      wants = [ "network-online.target" ];
-      after = [ "network-online.target" ];
+      # a local service: it binds its addresses, it needs no network to be up
+      after = [ "network.target" ];
 
       # A changed declaration changes only /etc/rocm-llm/models.yaml: the unit
-      # itself stays the same, and switch-to-configuration reloads (SIGHUP)
-      # instead of restarting, so only models whose launch identity changed
-      # restart. A new package or llama-server still restarts the service.
+      # itself stays the same, and switch-to-configuration reloads instead of
+      # restarting, so only models whose launch identity changed restart.
+      # The daemon binds listen and control once (a reload only warns), so a
+      # change of either restarts the service; so does a new package or
+      # llama-server, since the unit's command or environment changes.
       reloadTriggers = [ declaredSpecFile ];
+      restartTriggers = [
+        cfg.listen
+        controlAddress
+      ];
 
       environment = {
         ROCM_LLM_LLAMA_SERVER = lib.getExe' cfg.llamaServerPackage "llama-server";
@@ -584,7 +679,14 @@ in
       // cfg.environment;
 
       serviceConfig = {
-        Type = "notify";
+        # The daemon sends READY=1, and on SIGHUP RELOADING=1 with
+        # MONOTONIC_USEC= and then READY=1 once the new spec is applied.
+        # Reading /etc directly (specFile = null), notify-reload lets systemd
+        # send the SIGHUP itself and makes `systemctl reload` (and so
+        # nixos-rebuild) wait for that. With a mutable file the declaration
+        # must be copied into it before the signal, which only ExecReload
+        # orders (notify-reload would signal first), so that stays notify.
+        Type = if cfg.specFile == null then "notify-reload" else "notify";
         NotifyAccess = "main";
         ExecStartPre = optional (cfg.specFile != null) syncCommand;
         ExecStart = execLine (
@@ -596,7 +698,8 @@ in
           ]
           ++ cfg.extraArgs
         );
-        ExecReload = optional (cfg.specFile != null) syncCommand ++ [
+        ExecReload = optionals (cfg.specFile != null) [
+          syncCommand
           "${lib.getExe' pkgs.coreutils "kill"} -HUP $MAINPID"
         ];
         # SIGTERM to the daemon only; it stops its children with each model's

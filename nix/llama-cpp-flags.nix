@@ -4,10 +4,13 @@
 # against the CMake files of the pinned source.
 {
   lib,
-  # "rocm", "vulkan" or "cpu"
+  # "rocm", "vulkan", "cuda" or "cpu"
   backend,
   # HIP offload targets; only read when backend == "rocm"
   rocmGpuTargets ? [ "gfx1101" ],
+  # CUDA compute capabilities without the dot ("89" = sm_89); only read when
+  # backend == "cuda"
+  cudaArchitectures ? [ "89" ],
   # llama.cpp's build number (LLAMA_BUILD_NUMBER)
   buildNumber,
   # what `llama-server --version` prints as the commit
@@ -20,15 +23,20 @@ let
   inherit (lib) cmakeBool cmakeFeature optionals;
   rocm = backend == "rocm";
   vulkan = backend == "vulkan";
+  cuda = backend == "cuda";
 in
 assert lib.assertOneOf "backend" backend [
   "rocm"
   "vulkan"
+  "cuda"
   "cpu"
 ];
 assert lib.assertMsg (
   !rocm || rocmGpuTargets != [ ]
 ) "llama-cpp-rocm: rocmGpuTargets must name at least one gfx target";
+assert lib.assertMsg (
+  !cuda || cudaArchitectures != [ ]
+) "llama-cpp-cuda: cudaArchitectures must name at least one compute capability";
 rec {
   # Cache entries that nixpkgs' llama-cpp passes and b11434 reads. Every other
   # -D flag nixpkgs passes is dropped, so that no flag reaches cmake that the
@@ -63,7 +71,7 @@ rec {
     (cmakeBool "LLAMA_USE_PREBUILT_UI" false)
     (cmakeBool "GGML_HIP" rocm)
     (cmakeBool "GGML_VULKAN" vulkan)
-    (cmakeBool "GGML_CUDA" false)
+    (cmakeBool "GGML_CUDA" cuda)
   ]
   ++ optionals rocm (
     [
@@ -78,6 +86,14 @@ rec {
       (cmakeBool "GGML_CUDA_FA" true)
       # HIP graphs: upstream default ON; stated so the choice is visible.
       (cmakeBool "GGML_HIP_GRAPHS" true)
+    ]
+    ++ optionals (faQuants != null) [ (cmakeFeature "GGML_CUDA_FA_QUANTS" faQuants) ]
+  )
+  # CUDA: the same discipline as HIP (the target list is a parameter, FA stated)
+  ++ optionals cuda (
+    [
+      (cmakeFeature "CMAKE_CUDA_ARCHITECTURES" (lib.concatStringsSep ";" cudaArchitectures))
+      (cmakeBool "GGML_CUDA_FA" true)
     ]
     ++ optionals (faQuants != null) [ (cmakeFeature "GGML_CUDA_FA_QUANTS" faQuants) ]
   );

