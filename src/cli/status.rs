@@ -103,6 +103,12 @@ pub fn render(status: &Value, now: SystemTime) -> String {
             ]);
             if let Some(e) = m["last_error"].as_str() {
                 errors.push(format!("{name}: {}", e.lines().next().unwrap_or(e)));
+            } else if let (Some(why), Some(at)) = (
+                m["last_restart"]["reason"].as_str(),
+                m["last_restart"]["at"].as_f64(),
+            ) {
+                let why = why.lines().next().unwrap_or(why);
+                errors.push(format!("{name}: restarted {} ago: {why}", ago(at, now)));
             }
         }
     }

@@ -30,6 +30,12 @@ pub struct StatusState {
     pub proxy: Arc<crate::proxy::ProxyMetrics>,
 }
 
+#[derive(Debug, Serialize)]
+pub struct LastRestart {
+    pub at: f64,
+    pub reason: String,
+}
+
 /// One model in `GET /status`.
 #[derive(Debug, Serialize)]
 pub struct ModelStatus {
@@ -45,6 +51,9 @@ pub struct ModelStatus {
     pub ready_ms: Option<f64>,
     pub restarts: u64,
     pub last_error: Option<String>,
+    /// Why and when (seconds since the epoch) it was last restarted
+    /// unasked: a crash, a failed start, or a hung process replaced.
+    pub last_restart: Option<LastRestart>,
     pub aliases: Vec<String>,
     pub on_demand: bool,
     pub in_flight: usize,
@@ -78,6 +87,10 @@ fn model_status(snap: &Snapshot, entry: &super::routes::RouteEntry) -> ModelStat
         ready_ms: snap.ready_after.map(|d| d.as_secs_f64() * 1000.0),
         restarts: snap.restarts,
         last_error: snap.last_error.clone(),
+        last_restart: snap.last_restart.as_ref().map(|(at, reason)| LastRestart {
+            at: epoch_secs(*at),
+            reason: reason.clone(),
+        }),
         aliases: entry.aliases.clone(),
         on_demand: entry.on_demand,
         in_flight: snap.serving.as_ref().map_or(0, |g| g.in_flight()),

@@ -105,6 +105,10 @@ pub struct Snapshot {
     /// Unplanned restarts (crashes and failed starts) since the daemon began.
     pub restarts: u64,
     pub last_error: Option<String>,
+    /// Why the model was last restarted without being asked to (a crash, a
+    /// failed start, a hung process replaced), and when; kept after the
+    /// restart succeeds, unlike `last_error`.
+    pub last_restart: Option<(SystemTime, String)>,
     pub queue_length: u32,
     pub wait_timeout: Duration,
     /// Whether a request may start the model when it is idle.
@@ -359,6 +363,7 @@ struct Owner {
     backoff: Backoff,
     restarts: u64,
     last_error: Option<String>,
+    last_restart: Option<(SystemTime, String)>,
     drained: u64,
     cut: u64,
     logs: LogSink,
@@ -391,6 +396,7 @@ pub fn start_instance(
         ready_after: None,
         restarts: 0,
         last_error: None,
+        last_restart: None,
         queue_length: spec.config.lifecycle.queue_length,
         wait_timeout: spec.config.lifecycle.wait_timeout,
         on_demand: spec.config.lifecycle.on_demand,
@@ -424,6 +430,7 @@ pub fn start_instance(
         backoff,
         restarts: 0,
         last_error: None,
+        last_restart: None,
         drained: 0,
         cut: 0,
         logs,
@@ -721,6 +728,7 @@ impl Owner {
     fn failed_start(&mut self, message: String) {
         tracing::error!(model = %self.name, "{message}");
         self.restarts += 1;
+        self.last_restart = Some((SystemTime::now(), message.clone()));
         self.last_error = Some(message);
         let decision = self.backoff.on_failure(Instant::now());
         self.state = if decision.failed {
@@ -972,6 +980,7 @@ impl Owner {
             ready_after: current.and_then(|p| p.ready_after),
             restarts: self.restarts,
             last_error: self.last_error.clone(),
+            last_restart: self.last_restart.clone(),
             queue_length: l.queue_length,
             wait_timeout: l.wait_timeout,
             on_demand: l.on_demand,
