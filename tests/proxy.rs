@@ -190,6 +190,7 @@ async fn routes_by_name_and_alias_and_answers_in_openai_format() {
     let r = d
         .client
         .post(d.url("/v1/chat/completions"))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body("{\"model\": \"a\", ")
         .send()
         .await
@@ -204,6 +205,7 @@ async fn routes_by_name_and_alias_and_answers_in_openai_format() {
     let r = d
         .client
         .post(d.url("/v1/chat/completions"))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body("[1, 2]")
         .send()
         .await
@@ -226,7 +228,7 @@ async fn routes_by_name_and_alias_and_answers_in_openai_format() {
     let mut tcp = tokio::net::TcpStream::connect(d.base.trim_start_matches("http://"))
         .await
         .unwrap();
-    tcp.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40000000\r\n\r\n").await.unwrap();
+    tcp.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 40000000\r\n\r\n").await.unwrap();
     let mut head = vec![0u8; 12];
     tcp.read_exact(&mut head).await.unwrap();
     assert_eq!(&head, b"HTTP/1.1 413");

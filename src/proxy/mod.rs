@@ -789,14 +789,14 @@ mod tests {
         let (addr, _stop) = bare_proxy(ApiKey::disabled(), config).await;
         let slow = raw(
             addr,
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"mo",
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"mo",
             true,
         )
         .await;
         assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
         assert!(slow.contains("request_timeout"), "{slow}");
         let body = vec![b' '; 2048];
-        let mut req = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n".to_vec();
+        let mut req = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n".to_vec();
         req.extend_from_slice(&body);
         req.extend_from_slice(b"\r\n0\r\n\r\n");
         let huge = raw(addr, &req, true).await;
@@ -810,7 +810,7 @@ mod tests {
             let auth = key
                 .map(|k| format!("Authorization: Bearer {k}\r\n"))
                 .unwrap_or_default();
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n")
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n")
         };
         let r = raw(addr, get("/v1/models", None).as_bytes(), true).await;
         assert!(
@@ -825,7 +825,7 @@ mod tests {
             r.starts_with("HTTP/1.1 200") && r.contains("\"data\":[]"),
             "{r}"
         );
-        let post = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nContent-Length: 2\r\n\r\n{}";
+        let post = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
         let r = raw(addr, post, true).await;
         assert!(
             r.starts_with("HTTP/1.1 503")
