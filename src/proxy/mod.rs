@@ -512,6 +512,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
+/// Removes every `Access-Control-*` header.
+fn strip_cors(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 const MODEL_HEADER: HeaderName = HeaderName::from_static("x-rocm-llm-model");
 
 async fn proxy(
@@ -635,6 +647,11 @@ async fn proxy(
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = headers.clone();
+        if let Some(key) = lease.upstream_key()
+            && let Ok(v) = HeaderValue::from_str(&format!("Bearer {key}"))
+        {
+            up.headers_mut().insert(header::AUTHORIZATION, v);
+        }
         let client = if retried { &state.fresh } else { &state.client };
         match client.request(up).await {
             Ok(r) => break r,
@@ -684,6 +701,9 @@ async fn proxy(
     let (mut head, incoming) = upstream.into_parts();
     model.count_status(head.status.as_u16());
     strip_hop_by_hop(&mut head.headers);
+    // llama-server allows every origin; which origins may read an answer is
+    // the daemon's decision alone (`cors_origins`, added by `guarded`).
+    strip_cors(&mut head.headers);
     if let Ok(v) = HeaderValue::from_str(handle.name()) {
         head.headers.insert(MODEL_HEADER, v);
     }

@@ -15,6 +15,8 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct Gate {
     port: u16,
+    /// The bearer key the process behind the gate requires.
+    upstream_key: Option<Arc<str>>,
     in_flight: AtomicUsize,
     closed: AtomicBool,
     emptied: Notify,
@@ -32,6 +34,11 @@ impl Lease {
     /// The loopback port of the llama-server this lease is for.
     pub fn port(&self) -> u16 {
         self.gate.port
+    }
+
+    /// The bearer key that llama-server requires, if it requires one.
+    pub fn upstream_key(&self) -> Option<&str> {
+        self.gate.upstream_key.as_deref()
     }
 }
 
@@ -52,8 +59,14 @@ pub struct DrainOutcome {
 
 impl Gate {
     pub fn new(port: u16) -> Arc<Gate> {
+        Gate::with_key(port, None)
+    }
+
+    /// The gate of a process that requires `upstream_key` as bearer key.
+    pub fn with_key(port: u16, upstream_key: Option<Arc<str>>) -> Arc<Gate> {
         Arc::new(Gate {
             port,
+            upstream_key,
             in_flight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             emptied: Notify::new(),

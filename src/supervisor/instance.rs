@@ -609,10 +609,11 @@ impl Owner {
             let result = p.wait_ready(timeout).await;
             let _ = events.send(Event::ReadyResult { generation, result });
         });
+        let gate = Gate::with_key(port, Some(Arc::clone(process.upstream_key())));
         Ok(Proc {
             generation,
             process,
-            gate: Gate::new(port),
+            gate,
             id: self.spec.id.clone(),
             ready_after: None,
             started_at: SystemTime::now(),

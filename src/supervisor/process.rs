@@ -20,6 +20,7 @@
 use std::io;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::io::Errno;
@@ -122,6 +123,7 @@ pub struct RunningProcess {
     logs: LogSink,
     exit: watch::Receiver<Option<ExitStatus>>,
     signals: mpsc::UnboundedSender<Signal>,
+    upstream_key: Arc<str>,
 }
 
 /// Starts `launch` listening on `127.0.0.1:<port>`.
@@ -145,6 +147,7 @@ pub struct RunningProcess {
 /// Panics if called outside a tokio runtime (as `tokio::spawn` does).
 pub fn spawn(launch: &Launch, port: u16, logs: LogSink) -> Result<RunningProcess, SpawnError> {
     let program = launch.program.clone();
+    let upstream_key = random_key();
     let mut cmd = tokio::process::Command::new(&launch.program);
     cmd.args(&launch.args)
         .arg("--host")
@@ -153,6 +156,11 @@ pub fn spawn(launch: &Launch, port: u16, logs: LogSink) -> Result<RunningProcess
         .arg(port.to_string())
         .env_remove("NOTIFY_SOCKET")
         .envs(&launch.env)
+        // A key only the daemon knows, so that nobody reaches the model
+        // past the proxy (and its API key and browser rules) by connecting
+        // to the child's loopback port. In the environment, not argv: other
+        // users can read /proc/<pid>/cmdline but not /proc/<pid>/environ.
+        .env("LLAMA_API_KEY", &*upstream_key)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -232,7 +240,18 @@ pub fn spawn(launch: &Launch, port: u16, logs: LogSink) -> Result<RunningProcess
         logs,
         exit: exit_rx,
         signals: sig_tx,
+        upstream_key,
     })
+}
+
+/// 256 random bits as hex: the bearer key one child accepts.
+fn random_key() -> Arc<str> {
+    let bytes: [u8; 32] = rand::random();
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into()
 }
 
 /// Runs in the forked child (see the SAFETY note in [`spawn`]).
@@ -384,6 +403,11 @@ async fn read_capped_line<R: AsyncBufRead + Unpin>(
 }
 
 impl RunningProcess {
+    /// The key the child requires (`LLAMA_API_KEY`) on all but `/health`.
+    pub fn upstream_key(&self) -> &Arc<str> {
+        &self.upstream_key
+    }
+
     /// The child's pid (also its process group id).
     pub fn pid(&self) -> i32 {
         self.pid
