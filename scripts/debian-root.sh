@@ -34,7 +34,7 @@ readonly PACKAGES=(
   # inspecting code objects (clang-offload-bundler, llvm-objdump)
   llvm
   # Vulkan: headers, loader, shader compiler, Mesa's lavapipe (CPU) driver
-  libvulkan-dev glslc mesa-vulkan-drivers
+  libvulkan-dev glslc spirv-headers mesa-vulkan-drivers
   # a current Nix, for scripts/current-nix.sh
   nix-bin
 )

@@ -23,7 +23,7 @@
 # the flake passes, read from nix/llama-cpp-flags.json (the one table
 # nix/llama-cpp-flags.nix reads too). They build
 #   - on the host when it has the toolchain: ROCm >= 6.1 (hipconfig, the HIP
-#     CMake packages, hipBLAS and rocBLAS) or the Vulkan headers and glslc;
+#     CMake packages, hipBLAS and rocBLAS) or the Vulkan and SPIR-V headers and glslc;
 #   - otherwise, as root, inside the Debian unstable root that
 #     scripts/debian-root.sh makes (ROCm 6.4, Mesa's lavapipe, glslc). Such a
 #     binary needs that root's libraries, so bin/llama-server is then a small
@@ -128,7 +128,7 @@ hip_version_ok() { # hipconfig --version: "6.4.43484-..." -> >= 6.1
 host_has_toolchain() {
   case "$backend" in
     rocm) have hipconfig && hip_version_ok ;;
-    vulkan) have glslc && [[ -f /usr/include/vulkan/vulkan.h ]] ;;
+    vulkan) have glslc && [[ -f /usr/include/vulkan/vulkan.h && -d /usr/include/spirv ]] ;;
   esac
 }
 
