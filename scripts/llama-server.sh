@@ -41,6 +41,7 @@
 #        scripts/llama-server.sh --backend rocm     # or vulkan (or cpu)
 #        scripts/llama-server.sh --backend rocm --print-flags  # the flake's entries
 #        scripts/llama-server.sh --backend rocm --check        # path if cached, else exit 1
+#        scripts/llama-server.sh --backend rocm --print-where  # host or root
 #        scripts/llama-server.sh --print-version    # 11434
 #        ROCM_LLM_LLAMA_SERVER=$(scripts/llama-server.sh) cargo test
 # Needs: python3 with pip, a C/C++ compiler, make; cmake >= 3.18 is installed
@@ -68,6 +69,7 @@ while (($#)); do
     --backend=*) backend=${1#--backend=} ;;
     --print-flags) action=print-flags ;;
     --check) action=check ;;
+    --print-where) action=print-where ;;
     *) die "unknown argument '$1' (try --help)" ;;
   esac
   shift
@@ -173,6 +175,7 @@ else
   cache="$base/llama.cpp-b${BUILD_NUMBER}-${backend}-${key}"
 fi
 bin="$cache/bin/llama-server"
+if [[ $action == print-where ]]; then echo "$where"; exit 0; fi
 
 # A cached binary counts only if it was built by this recipe, runs, and
 # reports the pinned build number.

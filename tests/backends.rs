@@ -66,9 +66,7 @@ fn backend_server(backend: &str) -> Option<PathBuf> {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}\n{}",
@@ -229,7 +227,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// The gfx target of a device entry's triple
 /// (`hipv4-amdgcn-amd-amdhsa--gfx1101`, maybe with `:xnack-` features).
 fn gfx_of(triple: &str) -> Option<&str> {
-    let t = triple.strip_prefix("hip")?.split_once("-amdgcn-amd-amdhsa-")?.1;
+    let t = triple
+        .strip_prefix("hip")?
+        .split_once("-amdgcn-amd-amdhsa-")?
+        .1;
     let t = t.trim_start_matches('-');
     Some(t.split(':').next().unwrap_or(t))
 }
@@ -261,9 +262,8 @@ fn wmma_per_function(disassembly: &str) -> BTreeMap<String, usize> {
 fn bundle_and_disassembly_readers() {
     // A bundle as clang writes it: magic, count, entries, then the code.
     fn bundle(entries: &[(&str, &[u8])]) -> Vec<u8> {
-        let header: usize = BUNDLE_MAGIC.len()
-            + 8
-            + entries.iter().map(|(t, _)| 24 + t.len()).sum::<usize>();
+        let header: usize =
+            BUNDLE_MAGIC.len() + 8 + entries.iter().map(|(t, _)| 24 + t.len()).sum::<usize>();
         let mut b = BUNDLE_MAGIC.to_vec();
         b.extend((entries.len() as u64).to_le_bytes());
         let mut off = header;
@@ -328,12 +328,19 @@ fn llvm_tool(server: &Path, tool: &str) -> Command {
             .arg("--check")
             .output()
             .expect("debian-root.sh --check");
-        assert!(out.status.success(), "the Debian root that built {} is gone", server.display());
+        assert!(
+            out.status.success(),
+            "the Debian root that built {} is gone",
+            server.display()
+        );
         let root = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         let llvm = std::fs::read_dir(root.join("usr/lib"))
             .expect("root's /usr/lib")
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("llvm-")))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("llvm-"))
+            })
             .filter(|p| p.join("bin").join(tool).is_file())
             .max()
             .unwrap_or_else(|| panic!("no llvm-*/bin/{tool} in {}", root.display()));
@@ -343,7 +350,9 @@ fn llvm_tool(server: &Path, tool: &str) -> Command {
             llvm.display()
         );
         let mut c = Command::new(root.join("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"));
-        c.arg("--library-path").arg(libs).arg(llvm.join("bin").join(tool));
+        c.arg("--library-path")
+            .arg(libs)
+            .arg(llvm.join("bin").join(tool));
         c
     } else {
         let dir = run(Command::new("hipconfig").arg("-l"));
@@ -355,7 +364,10 @@ fn llvm_tool(server: &Path, tool: &str) -> Command {
 fn rocm_build_targets_the_requested_gfx_with_wmma_flash_attention() {
     let test = "rocm_build_targets_the_requested_gfx_with_wmma_flash_attention";
     let Some(server) = backend_server("rocm") else {
-        return skip(test, "no ROCm llama-server (scripts/llama-server.sh --backend rocm)");
+        return skip(
+            test,
+            "no ROCm llama-server (scripts/llama-server.sh --backend rocm)",
+        );
     };
     let elf_path = if server.with_extension("bin").is_file() {
         server.with_extension("bin")
@@ -368,11 +380,14 @@ fn rocm_build_targets_the_requested_gfx_with_wmma_flash_attention() {
         .map(str::to_owned)
         .collect();
 
-    let version = Command::new(&server).arg("--version").output().expect("--version");
+    let version = Command::new(&server)
+        .arg("--version")
+        .output()
+        .expect("--version");
     let version = String::from_utf8_lossy(&version.stderr).into_owned()
         + &String::from_utf8_lossy(&version.stdout);
     assert!(
-        version.contains(&format!("version: {BUILD_NUMBER} ")),
+        version.contains(&format!("(build {BUILD_NUMBER}, ")),
         "--version does not report build {BUILD_NUMBER}:\n{version}"
     );
 
@@ -432,7 +447,10 @@ fn rocm_build_targets_the_requested_gfx_with_wmma_flash_attention() {
         targets,
         started.elapsed(),
     );
-    assert!(fa_kernels > 0, "no flash-attention kernels in the code objects");
+    assert!(
+        fa_kernels > 0,
+        "no flash-attention kernels in the code objects"
+    );
     if want.iter().any(|t| t.starts_with("gfx110")) {
         assert!(
             fa_kernels_with_wmma > 0,
@@ -462,7 +480,10 @@ fn chat(d: &Daemon, model: &str) -> serde_json::Value {
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("no HTTP answer: {raw:?}\n{}", d.log()));
     assert!(head.starts_with("HTTP/1.1 200"), "{raw}\n{}", d.log());
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -494,18 +515,21 @@ fn rocm_llm_status_cli(d: &Daemon) -> String {
 fn rocm_build_without_a_gpu_answers_on_the_cpu_and_status_warns() {
     let test = "rocm_build_without_a_gpu_answers_on_the_cpu_and_status_warns";
     let Some(server) = backend_server("rocm") else {
-        return skip(test, "no ROCm llama-server (scripts/llama-server.sh --backend rocm)");
+        return skip(
+            test,
+            "no ROCm llama-server (scripts/llama-server.sh --backend rocm)",
+        );
     };
     if Path::new("/dev/kfd").exists() {
         // A machine with an AMD GPU: the fallback cannot be shown there.
         eprintln!("SKIPPED: {test}: /dev/kfd exists (this machine has a ROCm GPU)");
         return;
     }
-    let mut d = Daemon::start(&["seed"], "  seed:\n    model: seed.gguf\n    enabled: false\n");
-    let spec = d.spec_text_with_server(
-        "  r:\n    model: r.gguf\n    gpu_layers: all\n",
-        &server,
+    let mut d = Daemon::start(
+        &["seed"],
+        "  seed:\n    model: seed.gguf\n    enabled: false\n",
     );
+    let spec = d.spec_text_with_server("  r:\n    model: r.gguf\n    gpu_layers: all\n", &server);
     tiny_model(d.dir.path(), "r", 2);
     common::daemon::write_by_rename(&d.spec, &spec);
     let s = d.wait_ready(&["r"]);
@@ -534,13 +558,19 @@ fn rocm_build_without_a_gpu_answers_on_the_cpu_and_status_warns() {
 fn vulkan_on_lavapipe_takes_the_gpu_layers_asked_for() {
     let test = "vulkan_on_lavapipe_takes_the_gpu_layers_asked_for";
     let Some(server) = backend_server("vulkan") else {
-        return skip(test, "no Vulkan llama-server (scripts/llama-server.sh --backend vulkan)");
+        return skip(
+            test,
+            "no Vulkan llama-server (scripts/llama-server.sh --backend vulkan)",
+        );
     };
     const LAYERS: u32 = 6;
     // gpu_layers -> (layers offloaded, of how many) as llama.cpp counts them:
     // the repeating layers plus the output layer.
     let cases: &[(&str, u32)] = &[("0", 0), ("4", 4), ("all", LAYERS + 1)];
-    let mut d = Daemon::start(&["seed"], "  seed:\n    model: seed.gguf\n    enabled: false\n");
+    let mut d = Daemon::start(
+        &["seed"],
+        "  seed:\n    model: seed.gguf\n    enabled: false\n",
+    );
     tiny_model(d.dir.path(), "v", LAYERS);
     for &(gpu_layers, offloaded) in cases {
         let log = d.dir.path().join(format!("v-{gpu_layers}.log"));
@@ -574,13 +604,26 @@ fn vulkan_on_lavapipe_takes_the_gpu_layers_asked_for() {
         if offloaded == 0 {
             assert_eq!(on_gpu(BufferKind::Model), 0.0, "{text}");
         } else {
-            assert!(on_gpu(BufferKind::Model) > 0.0, "no Vulkan0 model buffer:\n{text}");
-            assert!(on_gpu(BufferKind::Kv) > 0.0, "no Vulkan0 KV buffer:\n{text}");
-            assert!(on_gpu(BufferKind::Compute) > 0.0, "no Vulkan0 compute buffer:\n{text}");
+            assert!(
+                on_gpu(BufferKind::Model) > 0.0,
+                "no Vulkan0 model buffer:\n{text}"
+            );
+            assert!(
+                on_gpu(BufferKind::Kv) > 0.0,
+                "no Vulkan0 KV buffer:\n{text}"
+            );
+            assert!(
+                on_gpu(BufferKind::Compute) > 0.0,
+                "no Vulkan0 compute buffer:\n{text}"
+            );
         }
         // Layers left on the host keep their KV cache there.
         let host_kv = r.mib(None, Some(BufferKind::Kv));
-        assert_eq!(host_kv > 0.0, offloaded < LAYERS, "host KV {host_kv} MiB:\n{text}");
+        assert_eq!(
+            host_kv > 0.0,
+            offloaded < LAYERS,
+            "host KV {host_kv} MiB:\n{text}"
+        );
         eprintln!(
             "gpu_layers {gpu_layers}: offloaded {:?}; Vulkan0 model {:.2} KV {:.2} compute {:.2} MiB; host KV {host_kv:.2} MiB",
             r.offloaded,

@@ -90,7 +90,12 @@ impl BufferLine {
 /// The buffer a line reports, if it is a buffer-size line.
 pub fn buffer_line(line: &str) -> Option<BufferLine> {
     let (before, after) = line.split_once(" buffer size =")?;
-    let mib = after.trim().strip_suffix("MiB")?.trim().parse::<f64>().ok()?;
+    let mib = after
+        .trim()
+        .strip_suffix("MiB")?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
     if !mib.is_finite() || mib < 0.0 {
         return None;
     }
@@ -210,7 +215,10 @@ mod tests {
             ),
             // not buffer lines, or malformed ones
             ("load_tensors: offloaded 20/31 layers to GPU", None),
-            ("llama_kv_cache: Vulkan0 DSV4 foo state buffer size = 1.00 MiB", None),
+            (
+                "llama_kv_cache: Vulkan0 DSV4 foo state buffer size = 1.00 MiB",
+                None,
+            ),
             ("load_tensors: model buffer size = 1.00 MiB", None),
             ("load_tensors: Vulkan0 model buffer size = lots MiB", None),
             ("load_tensors: Vulkan0 model buffer size = 1.00 GiB", None),
@@ -235,9 +243,15 @@ mod tests {
     #[test]
     fn offloaded_lines() {
         let cases: &[(&str, Option<(u32, u32)>)] = &[
-            ("load_tensors: offloaded 20/31 layers to GPU", Some((20, 31))),
+            (
+                "load_tensors: offloaded 20/31 layers to GPU",
+                Some((20, 31)),
+            ),
             ("load_tensors: offloaded 0/3 layers to GPU", Some((0, 3))),
-            ("0.00.100.000 I load_tensors: offloaded 7/7 layers to GPU", Some((7, 7))),
+            (
+                "0.00.100.000 I load_tensors: offloaded 7/7 layers to GPU",
+                Some((7, 7)),
+            ),
             ("load_tensors: offloading 20 repeating layers to GPU", None),
             ("load_tensors: offloaded x/3 layers to GPU", None),
             ("load_tensors: offloaded 3 layers to GPU", None),

@@ -187,7 +187,11 @@ impl LogSink {
 
     /// The warnings of the current run's output (see [`warning_in`]).
     pub fn warnings(&self) -> Vec<String> {
-        self.lock().warnings.iter().map(|w| (*w).to_owned()).collect()
+        self.lock()
+            .warnings
+            .iter()
+            .map(|w| (*w).to_owned())
+            .collect()
     }
 
     /// The last `n` lines (fewer if fewer were kept), oldest first.
@@ -309,7 +313,8 @@ mod tests {
     #[test]
     fn warnings_outlive_their_line_until_the_next_run() {
         let sink = LogSink::with_capacity("m", 2, 200).unwrap();
-        let no_gpu = "ggml_cuda_init: failed to initialize ROCm: no ROCm-capable device is detected";
+        let no_gpu =
+            "ggml_cuda_init: failed to initialize ROCm: no ROCm-capable device is detected";
         sink.push(LogStream::Stderr, no_gpu);
         sink.push(LogStream::Stderr, no_gpu); // kept once
         for i in 0..5 {
