@@ -58,42 +58,30 @@ rec {
     "LLAMA_OPENSSL"
   ];
 
+  # The entries every backend sets, from nix/llama-cpp-flags.json: the one
+  # table this file and scripts/llama-server.sh (builds without Nix) both read,
+  # with the reason for each entry. Booleans become -DNAME:BOOL=TRUE|FALSE,
+  # strings -DNAME:STRING=VALUE.
+  table = builtins.fromJSON (builtins.readFile ./llama-cpp-flags.json);
+  tableFlags = lib.mapAttrsToList (
+    name: value: if builtins.isBool value then cmakeBool name value else cmakeFeature name value
+  ) (table.all // table.backends.${backend});
+
   # Set here, replacing whatever nixpkgs passes for the same name.
   flags = [
-    # -march=native would tie the binary to the build machine's CPU
-    (cmakeBool "GGML_NATIVE" false)
     (cmakeFeature "LLAMA_BUILD_NUMBER" buildNumber)
     (cmakeFeature "LLAMA_BUILD_COMMIT" buildCommit)
-    # The web UI is either built with npm or downloaded at configure time;
-    # neither works in the sandbox with this source. llama-server then serves
-    # the API without the embedded UI, which is all rocm-llm uses.
-    (cmakeBool "LLAMA_BUILD_UI" false)
-    (cmakeBool "LLAMA_USE_PREBUILT_UI" false)
-    (cmakeBool "GGML_HIP" rocm)
-    (cmakeBool "GGML_VULKAN" vulkan)
-    (cmakeBool "GGML_CUDA" cuda)
   ]
+  ++ tableFlags
   ++ optionals rocm (
-    [
-      (cmakeFeature "CMAKE_HIP_ARCHITECTURES" (lib.concatStringsSep ";" rocmGpuTargets))
-      # FlashAttention in b11434: GGML_CUDA_FA (default ON, read by
-      # ggml/src/ggml-hip/CMakeLists.txt) compiles the FA kernels, and for
-      # RDNA3 targets (gfx110x) the MMA kernels use llama.cpp's own WMMA
-      # intrinsics (AMD_WMMA_AVAILABLE in ggml-cuda/common.cuh). The old
-      # GGML_HIP_ROCWMMA_FATTN option and the rocwmma headers are gone in this
-      # version, so neither is passed. Set explicitly so a changed upstream
-      # default cannot silently drop FA.
-      (cmakeBool "GGML_CUDA_FA" true)
-      # HIP graphs: upstream default ON; stated so the choice is visible.
-      (cmakeBool "GGML_HIP_GRAPHS" true)
-    ]
+    [ (cmakeFeature "CMAKE_HIP_ARCHITECTURES" (lib.concatStringsSep ";" rocmGpuTargets)) ]
     ++ optionals (faQuants != null) [ (cmakeFeature "GGML_CUDA_FA_QUANTS" faQuants) ]
   )
-  # CUDA: the same discipline as HIP (the target list is a parameter, FA stated)
+  # CUDA: the same discipline as HIP (the target list is a parameter; FA is
+  # stated in the table)
   ++ optionals cuda (
     [
       (cmakeFeature "CMAKE_CUDA_ARCHITECTURES" (lib.concatStringsSep ";" cudaArchitectures))
-      (cmakeBool "GGML_CUDA_FA" true)
     ]
     ++ optionals (faQuants != null) [ (cmakeFeature "GGML_CUDA_FA_QUANTS" faQuants) ]
   );

@@ -89,6 +89,64 @@ else
   fi
 fi
 
+# ---- 1b. GPU backends: ROCm and Vulkan llama-servers (issue 15) -------------------
+# Self-contained: scripts/llama-server.sh --backend rocm|vulkan builds them on
+# the host when it has the toolchain, else (as root) in the Debian unstable
+# root of scripts/debian-root.sh; all cached in ~/.cache/rocm-llm. First run
+# on 2 cores: root ~4 min, ROCm ~11 min, Vulkan ~6 min (uncontended; see
+# README). tests/backends.rs reads ROCM_LLM_LLAMA_SERVER_{ROCM,VULKAN}.
+# ROCM_LLM_BACKENDS=0 skips this block (the tests then skip, or fail in CI).
+# The root's Nix 2.34 is offered to the Nix checks as ROCM_LLM_CURRENT_NIX.
+backends_block() {
+  local b var where bin
+  if [ "${ROCM_LLM_BACKENDS:-1}" = 0 ]; then
+    begin "GPU backends"
+    record SKIP backends "ROCM_LLM_BACKENDS=0"
+    return
+  fi
+  if [ "$(bash scripts/llama-server.sh --backend rocm --print-where)" = root ] ||
+    [ "$(bash scripts/llama-server.sh --backend vulkan --print-where)" = root ]; then
+    begin "Debian unstable root (scripts/debian-root.sh)"
+    if [ "$(id -u)" != 0 ]; then
+      record SKIP debian-root "not root: the GPU backends cannot be built in a debootstrap root"
+    elif droot=$(bash scripts/debian-root.sh 2>"$logs/debian-root.log"); then
+      grep '^debian-root.sh:' "$logs/debian-root.log" | indent
+      record PASS debian-root "$droot ($(du -sh "$droot" 2>/dev/null | cut -f1))"
+    else
+      tail -30 "$logs/debian-root.log" | indent
+      record FAIL debian-root "scripts/debian-root.sh failed (all of it in $logs/debian-root.log)"
+    fi
+  fi
+  if [ -z "${ROCM_LLM_CURRENT_NIX:-}" ] && bash scripts/current-nix.sh --print-root >/dev/null 2>&1; then
+    export ROCM_LLM_CURRENT_NIX="$root/scripts/current-nix.sh"
+  fi
+  for b in rocm vulkan; do
+    var=ROCM_LLM_LLAMA_SERVER_$(printf '%s' "$b" | tr '[:lower:]' '[:upper:]')
+    begin "llama-server --backend $b (scripts/llama-server.sh)"
+    if [ -n "${!var:-}" ]; then
+      if [ -x "${!var}" ]; then record PASS "llama-$b" "$var=${!var} (given)"
+      else record FAIL "llama-$b" "$var=${!var} is not an executable file"; fi
+      continue
+    fi
+    where=$(bash scripts/llama-server.sh --backend "$b" --print-where)
+    if [ "$where" = root ] && [ "$(id -u)" != 0 ] && ! bash scripts/llama-server.sh --backend "$b" --check >/dev/null 2>&1; then
+      record SKIP "llama-$b" "no $b toolchain here and not root (for the Debian root)"
+      continue
+    fi
+    bash scripts/llama-server.sh --backend "$b" --check >/dev/null 2>&1 ||
+      say "building it ($where; minutes the first time); progress in $logs/llama-server-$b.log"
+    if bin=$(bash scripts/llama-server.sh --backend "$b" 2>"$logs/llama-server-$b.log"); then
+      export "$var=$bin"
+      grep '^llama-server.sh:' "$logs/llama-server-$b.log" | indent
+      record PASS "llama-$b" "$bin (built on the $where; $("$bin" --version 2>&1 | grep -m1 -o 'build [0-9]*'))"
+    else
+      tail -30 "$logs/llama-server-$b.log" | indent
+      record FAIL "llama-$b" "scripts/llama-server.sh --backend $b failed (all of it in $logs/llama-server-$b.log)"
+    fi
+  done
+}
+backends_block
+
 # ---- 2. python with openai ---------------------------------------------------------
 
 begin "python with the openai client"

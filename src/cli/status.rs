@@ -102,13 +102,18 @@ pub fn render(status: &Value, now: SystemTime) -> String {
                 m["launch_id"].as_str().unwrap_or("-").to_owned(),
             ]);
             if let Some(e) = m["last_error"].as_str() {
-                errors.push(format!("{name}: {}", e.lines().next().unwrap_or(e)));
+                errors.push(format!("error  {name}: {}", e.lines().next().unwrap_or(e)));
             } else if let (Some(why), Some(at)) = (
                 m["last_restart"]["reason"].as_str(),
                 m["last_restart"]["at"].as_f64(),
             ) {
                 let why = why.lines().next().unwrap_or(why);
-                errors.push(format!("{name}: restarted {} ago: {why}", ago(at, now)));
+                errors.push(format!("restarted {} ago  {name}: {why}", ago(at, now)));
+            }
+            for w in m["warnings"].as_array().into_iter().flatten() {
+                if let Some(w) = w.as_str() {
+                    errors.push(format!("warning  {name}: {w}"));
+                }
             }
         }
     }
@@ -129,7 +134,8 @@ pub fn render(status: &Value, now: SystemTime) -> String {
         out.push_str("(no models)\n");
     }
     for e in errors {
-        out.push_str(&format!("error  {e}\n"));
+        out.push_str(&e);
+        out.push('\n');
     }
     let spec = status["spec"].as_str().unwrap_or("?");
     let generation = status["generation"].as_u64().unwrap_or(0);

@@ -60,6 +60,9 @@ pub struct ModelStatus {
     pub waiting: usize,
     pub drained: u64,
     pub cut: u64,
+    /// What the current run's output says is amiss, e.g. "the ROCm build
+    /// found no GPU; running on the CPU" (see `supervisor::logs::warning_in`).
+    pub warnings: Vec<String>,
     pub log: Vec<String>,
 }
 
@@ -97,6 +100,7 @@ fn model_status(snap: &Snapshot, entry: &super::routes::RouteEntry) -> ModelStat
         waiting: entry.handle.waiting(),
         drained: snap.drained,
         cut: snap.cut,
+        warnings: entry.handle.logs().warnings(),
         log: entry.handle.logs().tail_text(20),
     }
 }

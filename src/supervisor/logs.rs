@@ -10,6 +10,11 @@
 //! bytes each (longer lines are cut at a UTF-8 boundary and marked). Cloning
 //! a `LogSink` is cheap (an `Arc`); the lock is held only to push one line or
 //! to copy a tail out, never across an `.await`.
+//!
+//! Some lines mean the model runs other than the spec intends (a ROCm build
+//! that found no GPU runs on the CPU). [`warning_in`] knows them; the buffer
+//! keeps each one it saw since the current run began ([`LogSink::begin_run`])
+//! even after the line itself has scrolled out, for status to show.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -23,6 +28,25 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 2048;
 
 /// Appended to a line that was cut to the byte cap.
 pub const TRUNCATED_MARK: &str = " [...truncated]";
+
+/// llama-server output that means the model is not running the way the spec
+/// intends: (a piece of the line, the warning status shows).
+pub const KNOWN_WARNINGS: &[(&str, &str)] = &[
+    // ggml-cuda's init in a HIP build: "ggml_cuda_init: failed to initialize
+    // ROCm: no ROCm-capable device is detected". Every layer then runs on the CPU.
+    (
+        "no ROCm-capable device is detected",
+        "the ROCm build found no GPU; running on the CPU",
+    ),
+];
+
+/// The warning a llama-server output line means, if any.
+pub fn warning_in(line: &str) -> Option<&'static str> {
+    KNOWN_WARNINGS
+        .iter()
+        .find(|(needle, _)| line.contains(needle))
+        .map(|&(_, warning)| warning)
+}
 
 /// Where a line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -71,6 +95,8 @@ struct Ring {
     lines: VecDeque<LogLine>,
     /// Lines dropped off the front since creation.
     dropped: u64,
+    /// [`warning_in`] of the current run's lines, each once, in order seen.
+    warnings: Vec<&'static str>,
 }
 
 /// A cheap-to-clone handle on one model's bounded line buffer.
@@ -92,6 +118,7 @@ impl LogSink {
             ring: Arc::new(Mutex::new(Ring {
                 lines: VecDeque::with_capacity(DEFAULT_MAX_LINES),
                 dropped: 0,
+                warnings: Vec::new(),
             })),
         }
     }
@@ -112,6 +139,7 @@ impl LogSink {
             ring: Arc::new(Mutex::new(Ring {
                 lines: VecDeque::new(),
                 dropped: 0,
+                warnings: Vec::new(),
             })),
         })
     }
@@ -135,12 +163,35 @@ impl LogSink {
             stream,
             text,
         };
+        let warning = match stream {
+            LogStream::Daemon => None,
+            LogStream::Stdout | LogStream::Stderr => warning_in(&line.text),
+        };
         let mut ring = self.lock();
+        if let Some(w) = warning
+            && !ring.warnings.contains(&w)
+        {
+            ring.warnings.push(w);
+        }
         while ring.lines.len() >= self.max_lines {
             ring.lines.pop_front();
             ring.dropped += 1;
         }
         ring.lines.push_back(line);
+    }
+
+    /// A new process starts: forget the previous run's warnings.
+    pub fn begin_run(&self) {
+        self.lock().warnings.clear();
+    }
+
+    /// The warnings of the current run's output (see [`warning_in`]).
+    pub fn warnings(&self) -> Vec<String> {
+        self.lock()
+            .warnings
+            .iter()
+            .map(|w| (*w).to_owned())
+            .collect()
     }
 
     /// The last `n` lines (fewer if fewer were kept), oldest first.
@@ -241,6 +292,46 @@ mod tests {
             ]
         );
         assert_eq!(truncate_line("short", 5), "short");
+    }
+
+    #[test]
+    fn known_lines_mean_warnings() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                "ggml_cuda_init: failed to initialize ROCm: no ROCm-capable device is detected",
+                Some("the ROCm build found no GPU; running on the CPU"),
+            ),
+            ("ggml_cuda_init: found 1 ROCm devices:", None),
+            ("load_tensors: offloaded 20/31 layers to GPU", None),
+            ("", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(warning_in(line), *want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn warnings_outlive_their_line_until_the_next_run() {
+        let sink = LogSink::with_capacity("m", 2, 200).unwrap();
+        let no_gpu =
+            "ggml_cuda_init: failed to initialize ROCm: no ROCm-capable device is detected";
+        sink.push(LogStream::Stderr, no_gpu);
+        sink.push(LogStream::Stderr, no_gpu); // kept once
+        for i in 0..5 {
+            sink.push(LogStream::Stderr, &format!("line {i}"));
+        }
+        assert!(!sink.tail_text(10).iter().any(|l| l == no_gpu));
+        assert_eq!(
+            sink.warnings(),
+            ["the ROCm build found no GPU; running on the CPU"]
+        );
+        sink.begin_run();
+        assert!(sink.warnings().is_empty());
+        // A daemon line quoting it (a command line, an error) is not llama-server's.
+        sink.push(LogStream::Daemon, no_gpu);
+        assert!(sink.warnings().is_empty());
+        sink.push(LogStream::Stdout, no_gpu);
+        assert_eq!(sink.warnings().len(), 1);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! Building blocks, each usable on its own:
 //! - [`process`]: spawn one llama-server ([`spawn`]), observe its exit,
 //!   stop its process group ([`RunningProcess::stop`]).
+//! - [`device_log`]: the pure reading of llama-server's per-device buffer
+//!   and offload lines ([`DeviceReport`]).
 //! - [`logs`]: the per-model ring buffer of recent output lines ([`LogSink`]).
 //! - [`readiness`]: `/health` polling ([`wait_ready`], [`probe`]).
 //! - [`backoff`]: the pure restart policy ([`Backoff`]).
@@ -11,6 +13,7 @@
 //! - [`ports`]: picking a free loopback port ([`pick_free_port`]).
 
 pub mod backoff;
+pub mod device_log;
 pub mod gate;
 pub mod instance;
 pub mod leftovers;
@@ -21,6 +24,7 @@ pub mod process;
 pub mod readiness;
 
 pub use backoff::{Backoff, BackoffError, BackoffPolicy, Decision};
+pub use device_log::{BufferKind, BufferLine, DeviceReport};
 pub use gate::{DrainOutcome, Gate, Lease};
 pub use instance::{AcquireError, InstanceHandle, InstanceSpec, Snapshot, State, start_instance};
 pub use leftovers::{

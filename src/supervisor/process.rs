@@ -201,6 +201,7 @@ pub fn spawn(launch: &Launch, port: u16, logs: LogSink) -> Result<RunningProcess
         }
     };
 
+    logs.begin_run();
     logs.push(
         LogStream::Daemon,
         &format!(
