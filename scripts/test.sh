@@ -198,6 +198,11 @@ fi
 
 # ---- 3. Nix ------------------------------------------------------------------------
 
+# The Debian root made for the GPU backends also holds a current Nix (2.34):
+# check-nix.sh's `nix flake show` / `nix flake check --no-build` use it.
+if [ -z "${ROCM_LLM_CURRENT_NIX:-}" ] && bash scripts/current-nix.sh --version >/dev/null 2>&1; then
+  export ROCM_LLM_CURRENT_NIX="$root/scripts/current-nix.sh"
+fi
 begin "Nix checks (scripts/check-nix.sh)"
 bash scripts/check-nix.sh >"$logs/check-nix.log" 2>&1
 nix_rc=$?
