@@ -430,7 +430,10 @@ PY
       printf 'models: [this is not a spec\n' >"$work/invalid.yaml"
       if "$bin" validate "$work/invalid.yaml" >/dev/null 2>&1; then
         fail "(d) rocm-llm validate accepts an invalid spec, so its verdict on the rendered one means nothing"
-      elif out=$("$bin" validate "$work/validate.yaml" 2>&1); then
+      # The unit's wrapper sets ROCM_LLM_LLAMA_SERVER to its llama.cpp build,
+      # whose store path does not exist here; validate checks that the
+      # default binary can run, so give it one that can.
+      elif out=$(ROCM_LLM_LLAMA_SERVER=/bin/true "$bin" validate "$work/validate.yaml" 2>&1); then
         pass "(d) rocm-llm validate accepts the spec the module renders, and rejects an invalid one (models: $how)"
       else
         echo "$out"
@@ -470,6 +473,9 @@ else
   # the stub nixpkgs as a flake: its files and a copy of the lib
   stub="$work/stub-nixpkgs"
   cp -r "$root/nix/tests/stub-nixpkgs" "$stub" && cp -r "$libdir" "$stub/lib"
+  # A wrapper that runs Nix elsewhere (scripts/current-nix.sh: a chroot)
+  # binds this directory at its own path, so the stub's path means the same.
+  export ROCM_LLM_CURRENT_NIX_BIND="$work${ROCM_LLM_CURRENT_NIX_BIND:+:$ROCM_LLM_CURRENT_NIX_BIND}"
   flake_args=(
     --extra-experimental-features "nix-command flakes"
     --override-input nixpkgs "path:$stub"
