@@ -57,3 +57,22 @@ fn a_claimed_layer_count_is_never_allocated() {
     check(1 << 61, None);
     check(u64::MAX, None);
 }
+
+/// Found by the gguf fuzz target (its first run): a header with an `f64`
+/// NaN value (and a tensor of an unknown type with a huge dimension). The
+/// target's budget check compared the parses with `==`, which a NaN never
+/// satisfies: a false alarm in the target, which now compares them as text.
+/// Kept as a seed (fuzz/seeds/gguf/nan-and-huge-dims) and here: a smaller
+/// budget must give the same parse, and everything `plan` reads from it
+/// must answer without panicking.
+#[test]
+fn a_nan_value_parses_the_same_under_any_budget() {
+    let bytes = include_bytes!("../fuzz/seeds/gguf/nan-and-huge-dims");
+    let full = GgufHeader::read(&bytes[..], rocm_llm::gguf::DEFAULT_HEADER_LIMIT).unwrap();
+    let small = GgufHeader::read(&bytes[..], 4096).unwrap();
+    assert_eq!(format!("{small:?}"), format!("{full:?}"));
+    assert!(matches!(full.get("t.12"), Some(GgufValue::F64(x)) if x.is_nan()));
+    // The second tensor's type (256) is unknown: no weight total, no estimate.
+    assert!(full.total_tensor_bytes().is_err());
+    assert_eq!(memory::estimate(&full, &LaunchOptions::default()), None);
+}
