@@ -61,6 +61,28 @@ fn llama_servers_cors_headers_never_reach_a_client() {
 }
 
 #[test]
+#[ignore = "open finding S1 (docs/hardening.md): a child answers anyone who reaches its loopback port, bypassing the proxy"]
+fn a_child_answers_only_the_daemon() {
+    let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
+    let status = d.wait_ready(&["a"]);
+    // Unix-socket children (no port) cannot be reached this way at all.
+    let Some(port) = status["models"]["a"]["port"].as_u64() else {
+        return;
+    };
+    let chat = r#"{"model":"a","messages":[{"role":"user","content":"hi"}],"max_tokens":2}"#;
+    let response = raw(
+        &format!("127.0.0.1:{port}"),
+        "POST /v1/chat/completions HTTP/1.1\r\nOrigin: http://evil.example\r\nContent-Type: text/plain",
+        chat,
+    );
+    assert!(
+        !response.starts_with("HTTP/1.1 200"),
+        "any local user, and a web page that finds the port, can use model a without the daemon:\n{}",
+        response.lines().take(4).collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
 #[ignore = "open finding S4 (docs/hardening.md): leftover reaping signals whatever process the state file names"]
 fn leftover_reaping_never_stops_a_process_that_is_not_a_llama_server() {
     let mut d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
