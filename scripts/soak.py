@@ -653,13 +653,20 @@ class Soak:
         """--inject duplicate: starts a second llama-server of model a beside
         the daemon's, as the daemon's own would run, and leaves it running, so
         that the run must report single-instance and clean-exit violations."""
-        procs = [k for k, v in run_processes(self.run_id).items() if v[0] == "a" and v[2] not in "ZXT"]
-        if not procs:
+        deadline = now() + 60
+        while True:  # model a may be restarting: wait for a process to copy
+            procs = [k for k, v in run_processes(self.run_id).items() if v[0] == "a" and v[2] not in "ZXT" and k not in self.stopped]
+            argv, env = [], {}
+            if procs:
+                pid = procs[0][0]
+                argv = (read(f"/proc/{pid}/cmdline", "rb") or b"").split(b"\0")[:-1]
+                env = dict(v.split(b"=", 1) for v in (read(f"/proc/{pid}/environ", "rb") or b"").split(b"\0") if b"=" in v)
+            if (b"--port" in argv and env) or now() > deadline:
+                break
+            time.sleep(0.2)
+        if b"--port" not in argv or not env:
             self.v.add("inject", "no process of model a to copy")
             return
-        pid = procs[0][0]
-        argv = (read(f"/proc/{pid}/cmdline", "rb") or b"").split(b"\0")[:-1]
-        env = dict(v.split(b"=", 1) for v in (read(f"/proc/{pid}/environ", "rb") or b"").split(b"\0") if b"=" in v)
         i = argv.index(b"--port")
         argv[i + 1] = str(free_port()).encode()
         self.injected = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
