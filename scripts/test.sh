@@ -300,6 +300,49 @@ else
   record FAIL tests "$runner exited $tests_rc: ${counts:-no summary}"
 fi
 
+# ---- 6. the chaos and soak run --------------------------------------------------------
+# scripts/soak.sh 2: the real daemon (target/debug/rocm-llm) and llama-server
+# under spec edits, SIGHUP storms, SIGKILL/SIGSTOP of children and client load,
+# with its invariants checked throughout (docs/hardening.md). Then a 1-minute
+# self-test with faults injected (a second llama-server of one model, requests
+# for an unknown model) that must be reported, so the checks are known to bite.
+
+begin "soak: scripts/soak.sh 2 (chaos and soak against the real daemon)"
+soak_json="$logs/soak.json"
+soak_inject_json="$logs/soak-inject.json"
+if [ -z "${ROCM_LLM_LLAMA_SERVER:-}" ]; then
+  record FAIL soak "no llama-server (see step 1): the soak needs the real one"
+elif ! have python3; then
+  record FAIL soak "python3 is missing (the soak driver, scripts/soak.py, needs only its standard library)"
+else
+  rm -f "$soak_json" "$soak_inject_json"
+  bash scripts/soak.sh 2 --json-out "$soak_json" >"$logs/soak.log" 2>&1
+  soak_rc=$?
+  bash scripts/soak.sh 1 --inject duplicate,lost --json-out "$soak_inject_json" >"$logs/soak-inject.log" 2>&1
+  inject_rc=$?
+  soak_figures=$(python3 - "$soak_json" <<'PY' 2>/dev/null
+import json, sys
+s = json.load(open(sys.argv[1]))
+r, d = s["requests"], s["daemon"]
+print(f"{r['total']} requests ({r['ok']} ok, {r['disconnected']} disconnected, {r['unavailable']} 503, "
+      f"{r['faulted']} faulted, {r['cut']} cut, {r['lost']} lost), {s['edits']['valid'] + s['edits']['invalid']} saves, "
+      f"{s['hup']['signals']} SIGHUPs, {s['kills']} kills, {s['stops']['total']} stops, "
+      f"RSS {d['rss_mib']['warm']}->{d['rss_mib']['end']} MiB, fds {d['fds']['warm']}->{d['fds']['end']}, "
+      f"{sum(s['violations'].values())} violations")
+PY
+)
+  caught=$(python3 -c 'import json, sys; v = json.load(open(sys.argv[1]))["violations"]; print(" ".join(k for k in ("single-instance", "lost", "clean-exit") if v.get(k)))' "$soak_inject_json" 2>/dev/null)
+  if [ "$soak_rc" != 0 ]; then
+    grep -E '^soak: |^  +[0-9.]+s  ' "$logs/soak.log" | tail -25 | indent
+    record FAIL soak "scripts/soak.sh 2 exited $soak_rc: ${soak_figures:-no summary} (all of it in $logs/soak.log)"
+  elif [ "$inject_rc" != 1 ] || [ "$caught" != "single-instance lost clean-exit" ]; then
+    tail -20 "$logs/soak-inject.log" | indent
+    record FAIL soak "the self-test with injected faults exited $inject_rc and reported '${caught}', not single-instance, lost and clean-exit ($logs/soak-inject.log)"
+  else
+    record PASS soak "$soak_figures; injected faults caught: $caught"
+  fi
+fi
+
 # ---- recap ---------------------------------------------------------------------------
 
 section "test.sh recap ($(if [ ${#failed[@]} = 0 ]; then echo "all passed"; else echo "FAILED: ${failed[*]}"; fi); logs in $logs)"

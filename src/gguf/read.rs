@@ -182,14 +182,16 @@ impl GgufHeader {
         }
     }
 
-    /// `<arch>.<suffix>` per layer: a scalar repeated, or the array itself.
-    fn arch_per_layer(&self, suffix: &str, n_layer: u64) -> Option<Vec<u64>> {
+    /// The sum over layers of `<arch>.<suffix>`: a scalar times `n_layer`,
+    /// or the sum of the per-layer array; `None` on overflow. Never builds a
+    /// per-layer list: `n_layer` is whatever the file claims.
+    fn arch_layer_sum(&self, suffix: &str, n_layer: u64) -> Option<u64> {
         match self.arch_value(suffix)? {
-            GgufValue::Array(a) => a.values.iter().map(GgufValue::as_u64).collect(),
-            v => {
-                let v = v.as_u64()?;
-                Some(vec![v; usize::try_from(n_layer).ok()?])
-            }
+            GgufValue::Array(a) => a
+                .values
+                .iter()
+                .try_fold(0u64, |acc, v| acc.checked_add(v.as_u64()?)),
+            v => v.as_u64()?.checked_mul(n_layer),
         }
     }
 
@@ -254,13 +256,11 @@ impl GgufHeader {
         let k_len = self.arch_u64("attention.key_length").or(default_head)?;
         let v_len = self.arch_u64("attention.value_length").or(default_head)?;
         let kv_heads = self
-            .arch_per_layer("attention.head_count_kv", n_layer)
-            .or_else(|| self.arch_per_layer("attention.head_count", n_layer))?;
-        kv_heads.iter().try_fold(0u64, |acc, &h| {
-            h.checked_mul(k_len.checked_add(v_len)?)?
-                .checked_mul(bytes_per_element)
-                .and_then(|b| acc.checked_add(b))
-        })
+            .arch_layer_sum("attention.head_count_kv", n_layer)
+            .or_else(|| self.arch_layer_sum("attention.head_count", n_layer))?;
+        kv_heads
+            .checked_mul(k_len.checked_add(v_len)?)?
+            .checked_mul(bytes_per_element)
     }
 }
 
