@@ -259,3 +259,28 @@ fn validate_says_which_llama_server_cannot_run_and_where_it_looked() {
         );
     }
 }
+
+#[test]
+fn a_model_path_that_is_a_fifo_is_refused_without_hanging() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("model.gguf");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let spec = dir.path().join("models.yaml");
+    std::fs::write(&spec, "models:\n  a:\n    model: model.gguf\n").expect("write");
+    // `timeout` turns a hang into a failure instead of a stuck suite.
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(env!("CARGO_BIN_EXE_rocm-llm"))
+        .env("ROCM_LLM_LLAMA_SERVER", "/bin/true")
+        .arg("validate")
+        .arg(&spec)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} is not a regular file", fifo.display())),
+        "{stderr}"
+    );
+}

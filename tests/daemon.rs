@@ -303,6 +303,8 @@ fn a_leftover_from_a_crashed_run_is_stopped_at_the_next_start() {
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        // As the daemon marks its children.
+        .env(rocm_llm::supervisor::process::MODEL_MARK, "a")
         .process_group(0)
         .spawn()
         .unwrap();

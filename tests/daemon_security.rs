@@ -1,10 +1,8 @@
 //! Findings of the security review (issue 10, item 7), shown against the real
 //! daemon and the real llama-server.
 //!
-//! OPEN FINDINGS: each test below is `#[ignore]`d because it FAILS on the
-//! current code; the reason names the finding in docs/hardening.md. Remove
-//! the `#[ignore]` with the fix. Run them: `cargo test --test daemon_security
-//! -- --ignored` (needs ROCM_LLM_LLAMA_SERVER).
+//! Each test failed before its fix (findings S1, S2 and S4 in
+//! docs/hardening.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -34,7 +32,6 @@ fn raw(addr: &str, head: &str, body: &str) -> String {
 }
 
 #[test]
-#[ignore = "open finding S2 (docs/hardening.md): llama-server's own CORS headers, which allow any origin, pass through the proxy"]
 fn llama_servers_cors_headers_never_reach_a_client() {
     let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
     d.wait_ready(&["a"]);
@@ -61,7 +58,6 @@ fn llama_servers_cors_headers_never_reach_a_client() {
 }
 
 #[test]
-#[ignore = "open finding S1 (docs/hardening.md): a child answers anyone who reaches its loopback port, bypassing the proxy"]
 fn a_child_answers_only_the_daemon() {
     let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
     let status = d.wait_ready(&["a"]);
@@ -83,7 +79,6 @@ fn a_child_answers_only_the_daemon() {
 }
 
 #[test]
-#[ignore = "open finding S4 (docs/hardening.md): leftover reaping signals whatever process the state file names"]
 fn leftover_reaping_never_stops_a_process_that_is_not_a_llama_server() {
     let mut d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
     d.wait_ready(&["a"]);

@@ -387,10 +387,15 @@ fn start_sleeper(ignore_term: bool) -> (std::process::Child, InstanceRecord) {
     } else {
         cmd.args(["-c", "exec sleep 60"]);
     }
-    let child = cmd.process_group(0).spawn().unwrap();
+    // The mark the daemon gives its children; only marked processes are reaped.
+    let child = cmd
+        .process_group(0)
+        .env(rocm_llm::supervisor::process::MODEL_MARK, "sleeper")
+        .spawn()
+        .unwrap();
     let pid = i32::try_from(child.id()).unwrap();
     let record = InstanceRecord {
-        model: format!("m{pid}"),
+        model: "sleeper".into(),
         pid,
         start_time: process_start_time(pid).unwrap(),
         launch_id: LaunchId("0123456789abcdef".into()),

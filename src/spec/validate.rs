@@ -36,6 +36,11 @@ pub struct Disk;
 impl FileProbe for Disk {
     fn check_gguf(&self, path: &Path) -> Result<(), String> {
         use std::io::Read;
+        // Opening a FIFO or a device would block or read forever.
+        let meta = std::fs::metadata(path).map_err(|e| describe_io(path, &e))?;
+        if !meta.is_file() {
+            return Err(format!("{} is not a regular file", path.display()));
+        }
         let mut file = std::fs::File::open(path).map_err(|e| describe_io(path, &e))?;
         let mut magic = [0u8; 4];
         match file.read_exact(&mut magic) {
@@ -210,6 +215,19 @@ const OWNED_ENV: &[&str] = &[
     "LLAMA_API_KEY",
     "LLAMA_ARG_API_KEY",
     "LLAMA_ARG_API_KEY_FILE",
+    "LLAMA_ARG_API_PREFIX",
+    "LLAMA_ARG_SSL_KEY_FILE",
+    "LLAMA_ARG_SSL_CERT_FILE",
+    "LLAMA_ARG_REUSE_PORT",
+    "LLAMA_ARG_STATIC_PATH",
+    "LLAMA_ARG_CORS_ORIGINS",
+    "LLAMA_ARG_HF_REPO",
+    "LLAMA_ARG_HF_FILE",
+    "LLAMA_ARG_MODEL_URL",
+    "LLAMA_ARG_DOCKER_REPO",
+    "LLAMA_ARG_MODELS_DIR",
+    "LLAMA_ARG_MODELS_PRESET",
+    "LLAMA_ARG_TOOLS",
 ];
 
 /// Flags the daemon sets itself; `extra_args` may not set them.
@@ -227,6 +245,75 @@ const OWNED_FLAGS: &[(&str, &str)] = &[
     (
         "--api-key-file",
         "use the top-level `api_key_file`; the daemon checks keys",
+    ),
+    (
+        "--api-prefix",
+        "the daemon routes llama-server's paths as they are",
+    ),
+    (
+        "--ssl-key-file",
+        "the daemon talks plain HTTP to its children on loopback",
+    ),
+    (
+        "--ssl-cert-file",
+        "the daemon talks plain HTTP to its children on loopback",
+    ),
+    (
+        "--reuse-port",
+        "another process could then bind the instance's port",
+    ),
+    ("--path", "the daemon serves no static files from a child"),
+    (
+        "--cors-origins",
+        "use the top-level `cors_origins`; the daemon answers browsers",
+    ),
+    (
+        "-hf",
+        "use `model` with a local GGUF; the daemon downloads nothing",
+    ),
+    (
+        "-hfr",
+        "use `model` with a local GGUF; the daemon downloads nothing",
+    ),
+    (
+        "--hf-repo",
+        "use `model` with a local GGUF; the daemon downloads nothing",
+    ),
+    (
+        "-hff",
+        "use `model` with a local GGUF; the daemon downloads nothing",
+    ),
+    (
+        "--hf-file",
+        "use `model` with a local GGUF; the daemon downloads nothing",
+    ),
+    (
+        "-mu",
+        "use `model` with a local GGUF; the daemon downloads nothing",
+    ),
+    (
+        "--model-url",
+        "use `model` with a local GGUF; the daemon downloads nothing",
+    ),
+    (
+        "-dr",
+        "use `model` with a local GGUF; the daemon downloads nothing",
+    ),
+    (
+        "--docker-repo",
+        "use `model` with a local GGUF; the daemon downloads nothing",
+    ),
+    (
+        "--models-dir",
+        "router mode is the daemon's job: declare each model",
+    ),
+    (
+        "--models-preset",
+        "router mode is the daemon's job: declare each model",
+    ),
+    (
+        "--tools",
+        "it lets any client run llama-server's built-in tools on this machine",
     ),
 ];
 

@@ -204,6 +204,11 @@ pub enum LeftoverOutcome {
     Recycled { start_time: u64 },
     /// The record is unusable (pid <= 1 or the daemon's own): ignored.
     Invalid,
+    /// The process runs but is not one the daemon started for this model
+    /// (its environment lacks the daemon's mark): left alone, so a forged
+    /// or stale state file cannot make the daemon stop someone else's
+    /// process.
+    NotOurs,
     /// It exited within the grace period after SIGTERM.
     Stopped,
     /// It needed SIGKILL.
@@ -302,6 +307,11 @@ pub async fn reap_leftovers(state_dir: &Path, grace: Duration) -> Vec<Leftover> 
                 tracing::warn!(model = %r.model, pid = r.pid, outcome = ?l.outcome,
                     "stopped a llama-server left over from a previous daemon")
             }
+            LeftoverOutcome::NotOurs => {
+                tracing::warn!(model = %r.model, pid = r.pid,
+                    "the state file names a process this daemon did not start (no {} mark); left alone",
+                    super::process::MODEL_MARK)
+            }
             LeftoverOutcome::Survived | LeftoverOutcome::SignalFailed(_) => {
                 tracing::error!(model = %r.model, pid = r.pid, outcome = ?l.outcome,
                     "could not stop a llama-server left over from a previous daemon")
@@ -323,6 +333,9 @@ fn classify(r: &InstanceRecord) -> (LeftoverOutcome, Option<Target>) {
             },
             None,
         ),
+        Ok(stat) if stat.state != 'Z' && !carries_mark(r.pid, &r.model) => {
+            (LeftoverOutcome::NotOurs, None)
+        }
         Ok(stat) if stat.pgrp != r.pid => {
             if stat.state == 'Z' {
                 (LeftoverOutcome::Gone, None)
@@ -350,6 +363,15 @@ fn classify(r: &InstanceRecord) -> (LeftoverOutcome, Option<Target>) {
             }
         }
     }
+}
+
+/// Whether a process's environment holds the mark the daemon gives each
+/// child (`ROCM_LLM_MODEL=<model>`, see `process::spawn`). An environment we
+/// cannot read is not ours.
+fn carries_mark(pid: i32, model: &str) -> bool {
+    let mark = format!("{}={model}", super::process::MODEL_MARK);
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()))
 }
 
 /// Whether the process with this pid and start time runs (not a zombie).

@@ -110,6 +110,10 @@ impl StopOutcome {
     }
 }
 
+/// The environment variable naming the model of each child the daemon
+/// starts; only processes that carry it are reaped as leftovers.
+pub const MODEL_MARK: &str = "ROCM_LLM_MODEL";
+
 /// A handle on a spawned llama-server. Cheap to clone; every clone observes
 /// the same exit and may stop the process. Dropping all handles does **not**
 /// kill the child (the reaper task keeps running until it exits); stop it
@@ -161,6 +165,10 @@ pub fn spawn(launch: &Launch, port: u16, logs: LogSink) -> Result<RunningProcess
         // to the child's loopback port. In the environment, not argv: other
         // users can read /proc/<pid>/cmdline but not /proc/<pid>/environ.
         .env("LLAMA_API_KEY", &*upstream_key)
+        // Marks the child as ours, for leftover reaping after a crash.
+        .env(MODEL_MARK, logs.model())
+        // The daemon's own secrets are not the child's business.
+        .env_remove("ROCM_LLM_API_KEY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
