@@ -173,10 +173,13 @@ impl DeviceReport {
 mod tests {
     use super::*;
 
+    /// A log line and what it parses to: device, kind, MiB, host of.
+    type Case<'a> = (&'a str, Option<(&'a str, BufferKind, f64, Option<&'a str>)>);
+
     #[test]
     fn buffer_lines() {
         use BufferKind::*;
-        let cases: &[(&str, Option<(&str, BufferKind, f64, Option<&str>)>)] = &[
+        let cases: &[Case] = &[
             (
                 "load_tensors:      Vulkan0 model buffer size =    68.85 MiB",
                 Some(("Vulkan0", Model, 68.85, Some("Vulkan0"))),
