@@ -153,7 +153,8 @@ impl DeviceReport {
             .iter()
             .filter(|b| b.device() == device && kind.is_none_or(|k| b.kind == k))
             .map(|b| b.mib)
-            .sum()
+            .sum::<f64>()
+            + 0.0 // an empty sum is -0.0
     }
 
     /// The devices that hold a buffer, in first-seen order (host excluded).
