@@ -174,10 +174,13 @@ impl DeviceReport {
 mod tests {
     use super::*;
 
+    /// (buffer, kind, MiB, device) a line should parse to.
+    type Parsed = (&'static str, BufferKind, f64, Option<&'static str>);
+
     #[test]
     fn buffer_lines() {
         use BufferKind::*;
-        let cases: &[(&str, Option<(&str, BufferKind, f64, Option<&str>)>)] = &[
+        let cases: &[(&str, Option<Parsed>)] = &[
             (
                 "load_tensors:      Vulkan0 model buffer size =    68.85 MiB",
                 Some(("Vulkan0", Model, 68.85, Some("Vulkan0"))),
