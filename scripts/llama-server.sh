@@ -35,7 +35,11 @@
 #   (default gfx1101, the flake's default).
 # Their cache is ${base}/llama.cpp-b11434-<backend>-<key>, where <key> hashes
 # the recipe (sdist, flags, targets, where it was built); the sdist tarball is
-# taken from the cpu cache when it is there.
+# taken from the cpu cache when it is there. A build of the same recipe that
+# was cut off resumes where it stopped. The cpu build keeps its own recipe of
+# record above (same entries as the flake's cpu flags except the commit
+# string, "unknown" instead of "b11434", and the GGML_HIP/VULKAN/CUDA=OFF
+# defaults left implicit), so that existing caches stay valid.
 #
 # Usage: scripts/llama-server.sh                    # cpu: path on stdout
 #        scripts/llama-server.sh --backend rocm     # or vulkan (or cpu)
