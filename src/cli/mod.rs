@@ -195,11 +195,24 @@ fn report(err: &LoadError) -> u8 {
     }
 }
 
+/// Prints what does not stop a launch but may: an architecture this
+/// llama.cpp does not know.
+fn warn_models(desired: &Desired) {
+    for m in desired.models.values() {
+        if let Ok(checked) = rocm_llm::gguf::check_model(&m.model) {
+            for w in &checked.warnings {
+                eprintln!("warning: models.{}.model: {w}", m.name);
+            }
+        }
+    }
+}
+
 fn validate_files(files: &[PathBuf]) -> ExitCode {
     let mut worst = 0;
     for file in files {
         match load_spec(file) {
             Ok(desired) => {
+                warn_models(&desired);
                 let enabled = desired.enabled_models().count();
                 println!(
                     "{}: ok ({} model{}, {enabled} enabled)",
@@ -219,6 +232,7 @@ fn plan_file(file: &Path) -> ExitCode {
         Ok(d) => d,
         Err(e) => return ExitCode::from(report(&e)),
     };
+    warn_models(&desired);
     emit(&format!(
         "{}{}",
         render_plan(&desired),

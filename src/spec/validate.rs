@@ -28,17 +28,12 @@ pub struct Disk;
 
 impl FileProbe for Disk {
     fn check_gguf(&self, path: &Path) -> Result<(), String> {
-        use std::io::Read;
-        let mut file = std::fs::File::open(path).map_err(|e| describe_io(path, &e))?;
-        let mut magic = [0u8; 4];
-        match file.read_exact(&mut magic) {
-            Ok(()) if &magic == b"GGUF" => Ok(()),
-            Ok(()) => Err(format!(
-                "{} is not a GGUF file (it does not start with the GGUF magic)",
-                path.display()
-            )),
-            Err(_) => Err(format!("{} is too short to be a GGUF file", path.display())),
-        }
+        // Missing and unreadable files get the plain file messages; the rest
+        // is the GGUF check (header, truncation, split parts).
+        std::fs::File::open(path).map_err(|e| describe_io(path, &e))?;
+        crate::gguf::check_model(path)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
     fn check_readable(&self, path: &Path) -> Result<(), String> {
         let meta = std::fs::metadata(path).map_err(|e| describe_io(path, &e))?;
