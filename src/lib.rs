@@ -14,6 +14,7 @@
 
 pub mod daemon;
 pub mod gguf;
+pub mod memory;
 pub mod plan;
 pub mod proxy;
 pub mod spec;

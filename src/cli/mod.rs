@@ -74,6 +74,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the memory estimate against the real llama-server: generate
+    /// models with real models' shapes (few layers, zero weights), start
+    /// llama-server on each with several settings, and print a table of the
+    /// estimate against the buffer sizes llama-server reports.
+    MemoryReport {
+        /// The llama-server to measure (default: $ROCM_LLM_LLAMA_SERVER or PATH).
+        #[arg(long)]
+        llama_server: Option<PathBuf>,
+        /// Only shapes whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+        /// Every setting (ctx 4k-32k, f16/q8_0, flash attention on/off,
+        /// 1/4 slots) instead of the three CI settings.
+        #[arg(long)]
+        full: bool,
+        /// Also measure this GGUF file (e.g. SmolLM2).
+        #[arg(long)]
+        model: Vec<PathBuf>,
+        /// Write the generated models into this directory and keep them.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
     /// Write a tiny random-weight llama GGUF (~0.5 MB) for demos and tests.
     /// It loads in milliseconds and answers, in gibberish.
     DemoModel {
@@ -101,6 +123,19 @@ pub fn main() -> ExitCode {
             log,
         } => serve::run(spec, state_dir, debounce, &log),
         Command::Status { control, json } => status::run(&control, json),
+        Command::MemoryReport {
+            llama_server,
+            only,
+            full,
+            model,
+            keep,
+        } => memory_report(
+            &llama_server.unwrap_or_else(default_llama_server),
+            only.as_deref(),
+            full,
+            &model,
+            keep,
+        ),
         Command::DemoModel { out, seed } => {
             let name = out
                 .file_stem()
@@ -354,4 +389,96 @@ fn shell_word(s: &str) -> String {
         env: Default::default(),
     }
     .shell_line()
+}
+
+fn memory_report(
+    server: &Path,
+    only: Option<&str>,
+    full: bool,
+    models: &[PathBuf],
+    keep: Option<PathBuf>,
+) -> ExitCode {
+    use rocm_llm::memory::accuracy;
+    let keeping = keep.is_some();
+    let dir = match keep.map_or_else(tempfile_dir, |d| {
+        std::fs::create_dir_all(&d)
+            .map(|()| d)
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let settings = if full {
+        accuracy::full_settings()
+    } else {
+        accuracy::ci_settings()
+    };
+    let mut results = Vec::new();
+    let mut failed = false;
+    let port = 18000 + (std::process::id() % 1000) as u16;
+    let mut run = |name: &str, r: Result<accuracy::CaseResult, String>| match r {
+        Ok(r) => {
+            eprintln!("{} {}: {:+.1} %", r.model, r.settings, r.error() * 100.0);
+            results.push(r);
+        }
+        Err(e) => {
+            eprintln!("error: {name}: {e}");
+            failed = true;
+        }
+    };
+    for shape in rocm_llm::gguf::shapes::real_shapes() {
+        if only.is_some_and(|o| !shape.name.contains(o)) {
+            continue;
+        }
+        for s in &settings {
+            let r = accuracy::run_case(server, &dir, &shape, s, port);
+            run(shape.name, r);
+        }
+        if !keeping {
+            let _ = std::fs::remove_file(dir.join(format!("{}.gguf", shape.name)));
+        }
+    }
+    for m in models {
+        let name = m
+            .file_stem()
+            .map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned());
+        for s in &settings {
+            let r = accuracy::run_file_case(server, m, &name, s, port);
+            run(&name, r);
+        }
+    }
+    if !keeping {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    emit(&accuracy::render_table(&results));
+    if let Some(worst) = results
+        .iter()
+        .max_by(|a, b| a.error().abs().total_cmp(&b.error().abs()))
+    {
+        emit(&format!(
+            "\nworst: {} {}: {:+.1} %; {} of {} cases within +5 %/-2 %\n",
+            worst.model,
+            worst.settings,
+            worst.error() * 100.0,
+            results
+                .iter()
+                .filter(|r| (-0.02..=0.05).contains(&r.error()))
+                .count(),
+            results.len()
+        ));
+    }
+    if failed {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn tempfile_dir() -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("rocm-llm-memory-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
 }

@@ -19,6 +19,7 @@
 
 pub mod check;
 pub mod read;
+pub mod shapes;
 pub mod tiny;
 pub mod write;
 
