@@ -45,6 +45,10 @@ enum Command {
     Plan {
         /// The spec file.
         file: PathBuf,
+        /// Print one JSON object (models, their command lines and memory
+        /// estimates per device; see docs/memory.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Print the spec's JSON Schema (for editors and CI).
     Schema,
@@ -111,7 +115,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { files } => validate_files(&files),
-        Command::Plan { file } => plan_file(&file),
+        Command::Plan { file, json } => plan_file(&file, json),
         Command::Schema => {
             emit(&format!("{}\n", schema_json()));
             ExitCode::SUCCESS
@@ -262,23 +266,69 @@ fn validate_files(files: &[PathBuf]) -> ExitCode {
     ExitCode::from(worst)
 }
 
-fn plan_file(file: &Path) -> ExitCode {
+fn plan_file(file: &Path, json: bool) -> ExitCode {
     let desired = match load_spec(file) {
         Ok(d) => d,
         Err(e) => return ExitCode::from(report(&e)),
     };
     warn_models(&desired);
+    let listed = plan_devices(&desired);
+    if json {
+        emit(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&plan_json(&desired, &listed)).unwrap_or_default()
+        ));
+        return ExitCode::SUCCESS;
+    }
     emit(&format!(
         "{}{}",
-        render_plan(&desired),
+        render_plan(&desired, &listed),
         render_diff(&desired)
     ));
     ExitCode::SUCCESS
 }
 
-pub fn render_plan(desired: &Desired) -> String {
+/// The GPUs llama-server will use, as [`memory::Device`]s.
+pub fn plan_devices(desired: &Desired) -> Vec<rocm_llm::memory::plan::ListedDevice> {
+    rocm_llm::memory::plan::list_devices(&desired.llama_server)
+}
+
+fn gpus_of(listed: &[rocm_llm::memory::plan::ListedDevice]) -> Vec<rocm_llm::memory::Device> {
+    listed
+        .iter()
+        .map(|d| rocm_llm::memory::Device::new(&d.name, d.free))
+        .collect()
+}
+
+fn gpu_layers_text(e: &memory::Estimate) -> String {
+    if e.gpu_layers == 0 {
+        "none (no GPU)".to_owned()
+    } else if e.gpu_layers == e.n_layer + 1 {
+        "all".to_owned()
+    } else {
+        format!("{} of {}", e.gpu_layers, e.n_layer + 1)
+    }
+}
+
+fn parts_line(p: &memory::Parts) -> String {
+    let mut s = format!(
+        "weights {} + KV {} + compute {} + output {}",
+        memory::human_bytes(p.weights),
+        memory::human_bytes(p.kv),
+        memory::human_bytes(p.compute),
+        memory::human_bytes(p.output),
+    );
+    if p.overhead > 0 {
+        s.push_str(&format!(" + overhead {}", memory::human_bytes(p.overhead)));
+    }
+    s.push_str(&format!(" = {}", memory::human_bytes(p.total())));
+    s
+}
+
+pub fn render_plan(desired: &Desired, listed: &[rocm_llm::memory::plan::ListedDevice]) -> String {
+    let gpus = gpus_of(listed);
     let mut out = String::new();
-    let mut always_on = 0u64;
+    let mut always_on: Vec<memory::Estimate> = Vec::new();
     let mut largest_on_demand: Option<(u64, &str)> = None;
     for m in desired.models.values() {
         let launch = Launch::for_model(m, &desired.llama_server);
@@ -294,32 +344,36 @@ pub fn render_plan(desired: &Desired) -> String {
         if m.lifecycle.on_demand {
             out.push_str("#   on demand: starts at its first request\n");
         }
-        match rocm_llm::gguf::GgufHeader::read_path(&m.model)
-            .ok()
-            .and_then(|h| memory::estimate(&h, &m.launch))
-        {
-            Some(e) => {
-                let cache = |t: Option<rocm_llm::spec::CacheType>| {
-                    t.map_or("f16".to_owned(), |t| t.to_string())
-                };
+        match rocm_llm::memory::plan::model_estimate(m, &gpus) {
+            Ok(e) => {
                 out.push_str(&format!(
-                    "#   memory: weights {} + KV cache {} ({} tokens, {}/{}) = {}, plus compute buffers\n",
-                    memory::human_bytes(e.weights_bytes),
-                    memory::human_bytes(e.kv_cache_bytes),
-                    e.context,
-                    cache(m.launch.cache_type_k),
-                    cache(m.launch.cache_type_v),
+                    "#   memory: {} in all; context {} cells ({} slot{}{}), flash attention {}, GPU layers {}\n",
                     memory::human_bytes(e.total_bytes()),
+                    e.context,
+                    e.slots,
+                    if e.slots == 1 { "" } else { "s" },
+                    if e.context == e.context_per_slot && e.slots > 1 {
+                        ", unified"
+                    } else {
+                        ""
+                    },
+                    if e.flash_attn { "on" } else { "off" },
+                    gpu_layers_text(&e),
                 ));
+                for (dev, p) in &e.devices {
+                    if p.total() > 0 {
+                        out.push_str(&format!("#     {dev}: {}\n", parts_line(p)));
+                    }
+                }
                 if m.lifecycle.on_demand {
                     if largest_on_demand.is_none_or(|(b, _)| e.total_bytes() > b) {
                         largest_on_demand = Some((e.total_bytes(), &m.name));
                     }
                 } else {
-                    always_on = always_on.saturating_add(e.total_bytes());
+                    always_on.push(e);
                 }
             }
-            None => out.push_str("#   memory: cannot be estimated from this GGUF header\n"),
+            Err(e) => out.push_str(&format!("#   memory: cannot be estimated: {e}\n")),
         }
         for (k, v) in &launch.env {
             out.push_str(&format!("{k}={} \\\n  ", shell_word(v)));
@@ -327,17 +381,115 @@ pub fn render_plan(desired: &Desired) -> String {
         out.push_str(&launch.shell_line());
         out.push_str(" --host 127.0.0.1 --port <chosen at start>\n\n");
     }
+    let sums = rocm_llm::memory::plan::sum_devices(&always_on);
+    let total: u64 = sums.values().map(memory::Parts::total).sum();
     out.push_str(&format!(
-        "# memory of the models that start at once: {} (weights + KV cache)\n",
-        memory::human_bytes(always_on)
+        "# memory of the models that start at once: {}\n",
+        memory::human_bytes(total)
     ));
+    for (dev, p) in &sums {
+        let of = listed
+            .iter()
+            .find(|d| d.name == *dev)
+            .map(|d| {
+                format!(
+                    " of {} ({} free now)",
+                    memory::human_bytes(d.total),
+                    memory::human_bytes(d.free)
+                )
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "#   {dev}: {}{of}\n",
+            memory::human_bytes(p.total())
+        ));
+    }
     if let Some((bytes, name)) = largest_on_demand {
         out.push_str(&format!(
             "# with the largest on-demand model ({name}) loaded as well: {}\n",
-            memory::human_bytes(always_on.saturating_add(bytes))
+            memory::human_bytes(total.saturating_add(bytes))
         ));
     }
     out
+}
+
+/// `rocm-llm plan --json`: one object; docs/memory.md documents its shape.
+pub fn plan_json(
+    desired: &Desired,
+    listed: &[rocm_llm::memory::plan::ListedDevice],
+) -> serde_json::Value {
+    use serde_json::json;
+    let gpus = gpus_of(listed);
+    let parts_json = |p: &memory::Parts| {
+        json!({
+            "weights_bytes": p.weights,
+            "kv_bytes": p.kv,
+            "compute_bytes": p.compute,
+            "output_bytes": p.output,
+            "overhead_bytes": p.overhead,
+            "total_bytes": p.total(),
+        })
+    };
+    let mut models = serde_json::Map::new();
+    let mut always_on = Vec::new();
+    for m in desired.models.values() {
+        let launch = Launch::for_model(m, &desired.llama_server);
+        let mut entry = json!({
+            "enabled": m.enabled,
+            "on_demand": m.lifecycle.on_demand,
+            "launch_id": launch.identity().0,
+            "program": launch.program.display().to_string(),
+            "args": launch.args,
+            "env": launch.env,
+            "command_line": format!("{} --host 127.0.0.1 --port <chosen at start>", launch.shell_line()),
+            "memory": null,
+        });
+        if m.enabled {
+            match rocm_llm::memory::plan::model_estimate(m, &gpus) {
+                Ok(e) => {
+                    let devices: serde_json::Map<String, serde_json::Value> = e
+                        .devices
+                        .iter()
+                        .map(|(d, p)| (d.clone(), parts_json(p)))
+                        .collect();
+                    entry["memory"] = json!({
+                        "total_bytes": e.total_bytes(),
+                        "devices": devices,
+                        "context": e.context,
+                        "context_per_slot": e.context_per_slot,
+                        "slots": e.slots,
+                        "flash_attn": e.flash_attn,
+                        "gpu_layers": e.gpu_layers,
+                        "layers": e.n_layer + 1,
+                    });
+                    if !m.lifecycle.on_demand {
+                        always_on.push(e);
+                    }
+                }
+                Err(err) => entry["memory_error"] = json!(err),
+            }
+        }
+        models.insert(m.name.clone(), entry);
+    }
+    let sums = rocm_llm::memory::plan::sum_devices(&always_on);
+    let devices: serde_json::Map<String, serde_json::Value> = listed
+        .iter()
+        .map(|d| {
+            (
+                d.name.clone(),
+                json!({"description": d.description, "total_bytes": d.total, "free_bytes": d.free}),
+            )
+        })
+        .collect();
+    json!({
+        "llama_server": desired.llama_server.display().to_string(),
+        "devices": devices,
+        "models": models,
+        "always_on": {
+            "total_bytes": sums.values().map(memory::Parts::total).sum::<u64>(),
+            "devices": sums.iter().map(|(d, p)| (d.clone(), parts_json(p))).collect::<serde_json::Map<_, _>>(),
+        },
+    })
 }
 
 /// What the running daemon (if one answers on the spec's control address)

@@ -18,6 +18,7 @@ pub mod accuracy;
 pub mod estimate;
 pub mod hparams;
 pub mod log;
+pub mod plan;
 pub mod probe;
 pub mod settings;
 
