@@ -500,3 +500,285 @@ impl ComputeGraph<'_> {
         self.masks() + peak
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgmlType;
+    use crate::gguf::shapes::{Shape, ShapeArch, real_shapes, shape_writer};
+    use crate::spec::{GpuLayers, LaunchOptions};
+
+    const MIB: u64 = 1 << 20;
+
+    fn header(shape: &Shape) -> GgufHeader {
+        let mut out = Vec::new();
+        shape_writer(shape)
+            .unwrap()
+            .write_to(&mut HeaderOnly(&mut out))
+            .ok();
+        GgufHeader::read(&out[..], 1 << 30).unwrap()
+    }
+
+    /// Keeps what is written up to the tensor data (the header), so a
+    /// multi-gigabyte shape costs nothing here.
+    struct HeaderOnly<'a>(&'a mut Vec<u8>);
+    impl std::io::Write for HeaderOnly<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.0.len() > 64 << 20 {
+                return Err(std::io::Error::other("header only"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn shape(name: &str) -> Shape {
+        real_shapes().into_iter().find(|s| s.name == name).unwrap()
+    }
+
+    fn small() -> Shape {
+        Shape {
+            name: "small",
+            arch: ShapeArch::Llama,
+            n_embd: 256,
+            n_layer: 4,
+            n_head: 4,
+            n_head_kv: 2,
+            head_dim: 64,
+            n_ff: 512,
+            n_vocab: 1000,
+            tied: false,
+            n_swa: 0,
+            moe: None,
+            weights: GgmlType::F16,
+            n_ctx_train: 4096,
+        }
+    }
+
+    fn run(shape: &Shape, o: &LaunchOptions, gpus: &[Device]) -> Estimate {
+        estimate_model(&header(shape), o, gpus).unwrap()
+    }
+
+    fn opts(f: impl FnOnce(&mut LaunchOptions)) -> LaunchOptions {
+        let mut o = LaunchOptions::default();
+        f(&mut o);
+        o
+    }
+
+    #[test]
+    fn layers_offload_from_the_output_layer_down() {
+        // b11434's load_tensors: i_gpu_start = n_layer + 1 - n_gpu_layers,
+        // and the output layer is layer n_layer, so it is the first to go.
+        let one = [Device::new("ROCm0", 16 << 30)];
+        let check = |offload: Offload, expected: &[Option<usize>]| {
+            let s = Settings {
+                offload,
+                ..Settings::resolve(&LaunchOptions::default(), 4096)
+            };
+            assert_eq!(layer_devices(4, &s, &one), expected, "{offload:?}");
+        };
+        let (c, g) = (None, Some(0));
+        check(Offload::Layers(0), &[c, c, c, c, c]);
+        check(Offload::Layers(1), &[c, c, c, c, g]);
+        check(Offload::Layers(2), &[c, c, c, g, g]);
+        check(Offload::Layers(4), &[c, g, g, g, g]);
+        check(Offload::Layers(5), &[g, g, g, g, g]);
+        check(Offload::Layers(99), &[g, g, g, g, g]);
+        check(Offload::All, &[g, g, g, g, g]);
+        // No GPU: everything on the host whatever is asked.
+        let s = Settings::resolve(&LaunchOptions::default(), 4096);
+        assert_eq!(layer_devices(4, &s, &[]), vec![None; 5]);
+    }
+
+    #[test]
+    fn layers_split_across_gpus_by_tensor_split_or_free_memory() {
+        let two = [
+            Device::new("ROCm0", 8 << 30),
+            Device::new("ROCm1", 24 << 30),
+        ];
+        let check = |extra: &[&str], expected: &[Option<usize>]| {
+            let o = opts(|o| o.extra_args = extra.iter().map(|s| s.to_string()).collect());
+            let s = Settings::resolve(&o, 4096);
+            assert_eq!(layer_devices(7, &s, &two), expected, "{extra:?}");
+        };
+        let (a, b) = (Some(0), Some(1));
+        // By free memory, 1:3 over 8 layers (7 + output): 2 and 6.
+        check(&[], &[a, a, b, b, b, b, b, b]);
+        check(&["--tensor-split", "1,1"], &[a, a, a, a, b, b, b, b]);
+        check(&["-ts", "3/1"], &[a, a, a, a, a, a, b, b]);
+        check(&["--tensor-split=0,1"], &[b; 8]);
+        check(&["-sm", "none"], &[a; 8]);
+        check(&["-sm", "none", "-mg", "1"], &[b; 8]);
+    }
+
+    #[test]
+    fn weights_follow_their_layers_experts_and_overrides() {
+        let s = small();
+        let gpu = [Device::new("CUDA0", 16 << 30)];
+        let all = run(&s, &LaunchOptions::default(), &gpu);
+        let embd = 256 * 1000 * 2;
+        let total: u64 = header(&s).total_tensor_bytes().unwrap();
+        assert_eq!(
+            all.devices["CPU"].weights, embd,
+            "only the input layer stays"
+        );
+        assert_eq!(all.devices["CUDA0"].weights, total - embd);
+        assert_eq!(all.gpu_layers, 5);
+        assert_eq!(all.devices["CUDA0"].overhead, 384 * MIB);
+
+        // Two: the output layer and layer 3 go; the host keeps the input and
+        // layers 0-2, contiguous in the file, so its mapped range is exact.
+        let two = run(
+            &s,
+            &opts(|o| o.gpu_layers = Some(GpuLayers::Count(2))),
+            &gpu,
+        );
+        assert_eq!(two.gpu_layers, 2);
+        let layer = 2 * 256 * 4 + (256 * 256 * 2 + 2 * 256 * 128 + 3 * 256 * 512) * 2;
+        let output = 256 * 4 + 256 * 1000 * 2;
+        assert_eq!(two.devices["CUDA0"].weights, layer + output);
+        assert_eq!(two.devices["CPU"].weights, total - layer - output);
+
+        // Tied embeddings: the offloaded output layer loads its own copy.
+        let tied = Shape {
+            tied: true,
+            ..small()
+        };
+        let t = run(&tied, &LaunchOptions::default(), &gpu);
+        let tied_total = header(&tied).total_tensor_bytes().unwrap();
+        assert_eq!(t.devices["CPU"].weights, embd);
+        assert_eq!(t.devices["CUDA0"].weights, tied_total);
+
+        // An override sends matching tensors to the host.
+        let o = opts(|o| o.extra_args = vec!["-ot".into(), "ffn_.*=CPU".into()]);
+        let ot = run(&s, &o, &gpu);
+        let ffn = 4 * 3 * 256 * 512 * 2;
+        assert_eq!(
+            ot.devices["CUDA0"].weights,
+            total - embd - ffn - 4 * 256 * 4
+        );
+    }
+
+    #[test]
+    fn cpu_moe_keeps_the_experts_of_the_first_layers_on_the_host() {
+        let m = Shape {
+            moe: Some((8, 2, 128)),
+            arch: ShapeArch::Qwen3Moe,
+            ..small()
+        };
+        let gpu = [Device::new("ROCm0", 16 << 30)];
+        let expert_layer = 3 * 256 * 128 * 8 * 2;
+        let base = run(&m, &LaunchOptions::default(), &gpu);
+        for (args, layers_on_host) in [
+            (vec!["--n-cpu-moe", "1"], 1),
+            (vec!["--n-cpu-moe=3"], 3),
+            (vec!["--cpu-moe"], 4),
+        ] {
+            let o = opts(|o| o.extra_args = args.iter().map(|s| s.to_string()).collect());
+            let e = run(&m, &o, &gpu);
+            assert_eq!(
+                base.devices["ROCm0"].weights - e.devices["ROCm0"].weights,
+                layers_on_host * expert_layer,
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn kv_cache_sizes_follow_llama_cpp() {
+        // (shape, ctx, parallel, extra args, KV bytes)
+        let f16 = 2u64;
+        let llama = shape("llama3-8b"); // 2 layers, 8 KV heads of 128
+        let row = 8 * 128 * f16 * 2; // K + V per cell and layer
+        let gemma = shape("gemma3-1b"); // 6 layers: 5 sliding (512), 1 full; 1 KV head of 256
+        let grow = 256 * f16 * 2;
+        let cases: Vec<(&Shape, u32, Option<u32>, Vec<&str>, u64)> = vec![
+            (&llama, 4096, None, vec![], 2 * row * 4096),
+            // Padded to 256.
+            (&llama, 4000, None, vec![], 2 * row * 4096),
+            // 4 separate slots: 1000 cells each, padded to 1024.
+            (&llama, 4000, Some(4), vec![], 2 * row * 4096),
+            (&llama, 3000, Some(4), vec![], 2 * row * 768 * 4),
+            (&llama, 3000, Some(4), vec!["--kv-unified"], 2 * row * 3072),
+            // iSWA: the window (512) plus a ubatch, times the slots when unified.
+            (&gemma, 8192, Some(1), vec![], grow * (8192 + 5 * 1024)),
+            (&gemma, 8192, None, vec![], grow * (8192 + 5 * 2560)),
+            (&gemma, 8192, Some(4), vec![], grow * 4 * (2048 + 5 * 1024)),
+            (&gemma, 8192, Some(1), vec!["--swa-full"], grow * 6 * 8192),
+            // A small context caps the window.
+            (&gemma, 512, Some(1), vec![], grow * 6 * 512),
+        ];
+        for (s, ctx, parallel, extra, expected) in cases {
+            let o = opts(|o| {
+                o.ctx_size = Some(ctx);
+                o.parallel = parallel;
+                o.extra_args = extra.iter().map(|x| x.to_string()).collect();
+            });
+            let e = run(s, &o, &[]);
+            assert_eq!(
+                e.devices["CPU"].kv, expected,
+                "{} ctx {ctx} np {parallel:?} {extra:?}",
+                s.name
+            );
+        }
+    }
+
+    #[test]
+    fn mla_keeps_no_v_and_recurrent_layers_keep_state() {
+        let mut w = crate::gguf::GgufWriter::new();
+        w.add_kv("general.architecture", "deepseek2")
+            .add_kv("deepseek2.block_count", 2u32)
+            .add_kv("deepseek2.embedding_length", 2048u32)
+            .add_kv("deepseek2.attention.head_count", 16u32)
+            .add_kv("deepseek2.attention.head_count_kv", 1u32)
+            .add_kv("deepseek2.attention.key_length", 576u32)
+            .add_kv("deepseek2.attention.value_length", 512u32)
+            .add_kv("deepseek2.attention.key_length_mla", 192u32)
+            .add_kv("deepseek2.attention.value_length_mla", 128u32)
+            .add_kv("deepseek2.vocab_size", 1000u32);
+        let mut b = Vec::new();
+        w.write_to(&mut b).unwrap();
+        let h = GgufHeader::read(&b[..], 1 << 20).unwrap();
+        let o = opts(|o| {
+            o.ctx_size = Some(1024);
+            o.parallel = Some(1);
+        });
+        let e = estimate_model(&h, &o, &[]).unwrap();
+        assert_eq!(e.devices["CPU"].kv, 2 * 576 * 2 * 1024);
+
+        let mut w = crate::gguf::GgufWriter::new();
+        w.add_kv("general.architecture", "mamba")
+            .add_kv("mamba.block_count", 3u32)
+            .add_kv("mamba.embedding_length", 768u32)
+            .add_kv("mamba.ssm.conv_kernel", 4u32)
+            .add_kv("mamba.ssm.inner_size", 1536u32)
+            .add_kv("mamba.ssm.state_size", 16u32)
+            .add_kv("mamba.vocab_size", 1000u32);
+        let mut b = Vec::new();
+        w.write_to(&mut b).unwrap();
+        let h = GgufHeader::read(&b[..], 1 << 20).unwrap();
+        let e = estimate_model(&h, &opts(|o| o.parallel = Some(2)), &[]).unwrap();
+        // Per layer and sequence: conv (4-1) x 1536 and ssm 16 x 1536, f32.
+        assert_eq!(e.devices["CPU"].kv, 3 * 2 * (3 * 1536 + 16 * 1536) * 4);
+    }
+
+    #[test]
+    fn overrides_match_like_the_patterns_people_write() {
+        for (pattern, name, expected) in [
+            ("exps=CPU", "blk.3.ffn_up_exps.weight", true),
+            (r"\.ffn_.*_exps\.", "blk.3.ffn_up_exps.weight", true),
+            (r"blk\.(1|2)\.ffn", "blk.2.ffn_up.weight", true),
+            (r"blk\.\d+\.ffn_down", "blk.12.ffn_down.weight", true),
+            ("attn", "blk.0.ffn_up.weight", false),
+            ("^output", "blk.0.output", false),
+            ("^output", "output.weight", true),
+        ] {
+            let p = pattern.split('=').next().unwrap();
+            assert_eq!(override_matches(p, name), expected, "{pattern} {name}");
+        }
+    }
+}
