@@ -696,7 +696,8 @@ mod tests {
         let row = 8 * 128 * f16 * 2; // K + V per cell and layer
         let gemma = shape("gemma3-1b"); // 6 layers: 5 sliding (512), 1 full; 1 KV head of 256
         let grow = 256 * f16 * 2;
-        let cases: Vec<(&Shape, u32, Option<u32>, Vec<&str>, u64)> = vec![
+        type Case<'a> = (&'a Shape, u32, Option<u32>, Vec<&'a str>, u64);
+        let cases: Vec<Case> = vec![
             (&llama, 4096, None, vec![], 2 * row * 4096),
             // Padded to 256.
             (&llama, 4000, None, vec![], 2 * row * 4096),
