@@ -113,7 +113,7 @@ fn plan_prints_the_exact_command_line_and_environment() {
     );
     let model = dir.path().join("tiny.gguf");
     let expected = format!(
-        "HSA_OVERRIDE_GFX_VERSION=11.0.1 \\\n  /opt/llama/bin/llama-server --model {} --alias tiny --ctx-size 512 --flash-attn on --fit off --top-k 40 --host 127.0.0.1 --port <chosen at start>",
+        "HSA_OVERRIDE_GFX_VERSION=11.0.1 \\\n  /opt/llama/bin/llama-server --model {} --alias tiny --ctx-size 512 --flash-attn on --fit off -lv 4 --top-k 40 --host 127.0.0.1 --port <chosen at start>",
         model.display()
     );
     assert!(

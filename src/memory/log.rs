@@ -69,6 +69,11 @@ impl LogUsage {
         let Some((name, kind, bytes)) = parse_buffer_line(line) else {
             return false;
         };
+        // A model buffer after the compute buffers: a new process loading
+        // (a restart writes into the same model's log).
+        if kind == "weights" && !self.last_compute.is_empty() {
+            *self = LogUsage::default();
+        }
         match kind {
             "weights" | "kv" => {
                 let p = self.devices.entry(buffer_device(&name)).or_default();
@@ -145,6 +150,20 @@ srv  load_model: something else = 12.00 MiB
         assert_eq!(gpu.kv, 80 * MIB);
         assert_eq!(gpu.compute, 301 * MIB);
         assert_eq!(u.devices.len(), 2);
+    }
+
+    #[test]
+    fn a_new_load_starts_over() {
+        let mut u = LogUsage::default();
+        for l in [
+            "load_tensors:   CPU_Mapped model buffer size =   100.00 MiB",
+            "sched_reserve:        CPU compute buffer size =    10.00 MiB",
+            "load_tensors:   CPU_Mapped model buffer size =    50.00 MiB",
+        ] {
+            u.feed(l);
+        }
+        assert_eq!(u.devices["CPU"].weights, 50 * MIB);
+        assert_eq!(u.devices["CPU"].compute, 0);
     }
 
     #[test]

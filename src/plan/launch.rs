@@ -104,6 +104,26 @@ impl Launch {
             args.push("--fit".into());
             args.push("off".into());
         }
+        // Verbosity 4 makes llama-server print its buffer sizes per device
+        // at load, which is how status measures each instance on every
+        // backend (some 180 lines at load, about 30 per request). A
+        // verbosity in `extra_args` is the user's choice.
+        let user_verbosity = o.extra_args.iter().any(|a| {
+            matches!(
+                a.split('=').next().unwrap_or(""),
+                "-lv"
+                    | "--verbosity"
+                    | "--log-verbosity"
+                    | "-v"
+                    | "--verbose"
+                    | "--log-verbose"
+                    | "--log-disable"
+            )
+        });
+        if !user_verbosity {
+            args.push("-lv".into());
+            args.push("4".into());
+        }
         args.extend(o.extra_args.iter().cloned());
         Launch {
             program: program.to_owned(),

@@ -80,6 +80,8 @@ pub struct LogSink {
     max_lines: usize,
     max_line_bytes: usize,
     ring: Arc<Mutex<Ring>>,
+    /// The buffer sizes llama-server printed (at `-lv 4`), per device.
+    memory: Arc<Mutex<crate::memory::log::LogUsage>>,
 }
 
 impl LogSink {
@@ -93,6 +95,7 @@ impl LogSink {
                 lines: VecDeque::with_capacity(DEFAULT_MAX_LINES),
                 dropped: 0,
             })),
+            memory: Arc::default(),
         }
     }
 
@@ -113,6 +116,7 @@ impl LogSink {
                 lines: VecDeque::new(),
                 dropped: 0,
             })),
+            memory: Arc::default(),
         })
     }
 
@@ -129,6 +133,10 @@ impl LogSink {
     /// Appends a line, truncating it to the byte cap and evicting the oldest
     /// line when full.
     pub fn push(&self, stream: LogStream, text: &str) {
+        self.memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .feed(text);
         let text = truncate_line(text, self.max_line_bytes);
         let line = LogLine {
             at: SystemTime::now(),
@@ -141,6 +149,16 @@ impl LogSink {
             ring.dropped += 1;
         }
         ring.lines.push_back(line);
+    }
+
+    /// What the latest llama-server said it allocated, per device (empty
+    /// until its buffer lines arrive; they are kept when the lines scroll
+    /// out of the buffer).
+    pub fn memory(&self) -> crate::memory::log::LogUsage {
+        self.memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The last `n` lines (fewer if fewer were kept), oldest first.
