@@ -124,7 +124,7 @@ fn plan_prints_the_exact_command_line_and_environment() {
     // The memory estimate from the GGUF header (checked against
     // llama-server's own figures in tests/memory.rs).
     assert!(
-        stdout.contains("#   memory: weights 450.75 KiB + KV cache 256.00 KiB (512 tokens, f16/f16) = 706.75 KiB, plus compute buffers"),
+        stdout.contains("#     CPU: weights 450.75 KiB + KV 256.00 KiB + compute 1.88 MiB + output 4.05 KiB = 2.57 MiB"),
         "{stdout}"
     );
     // The same spec named relatively from its own directory plans the same launch.
