@@ -71,3 +71,35 @@ pub fn human_bytes(n: u64) -> String {
         format!("{value:.2} {}", UNITS[unit])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_like_people_write_them() {
+        for (n, text) in [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.00 KiB"),
+            (469_760, "458.75 KiB"),
+            (5 << 30, "5.00 GiB"),
+        ] {
+            assert_eq!(human_bytes(n), text);
+        }
+    }
+
+    #[test]
+    fn parts_add_up() {
+        let mut a = Parts {
+            weights: 1,
+            kv: 2,
+            compute: 3,
+            output: 4,
+            overhead: 5,
+        };
+        assert_eq!(a.total(), 15);
+        a.add(&a.clone());
+        assert_eq!(a.total(), 30);
+    }
+}

@@ -96,3 +96,39 @@ pub fn sum_devices<'a>(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_devices_output_is_parsed() {
+        let text = "\
+ggml_cuda_init: found 1 ROCm devices:
+Available devices:
+  ROCm0: AMD Radeon RX 7800 XT (16368 MiB, 16200 MiB free)
+  Vulkan0: llvmpipe (LLVM 15.0.6, 256 bits) (32000 MiB, 31000 MiB free)
+";
+        let d = parse_list_devices(text);
+        assert_eq!(
+            d,
+            vec![
+                ListedDevice {
+                    name: "ROCm0".into(),
+                    description: "AMD Radeon RX 7800 XT".into(),
+                    total: 16368 << 20,
+                    free: 16200 << 20,
+                },
+                ListedDevice {
+                    name: "Vulkan0".into(),
+                    description: "llvmpipe (LLVM 15.0.6, 256 bits)".into(),
+                    total: 32000 << 20,
+                    free: 31000 << 20,
+                },
+            ]
+        );
+        assert!(parse_list_devices("Available devices:\n  (none)\n").is_empty());
+        // Nothing runs: no devices, everything planned on the host.
+        assert!(list_devices(Path::new("/nonexistent/llama-server")).is_empty());
+    }
+}
