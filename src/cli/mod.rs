@@ -99,6 +99,9 @@ enum Command {
         /// Write the generated models into this directory and keep them.
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// Pass `--gpu-layers N` (for a build with an offload device).
+        #[arg(long)]
+        gpu_layers: Option<u32>,
     },
     /// Write a tiny random-weight llama GGUF (~0.5 MB) for demos and tests.
     /// It loads in milliseconds and answers, in gibberish.
@@ -133,12 +136,14 @@ pub fn main() -> ExitCode {
             full,
             model,
             keep,
+            gpu_layers,
         } => memory_report(
             &llama_server.unwrap_or_else(default_llama_server),
             only.as_deref(),
             full,
             &model,
             keep,
+            gpu_layers,
         ),
         Command::DemoModel { out, seed } => {
             let name = out
@@ -549,6 +554,7 @@ fn memory_report(
     full: bool,
     models: &[PathBuf],
     keep: Option<PathBuf>,
+    gpu_layers: Option<u32>,
 ) -> ExitCode {
     use rocm_llm::memory::accuracy;
     let keeping = keep.is_some();
@@ -563,11 +569,14 @@ fn memory_report(
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let settings = if full {
+    let mut settings = if full {
         accuracy::full_settings()
     } else {
         accuracy::ci_settings()
     };
+    for s in &mut settings {
+        s.gpu_layers = gpu_layers;
+    }
     let mut results = Vec::new();
     let mut failed = false;
     let port = 18000 + (std::process::id() % 1000) as u16;

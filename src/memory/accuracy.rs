@@ -23,6 +23,9 @@ pub struct CaseSettings {
     pub flash_attn: bool,
     /// `None`: llama-server's default (4 slots, unified cache).
     pub parallel: Option<u32>,
+    /// `None`: unset (with `--fit off`, every layer on a GPU when there is
+    /// one).
+    pub gpu_layers: Option<u32>,
 }
 
 impl CaseSettings {
@@ -37,18 +40,23 @@ impl CaseSettings {
                 FlashAttn::Off
             }),
             parallel: self.parallel,
+            gpu_layers: self.gpu_layers.map(crate::spec::GpuLayers::Count),
             ..LaunchOptions::default()
         }
     }
 
     pub fn label(&self) -> String {
-        format!(
+        let mut l = format!(
             "ctx {} {} fa {} np {}",
             self.ctx,
             self.cache,
             if self.flash_attn { "on" } else { "off" },
             self.parallel.map_or("auto".to_owned(), |n| n.to_string())
-        )
+        );
+        if let Some(n) = self.gpu_layers {
+            l.push_str(&format!(" ngl {n}"));
+        }
+        l
     }
 }
 
@@ -62,18 +70,21 @@ pub fn ci_settings() -> Vec<CaseSettings> {
             cache: CacheType::F16,
             flash_attn: true,
             parallel: None,
+            gpu_layers: None,
         },
         CaseSettings {
             ctx: 16384,
             cache: CacheType::Q8_0,
             flash_attn: true,
             parallel: Some(4),
+            gpu_layers: None,
         },
         CaseSettings {
             ctx: 8192,
             cache: CacheType::F16,
             flash_attn: false,
             parallel: Some(1),
+            gpu_layers: None,
         },
     ]
 }
@@ -94,6 +105,7 @@ pub fn full_settings() -> Vec<CaseSettings> {
                         cache,
                         flash_attn: fa,
                         parallel,
+                        gpu_layers: None,
                     });
                 }
             }
@@ -109,6 +121,9 @@ pub struct CaseResult {
     pub settings: String,
     pub estimate: Parts,
     pub measured: Parts,
+    /// Per device, when there is more than the host.
+    pub estimate_devices: std::collections::BTreeMap<String, Parts>,
+    pub measured_devices: std::collections::BTreeMap<String, Parts>,
 }
 
 impl CaseResult {
@@ -143,6 +158,9 @@ pub fn measure(
     }
     if let Some(t) = options.cache_type_v {
         cmd.args(["--cache-type-v", t.as_str()]);
+    }
+    if let Some(crate::spec::GpuLayers::Count(n)) = options.gpu_layers {
+        cmd.args(["--gpu-layers", &n.to_string()]);
     }
     cmd.args(&options.extra_args);
     cmd.args(["-lv", "4", "--no-warmup", "--fit", "off", "--threads", "1"])
@@ -190,10 +208,14 @@ pub fn measure(
     Ok(usage)
 }
 
-/// The estimate for a model file with options, all on the host.
-pub fn estimate_file(model: &Path, options: &LaunchOptions) -> Result<Estimate, String> {
+/// The estimate for a model file with options on these GPUs.
+pub fn estimate_file(
+    model: &Path,
+    options: &LaunchOptions,
+    gpus: &[super::Device],
+) -> Result<Estimate, String> {
     let h = GgufHeader::read_path(model).map_err(|e| e.to_string())?;
-    estimate_model(&h, options, &[])
+    estimate_model(&h, options, gpus)
 }
 
 /// Runs one case: writes the shape under `dir` (once), measures, estimates.
@@ -220,13 +242,24 @@ pub fn run_file_case(
     port: u16,
 ) -> Result<CaseResult, String> {
     let options = settings.options();
+    let gpus: Vec<super::Device> = super::plan::list_devices(server)
+        .iter()
+        .map(|d| super::Device::new(&d.name, d.free))
+        .collect();
     let measured = measure(server, path, &options, port)?;
-    let estimate = estimate_file(path, &options)?;
+    let mut estimate = estimate_file(path, &options, &gpus)?;
+    // llama-server does not print the backend's fixed overhead; compare
+    // what it prints.
+    for p in estimate.devices.values_mut() {
+        p.overhead = 0;
+    }
     Ok(CaseResult {
         model: name.to_owned(),
         settings: settings.label(),
         estimate: estimate.total(),
         measured: total_parts(&measured),
+        estimate_devices: estimate.devices.clone(),
+        measured_devices: measured.devices.clone(),
     })
 }
 
@@ -245,6 +278,29 @@ pub fn render_table(results: &[CaseResult]) -> String {
         "| model | settings | weights est/real | KV est/real | compute est/real | output est/real | total est/real MiB | error | goal ±5 %/−2 % |\n\
          |---|---|---|---|---|---|---|---|---|\n",
     );
+    let mut per_device = String::new();
+    for r in results {
+        if r.measured_devices.len() > 1 || r.estimate_devices.len() > 1 {
+            let mut devs: Vec<&String> = r.estimate_devices.keys().collect();
+            devs.extend(r.measured_devices.keys());
+            devs.sort();
+            devs.dedup();
+            let cells: Vec<String> = devs
+                .iter()
+                .map(|d| {
+                    let e = r.estimate_devices.get(*d).map_or(0, Parts::total);
+                    let m = r.measured_devices.get(*d).map_or(0, Parts::total);
+                    format!("{d} {:.1}/{:.1}", mib(e), mib(m))
+                })
+                .collect();
+            per_device.push_str(&format!(
+                "| {} | {} | {} |\n",
+                r.model,
+                r.settings,
+                cells.join(", ")
+            ));
+        }
+    }
     for r in results {
         let (e, m) = (&r.estimate, &r.measured);
         let err = r.error();
@@ -269,6 +325,10 @@ pub fn render_table(results: &[CaseResult]) -> String {
             mib(m.total()),
             err * 100.0
         ));
+    }
+    if !per_device.is_empty() {
+        out.push_str("\n| model | settings | per device est/real MiB |\n|---|---|---|\n");
+        out.push_str(&per_device);
     }
     out
 }
