@@ -375,7 +375,7 @@ pub fn estimate(
 
     // Compute buffers: the worst-case graph for one ubatch, on each device
     // that runs part of it.
-    let n_tokens = n_ctx.min(s.n_ubatch).min(n_ctx * n_stream);
+    let n_tokens = n_ctx.min(s.n_ubatch);
     let full_kv = kv_size;
     let swa_kv = if h.layers.contains(&LayerCache::Swa) {
         swa_size
@@ -389,7 +389,6 @@ pub fn estimate(
         n_outputs: n_seq.min(s.n_batch).min(n_tokens),
         full_kv,
         swa_kv,
-        n_stream,
     };
     let mut runs: BTreeMap<String, (bool, bool)> = BTreeMap::new(); // (layers, output)
     for il in 0..h.n_layer {
@@ -442,7 +441,6 @@ struct ComputeGraph<'a> {
     n_outputs: u64,
     full_kv: u64,
     swa_kv: u64,
-    n_stream: u64,
 }
 
 impl ComputeGraph<'_> {
@@ -496,7 +494,6 @@ impl ComputeGraph<'_> {
         if output {
             peak = peak.max(h.n_vocab * self.n_outputs * 4 + 2 * e * t * 4);
         }
-        let _ = self.n_stream;
         self.masks() + peak
     }
 }
