@@ -132,7 +132,48 @@ impl Settings {
                 i += 1;
                 args.get(i).cloned()
             };
+            let number = |v: Option<String>| v.and_then(|v| v.parse::<u64>().ok());
             match flag {
+                // The options the spec has keys for may also come in
+                // `extra_args`, after them: the last one wins, as in
+                // llama.cpp's parser.
+                "-c" | "--ctx-size" => {
+                    if let Some(n) = number(value()) {
+                        s.ctx_size = n;
+                    }
+                }
+                "-np" | "--parallel" => {
+                    if let Some(n) = number(value()) {
+                        s.n_seq = n;
+                        s.kv_unified = false;
+                    }
+                }
+                "-b" | "--batch-size" => {
+                    if let Some(n) = number(value()) {
+                        s.n_batch = n;
+                    }
+                }
+                "-ub" | "--ubatch-size" => {
+                    if let Some(n) = number(value()) {
+                        s.n_ubatch = n;
+                    }
+                }
+                "-fa" | "--flash-attn" => {
+                    s.flash_attn = match value().as_deref() {
+                        Some("on") => Some(true),
+                        Some("off") => Some(false),
+                        _ => None,
+                    }
+                }
+                "-ngl" | "--gpu-layers" | "--n-gpu-layers" => match value().as_deref() {
+                    Some("all") | Some("auto") => s.offload = Offload::All,
+                    Some(v) => {
+                        if let Ok(n) = v.parse() {
+                            s.offload = Offload::Layers(n);
+                        }
+                    }
+                    None => {}
+                },
                 "--swa-full" => s.swa_full = true,
                 "--cpu-moe" | "-cmoe" => s.n_cpu_moe = u64::MAX,
                 "--n-cpu-moe" | "-ncmoe" => {
@@ -188,5 +229,76 @@ impl Settings {
             s.ctx_size = n_ctx_train;
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(args: &[&str]) -> Settings {
+        let o = LaunchOptions {
+            ctx_size: Some(4096),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            ..LaunchOptions::default()
+        };
+        Settings::resolve(&o, 131072)
+    }
+
+    #[test]
+    fn defaults_are_llama_servers() {
+        let s = Settings::resolve(&LaunchOptions::default(), 8192);
+        assert_eq!(
+            (s.ctx_size, s.n_seq, s.kv_unified, s.n_batch, s.n_ubatch),
+            (8192, 4, true, 2048, 512)
+        );
+        assert_eq!(
+            (s.flash_attn, s.offload, s.offload_auto),
+            (None, Offload::All, true)
+        );
+        assert_eq!((s.type_k, s.type_v), (CacheType::F16, CacheType::F16));
+    }
+
+    #[test]
+    fn extra_args_are_read_and_the_last_wins() {
+        assert_eq!(with(&["-c", "0"]).ctx_size, 131072);
+        assert_eq!(with(&["--ctx-size=2048"]).ctx_size, 2048);
+        let s = with(&["-np", "2"]);
+        assert_eq!((s.n_seq, s.kv_unified), (2, false));
+        let s = with(&["-np", "2", "-kvu"]);
+        assert_eq!((s.n_seq, s.kv_unified), (2, true));
+        assert_eq!(with(&["-ngl", "7"]).offload, Offload::Layers(7));
+        assert_eq!(with(&["--n-gpu-layers", "all"]).offload, Offload::All);
+        assert_eq!(with(&["-fa", "off"]).flash_attn, Some(false));
+        assert_eq!(
+            with(&["-ctk", "q8_0", "-ctv", "q4_0"]).type_v,
+            CacheType::Q4_0
+        );
+        assert_eq!(with(&["-ub", "256", "-b", "1024"]).n_ubatch, 256);
+        assert!(with(&["--swa-full"]).swa_full);
+        assert!(with(&["--fit", "off"]).fit_off);
+        assert_eq!(with(&["--cpu-moe"]).n_cpu_moe, u64::MAX);
+        assert_eq!(with(&["-ncmoe", "3"]).n_cpu_moe, 3);
+        assert_eq!(
+            with(&["-ot", "exps=CPU,attn=ROCm0"]).overrides,
+            vec![
+                Override {
+                    pattern: "exps".into(),
+                    buffer: "CPU".into()
+                },
+                Override {
+                    pattern: "attn".into(),
+                    buffer: "ROCm0".into()
+                },
+            ]
+        );
+        assert_eq!(
+            with(&["--mmproj", "/m/p.gguf"]).mmproj,
+            Some(PathBuf::from("/m/p.gguf"))
+        );
+        assert_eq!(with(&["-ts", "3,1"]).tensor_split, vec![3.0, 1.0]);
+        assert_eq!(with(&["-sm", "row"]).split_mode, SplitMode::Row);
+        // A flag without its value at the end is ignored, not a panic.
+        assert_eq!(with(&["-c"]).ctx_size, 4096);
     }
 }
