@@ -122,6 +122,7 @@ fn model_status(
 }
 
 /// One reading of the GPU probes, shared by every model of a report.
+#[derive(Clone)]
 pub struct Probes {
     pub roots: crate::memory::probe::ProbeRoots,
     pub devices: Vec<crate::memory::probe::DeviceMemory>,
@@ -137,6 +138,25 @@ impl Probes {
             nvidia: crate::memory::probe::nvidia_processes(&roots.nvidia_smi),
             roots,
         }
+    }
+
+    /// [`Probes::read`] of the real roots, at most once a second: a client
+    /// polling `/status` does not run `nvidia-smi` at its pace.
+    pub fn read_cached() -> Probes {
+        use std::sync::Mutex;
+        use std::time::{Duration, Instant};
+        static LAST: Mutex<Option<(Instant, Probes)>> = Mutex::new(None);
+        let mut last = LAST
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, p)) = last.as_ref()
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return p.clone();
+        }
+        let p = Probes::read(Default::default());
+        *last = Some((Instant::now(), p.clone()));
+        p
     }
 }
 
@@ -356,9 +376,7 @@ async fn handle(
     // threads.
     let probes = match (req.method(), req.uri().path()) {
         (&Method::GET, "/status" | "/metrics") => {
-            tokio::task::spawn_blocking(|| Probes::read(Default::default()))
-                .await
-                .ok()
+            tokio::task::spawn_blocking(Probes::read_cached).await.ok()
         }
         _ => None,
     };
@@ -366,7 +384,7 @@ async fn handle(
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/status") => match serde_json::to_string_pretty(&report_with(
             &state,
-            probes.unwrap_or_else(|| Probes::read(Default::default())),
+            probes.unwrap_or_else(Probes::read_cached),
         )) {
             Ok(json) => respond(StatusCode::OK, "application/json", json),
             Err(e) => respond(
@@ -378,10 +396,7 @@ async fn handle(
         (&Method::GET, "/metrics") => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            metrics_with(
-                &state,
-                probes.unwrap_or_else(|| Probes::read(Default::default())),
-            ),
+            metrics_with(&state, probes.unwrap_or_else(Probes::read_cached)),
         ),
         (_, "/healthz" | "/status" | "/metrics") => respond(
             StatusCode::METHOD_NOT_ALLOWED,
