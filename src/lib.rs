@@ -16,6 +16,7 @@
 pub mod daemon;
 pub mod gguf;
 pub mod http;
+pub mod memory;
 pub mod plan;
 pub mod proxy;
 pub mod spec;

@@ -123,7 +123,7 @@ fn plan_prints_the_exact_command_line_and_environment() {
     );
     let model = dir.path().join("tiny.gguf");
     let expected = format!(
-        "HSA_OVERRIDE_GFX_VERSION=11.0.1 \\\n  {} --model {} --alias tiny --ctx-size 512 --flash-attn on --top-k 40 --host 127.0.0.1 --port <chosen at start>",
+        "HSA_OVERRIDE_GFX_VERSION=11.0.1 \\\n  {} --model {} --alias tiny --ctx-size 512 --flash-attn on --fit off -lv 4 --top-k 40 --host 127.0.0.1 --port <chosen at start>",
         server.display(),
         model.display()
     );
@@ -135,7 +135,7 @@ fn plan_prints_the_exact_command_line_and_environment() {
     // The memory estimate from the GGUF header (checked against
     // llama-server's own figures in tests/memory.rs).
     assert!(
-        stdout.contains("#   memory: weights 450.75 KiB + KV cache 256.00 KiB (512 tokens, f16/f16) = 706.75 KiB, plus compute buffers"),
+        stdout.contains("#     CPU: weights 450.75 KiB + KV 256.00 KiB + compute 1.88 MiB + output 4.05 KiB = 2.57 MiB"),
         "{stdout}"
     );
     // The same spec named relatively from its own directory plans the same launch.

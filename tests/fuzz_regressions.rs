@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use rocm_llm::gguf::{GgufHeader, GgufValue, GgufWriter};
-use rocm_llm::plan::memory;
+use rocm_llm::memory;
 use rocm_llm::spec::LaunchOptions;
 
 /// The bytes of a header with these metadata entries and no tensors, as a
@@ -42,13 +42,15 @@ fn a_claimed_layer_count_is_never_allocated() {
     let check = |n_layer: u64, expected: Option<u64>| {
         let h = llama_with_layers(n_layer);
         assert_eq!(h.kv_cache_bytes_per_token(2), expected, "{n_layer} layers");
-        // `plan`'s estimate goes through the same computation.
-        let e = memory::estimate(&h, &LaunchOptions::default());
-        assert_eq!(
-            e.map(|e| e.kv_cache_bytes),
-            expected.map(|per_token| per_token * 512),
-            "{n_layer} layers"
-        );
+        // `plan`'s estimate refuses layer counts no model has, before it
+        // sizes anything by them.
+        let e = memory::estimate_model(&h, &LaunchOptions::default(), &[]);
+        if n_layer > 4096 {
+            let why = e.expect_err("an estimate for an impossible layer count");
+            assert!(why.contains("more than any model has"), "{why}");
+        } else {
+            assert!(e.is_ok(), "{n_layer} layers: {e:?}");
+        }
     };
     check(2, Some(2 * 16 * 2));
     check(u64::from(u32::MAX), Some(u64::from(u32::MAX) * 16 * 2));
@@ -74,5 +76,5 @@ fn a_nan_value_parses_the_same_under_any_budget() {
     assert!(matches!(full.get("t.12"), Some(GgufValue::F64(x)) if x.is_nan()));
     // The second tensor's type (256) is unknown: no weight total, no estimate.
     assert!(full.total_tensor_bytes().is_err());
-    assert_eq!(memory::estimate(&full, &LaunchOptions::default()), None);
+    assert!(memory::estimate_model(&full, &LaunchOptions::default(), &[]).is_err());
 }

@@ -23,7 +23,7 @@ use std::io::BufReader;
 
 use libfuzzer_sys::fuzz_target;
 use rocm_llm::gguf::{DEFAULT_HEADER_LIMIT, GgufError, GgufHeader};
-use rocm_llm::plan::memory;
+use rocm_llm::memory;
 use rocm_llm::spec::{CacheType, LaunchOptions};
 
 /// A budget far below the default, so that the fuzzer reaches `TooLarge`.
@@ -81,8 +81,11 @@ fuzz_target!(|data: &[u8]| {
             cache_type_k: k,
             ..LaunchOptions::default()
         };
-        if let Some(e) = memory::estimate(&h, &options) {
-            let _ = memory::human_bytes(e.total_bytes());
+        // With no GPU and with one: placement, KV, compute and output.
+        for gpus in [vec![], vec![memory::Device::new("ROCm0", 16 << 30)]] {
+            if let Ok(e) = memory::estimate_model(&h, &options, &gpus) {
+                let _ = memory::human_bytes(e.total_bytes());
+            }
         }
     }
 });

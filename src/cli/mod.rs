@@ -45,6 +45,10 @@ enum Command {
     Plan {
         /// The spec file.
         file: PathBuf,
+        /// Print one JSON object (models, their command lines and memory
+        /// estimates per device; see docs/memory.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Print the spec's JSON Schema (for editors and CI).
     Schema,
@@ -74,6 +78,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the memory estimate against the real llama-server: generate
+    /// models with real models' shapes (few layers, zero weights), start
+    /// llama-server on each with several settings, and print a table of the
+    /// estimate against the buffer sizes llama-server reports.
+    MemoryReport {
+        /// The llama-server to measure (default: $ROCM_LLM_LLAMA_SERVER or PATH).
+        #[arg(long)]
+        llama_server: Option<PathBuf>,
+        /// Only shapes whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+        /// Every setting (ctx 4k-32k, f16/q8_0, flash attention on/off,
+        /// 1/4 slots) instead of the three CI settings.
+        #[arg(long)]
+        full: bool,
+        /// Also measure this GGUF file (e.g. SmolLM2).
+        #[arg(long)]
+        model: Vec<PathBuf>,
+        /// Write the generated models into this directory and keep them.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+        /// Pass `--gpu-layers N` (for a build with an offload device).
+        #[arg(long)]
+        gpu_layers: Option<u32>,
+    },
     /// Write a tiny random-weight llama GGUF (~0.5 MB) for demos and tests.
     /// It loads in milliseconds and answers, in gibberish.
     DemoModel {
@@ -89,7 +118,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { files } => validate_files(&files),
-        Command::Plan { file } => plan_file(&file),
+        Command::Plan { file, json } => plan_file(&file, json),
         Command::Schema => {
             emit(&format!("{}\n", schema_json()));
             ExitCode::SUCCESS
@@ -101,6 +130,21 @@ pub fn main() -> ExitCode {
             log,
         } => serve::run(spec, state_dir, debounce, &log),
         Command::Status { control, json } => status::run(&control, json),
+        Command::MemoryReport {
+            llama_server,
+            only,
+            full,
+            model,
+            keep,
+            gpu_layers,
+        } => memory_report(
+            &llama_server.unwrap_or_else(default_llama_server),
+            only.as_deref(),
+            full,
+            &model,
+            keep,
+            gpu_layers,
+        ),
         Command::DemoModel { out, seed } => {
             let name = out
                 .file_stem()
@@ -197,11 +241,24 @@ fn report(err: &LoadError) -> u8 {
     }
 }
 
+/// Prints what does not stop a launch but may: an architecture this
+/// llama.cpp does not know.
+fn warn_models(desired: &Desired) {
+    for m in desired.models.values() {
+        if let Ok(checked) = rocm_llm::gguf::check_model(&m.model) {
+            for w in &checked.warnings {
+                eprintln!("warning: models.{}.model: {w}", m.name);
+            }
+        }
+    }
+}
+
 fn validate_files(files: &[PathBuf]) -> ExitCode {
     let mut worst = 0;
     for file in files {
         match load_spec(file) {
             Ok(desired) => {
+                warn_models(&desired);
                 let enabled = desired.enabled_models().count();
                 println!(
                     "{}: ok ({} model{}, {enabled} enabled)",
@@ -216,22 +273,69 @@ fn validate_files(files: &[PathBuf]) -> ExitCode {
     ExitCode::from(worst)
 }
 
-fn plan_file(file: &Path) -> ExitCode {
+fn plan_file(file: &Path, json: bool) -> ExitCode {
     let desired = match load_spec(file) {
         Ok(d) => d,
         Err(e) => return ExitCode::from(report(&e)),
     };
+    warn_models(&desired);
+    let listed = plan_devices(&desired);
+    if json {
+        emit(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&plan_json(&desired, &listed)).unwrap_or_default()
+        ));
+        return ExitCode::SUCCESS;
+    }
     emit(&format!(
         "{}{}",
-        render_plan(&desired),
+        render_plan(&desired, &listed),
         render_diff(&desired)
     ));
     ExitCode::SUCCESS
 }
 
-pub fn render_plan(desired: &Desired) -> String {
+/// The GPUs llama-server will use, as [`memory::Device`]s.
+pub fn plan_devices(desired: &Desired) -> Vec<rocm_llm::memory::plan::ListedDevice> {
+    rocm_llm::memory::plan::list_devices(&desired.llama_server)
+}
+
+fn gpus_of(listed: &[rocm_llm::memory::plan::ListedDevice]) -> Vec<rocm_llm::memory::Device> {
+    listed
+        .iter()
+        .map(|d| rocm_llm::memory::Device::new(&d.name, d.free))
+        .collect()
+}
+
+fn gpu_layers_text(e: &memory::Estimate) -> String {
+    if e.gpu_layers == 0 {
+        "none (no GPU)".to_owned()
+    } else if e.gpu_layers == e.n_layer + 1 {
+        "all".to_owned()
+    } else {
+        format!("{} of {}", e.gpu_layers, e.n_layer + 1)
+    }
+}
+
+fn parts_line(p: &memory::Parts) -> String {
+    let mut s = format!(
+        "weights {} + KV {} + compute {} + output {}",
+        memory::human_bytes(p.weights),
+        memory::human_bytes(p.kv),
+        memory::human_bytes(p.compute),
+        memory::human_bytes(p.output),
+    );
+    if p.overhead > 0 {
+        s.push_str(&format!(" + overhead {}", memory::human_bytes(p.overhead)));
+    }
+    s.push_str(&format!(" = {}", memory::human_bytes(p.total())));
+    s
+}
+
+pub fn render_plan(desired: &Desired, listed: &[rocm_llm::memory::plan::ListedDevice]) -> String {
+    let gpus = gpus_of(listed);
     let mut out = String::new();
-    let mut always_on = 0u64;
+    let mut always_on: Vec<memory::Estimate> = Vec::new();
     let mut largest_on_demand: Option<(u64, &str)> = None;
     for m in desired.models.values() {
         let launch = Launch::for_model(m, &desired.llama_server);
@@ -247,32 +351,36 @@ pub fn render_plan(desired: &Desired) -> String {
         if m.lifecycle.on_demand {
             out.push_str("#   on demand: starts at its first request\n");
         }
-        match rocm_llm::gguf::GgufHeader::read_path(&m.model)
-            .ok()
-            .and_then(|h| memory::estimate(&h, &m.launch))
-        {
-            Some(e) => {
-                let cache = |t: Option<rocm_llm::spec::CacheType>| {
-                    t.map_or("f16".to_owned(), |t| t.to_string())
-                };
+        match rocm_llm::memory::plan::model_estimate(m, &gpus) {
+            Ok(e) => {
                 out.push_str(&format!(
-                    "#   memory: weights {} + KV cache {} ({} tokens, {}/{}) = {}, plus compute buffers\n",
-                    memory::human_bytes(e.weights_bytes),
-                    memory::human_bytes(e.kv_cache_bytes),
-                    e.context,
-                    cache(m.launch.cache_type_k),
-                    cache(m.launch.cache_type_v),
+                    "#   memory: {} in all; context {} cells ({} slot{}{}), flash attention {}, GPU layers {}\n",
                     memory::human_bytes(e.total_bytes()),
+                    e.context,
+                    e.slots,
+                    if e.slots == 1 { "" } else { "s" },
+                    if e.context == e.context_per_slot && e.slots > 1 {
+                        ", unified"
+                    } else {
+                        ""
+                    },
+                    if e.flash_attn { "on" } else { "off" },
+                    gpu_layers_text(&e),
                 ));
+                for (dev, p) in &e.devices {
+                    if p.total() > 0 {
+                        out.push_str(&format!("#     {dev}: {}\n", parts_line(p)));
+                    }
+                }
                 if m.lifecycle.on_demand {
                     if largest_on_demand.is_none_or(|(b, _)| e.total_bytes() > b) {
                         largest_on_demand = Some((e.total_bytes(), &m.name));
                     }
                 } else {
-                    always_on = always_on.saturating_add(e.total_bytes());
+                    always_on.push(e);
                 }
             }
-            None => out.push_str("#   memory: cannot be estimated from this GGUF header\n"),
+            Err(e) => out.push_str(&format!("#   memory: cannot be estimated: {e}\n")),
         }
         for (k, v) in &launch.env {
             out.push_str(&format!("{k}={} \\\n  ", shell_word(v)));
@@ -280,17 +388,115 @@ pub fn render_plan(desired: &Desired) -> String {
         out.push_str(&launch.shell_line());
         out.push_str(" --host 127.0.0.1 --port <chosen at start>\n\n");
     }
+    let sums = rocm_llm::memory::plan::sum_devices(&always_on);
+    let total: u64 = sums.values().map(memory::Parts::total).sum();
     out.push_str(&format!(
-        "# memory of the models that start at once: {} (weights + KV cache)\n",
-        memory::human_bytes(always_on)
+        "# memory of the models that start at once: {}\n",
+        memory::human_bytes(total)
     ));
+    for (dev, p) in &sums {
+        let of = listed
+            .iter()
+            .find(|d| d.name == *dev)
+            .map(|d| {
+                format!(
+                    " of {} ({} free now)",
+                    memory::human_bytes(d.total),
+                    memory::human_bytes(d.free)
+                )
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "#   {dev}: {}{of}\n",
+            memory::human_bytes(p.total())
+        ));
+    }
     if let Some((bytes, name)) = largest_on_demand {
         out.push_str(&format!(
             "# with the largest on-demand model ({name}) loaded as well: {}\n",
-            memory::human_bytes(always_on.saturating_add(bytes))
+            memory::human_bytes(total.saturating_add(bytes))
         ));
     }
     out
+}
+
+/// `rocm-llm plan --json`: one object; docs/memory.md documents its shape.
+pub fn plan_json(
+    desired: &Desired,
+    listed: &[rocm_llm::memory::plan::ListedDevice],
+) -> serde_json::Value {
+    use serde_json::json;
+    let gpus = gpus_of(listed);
+    let parts_json = |p: &memory::Parts| {
+        json!({
+            "weights_bytes": p.weights,
+            "kv_bytes": p.kv,
+            "compute_bytes": p.compute,
+            "output_bytes": p.output,
+            "overhead_bytes": p.overhead,
+            "total_bytes": p.total(),
+        })
+    };
+    let mut models = serde_json::Map::new();
+    let mut always_on = Vec::new();
+    for m in desired.models.values() {
+        let launch = Launch::for_model(m, &desired.llama_server);
+        let mut entry = json!({
+            "enabled": m.enabled,
+            "on_demand": m.lifecycle.on_demand,
+            "launch_id": launch.identity().0,
+            "program": launch.program.display().to_string(),
+            "args": launch.args,
+            "env": launch.env,
+            "command_line": format!("{} --host 127.0.0.1 --port <chosen at start>", launch.shell_line()),
+            "memory": null,
+        });
+        if m.enabled {
+            match rocm_llm::memory::plan::model_estimate(m, &gpus) {
+                Ok(e) => {
+                    let devices: serde_json::Map<String, serde_json::Value> = e
+                        .devices
+                        .iter()
+                        .map(|(d, p)| (d.clone(), parts_json(p)))
+                        .collect();
+                    entry["memory"] = json!({
+                        "total_bytes": e.total_bytes(),
+                        "devices": devices,
+                        "context": e.context,
+                        "context_per_slot": e.context_per_slot,
+                        "slots": e.slots,
+                        "flash_attn": e.flash_attn,
+                        "gpu_layers": e.gpu_layers,
+                        "layers": e.n_layer + 1,
+                    });
+                    if !m.lifecycle.on_demand {
+                        always_on.push(e);
+                    }
+                }
+                Err(err) => entry["memory_error"] = json!(err),
+            }
+        }
+        models.insert(m.name.clone(), entry);
+    }
+    let sums = rocm_llm::memory::plan::sum_devices(&always_on);
+    let devices: serde_json::Map<String, serde_json::Value> = listed
+        .iter()
+        .map(|d| {
+            (
+                d.name.clone(),
+                json!({"description": d.description, "total_bytes": d.total, "free_bytes": d.free}),
+            )
+        })
+        .collect();
+    json!({
+        "llama_server": desired.llama_server.display().to_string(),
+        "devices": devices,
+        "models": models,
+        "always_on": {
+            "total_bytes": sums.values().map(memory::Parts::total).sum::<u64>(),
+            "devices": sums.iter().map(|(d, p)| (d.clone(), parts_json(p))).collect::<serde_json::Map<_, _>>(),
+        },
+    })
 }
 
 /// What the running daemon (if one answers on the spec's control address)
@@ -342,4 +548,100 @@ fn shell_word(s: &str) -> String {
         env: Default::default(),
     }
     .shell_line()
+}
+
+fn memory_report(
+    server: &Path,
+    only: Option<&str>,
+    full: bool,
+    models: &[PathBuf],
+    keep: Option<PathBuf>,
+    gpu_layers: Option<u32>,
+) -> ExitCode {
+    use rocm_llm::memory::accuracy;
+    let keeping = keep.is_some();
+    let dir = match keep.map_or_else(tempfile_dir, |d| {
+        std::fs::create_dir_all(&d)
+            .map(|()| d)
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let mut settings = if full {
+        accuracy::full_settings()
+    } else {
+        accuracy::ci_settings()
+    };
+    for s in &mut settings {
+        s.gpu_layers = gpu_layers;
+    }
+    let mut results = Vec::new();
+    let mut failed = false;
+    let port = 18000 + (std::process::id() % 1000) as u16;
+    let mut run = |name: &str, r: Result<accuracy::CaseResult, String>| match r {
+        Ok(r) => {
+            eprintln!("{} {}: {:+.1} %", r.model, r.settings, r.error() * 100.0);
+            results.push(r);
+        }
+        Err(e) => {
+            eprintln!("error: {name}: {e}");
+            failed = true;
+        }
+    };
+    for shape in rocm_llm::gguf::shapes::real_shapes() {
+        if only.is_some_and(|o| !shape.name.contains(o)) {
+            continue;
+        }
+        for s in &settings {
+            let r = accuracy::run_case(server, &dir, &shape, s, port);
+            run(shape.name, r);
+        }
+        if !keeping {
+            let _ = std::fs::remove_file(dir.join(format!("{}.gguf", shape.name)));
+        }
+    }
+    for m in models {
+        let name = m
+            .file_stem()
+            .map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned());
+        for s in &settings {
+            let r = accuracy::run_file_case(server, m, &name, s, port);
+            run(&name, r);
+        }
+    }
+    if !keeping {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    emit(&accuracy::render_table(&results));
+    if let Some(worst) = results
+        .iter()
+        .max_by(|a, b| a.error().abs().total_cmp(&b.error().abs()))
+    {
+        emit(&format!(
+            "\nworst: {} {}: {:+.1} %; {} of {} cases within +5 %/-2 %\n",
+            worst.model,
+            worst.settings,
+            worst.error() * 100.0,
+            results
+                .iter()
+                .filter(|r| (-0.02..=0.05).contains(&r.error()))
+                .count(),
+            results.len()
+        ));
+    }
+    if failed {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn tempfile_dir() -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("rocm-llm-memory-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
 }

@@ -137,6 +137,7 @@ pub fn render(status: &Value, now: SystemTime) -> String {
         out.push_str(&e);
         out.push('\n');
     }
+    out.push_str(&render_memory(status));
     let spec = status["spec"].as_str().unwrap_or("?");
     let generation = status["generation"].as_u64().unwrap_or(0);
     match status["last_reload"].as_object() {
@@ -154,6 +155,54 @@ pub fn render(status: &Value, now: SystemTime) -> String {
         _ => out.push_str(&format!(
             "\nspec {spec} (generation {generation}): applied\n"
         )),
+    }
+    out
+}
+
+/// Measured memory: per model what llama-server reported per device and
+/// what the GPU drivers see; per GPU total, used and free.
+fn render_memory(status: &Value) -> String {
+    use rocm_llm::memory::human_bytes;
+    let mut out = String::new();
+    if let Some(models) = status["models"].as_object() {
+        for (name, m) in models {
+            let mem = &m["memory"];
+            let mut parts = Vec::new();
+            if let Some(devs) = mem["log_devices"].as_object() {
+                for (dev, p) in devs {
+                    let total = ["weights", "kv", "compute", "output"]
+                        .iter()
+                        .filter_map(|k| p[*k].as_u64())
+                        .sum::<u64>();
+                    parts.push(format!("{dev} {}", human_bytes(total)));
+                }
+            }
+            let mut line = String::new();
+            if !parts.is_empty() {
+                line.push_str(&format!("{} (llama-server)", parts.join(", ")));
+            }
+            if let Some(g) = mem["gpu_bytes"].as_u64().filter(|&g| g > 0) {
+                if !line.is_empty() {
+                    line.push_str("; ");
+                }
+                line.push_str(&format!("GPU {} (driver)", human_bytes(g)));
+            }
+            if !line.is_empty() {
+                out.push_str(&format!("memory {name}: {line}\n"));
+            }
+        }
+    }
+    for d in status["devices"].as_array().into_iter().flatten() {
+        let (Some(total), Some(used)) = (d["total"].as_u64(), d["used"].as_u64()) else {
+            continue;
+        };
+        out.push_str(&format!(
+            "device {}: {} used of {}, {} free\n",
+            d["name"].as_str().unwrap_or("?"),
+            human_bytes(used),
+            human_bytes(total),
+            human_bytes(total.saturating_sub(used))
+        ));
     }
     out
 }

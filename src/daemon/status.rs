@@ -64,6 +64,23 @@ pub struct ModelStatus {
     /// found no GPU; running on the CPU" (see `supervisor::logs::warning_in`).
     pub warnings: Vec<String>,
     pub log: Vec<String>,
+    /// What the instance holds: as llama-server reported it, and as the
+    /// GPU drivers see its process.
+    pub memory: ModelMemory,
+}
+
+/// Measured memory of one model's instance.
+#[derive(Debug, Serialize)]
+pub struct ModelMemory {
+    /// The buffer sizes llama-server printed at load, per device (`CPU` is
+    /// the host); empty until they arrive, or when its log verbosity is
+    /// below 4.
+    pub log_devices: std::collections::BTreeMap<String, crate::memory::Parts>,
+    /// Their sum.
+    pub log_total_bytes: u64,
+    /// GPU memory the process holds (amdgpu KFD or DRM fdinfo, nvidia-smi);
+    /// `None` without a running process.
+    pub gpu_bytes: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +88,9 @@ pub struct StatusReport {
     #[serde(flatten)]
     pub daemon: DaemonInfo,
     pub models: std::collections::BTreeMap<String, ModelStatus>,
+    /// Each GPU's memory as its driver reports it (amdgpu sysfs,
+    /// nvidia-smi); empty without one.
+    pub devices: Vec<crate::memory::probe::DeviceMemory>,
 }
 
 fn epoch_secs(t: SystemTime) -> f64 {
@@ -79,8 +99,22 @@ fn epoch_secs(t: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn model_status(snap: &Snapshot, entry: &super::routes::RouteEntry) -> ModelStatus {
+fn model_status(
+    snap: &Snapshot,
+    entry: &super::routes::RouteEntry,
+    probes: &Probes,
+) -> ModelStatus {
+    let usage = entry.handle.logs().memory();
+    let memory = ModelMemory {
+        log_total_bytes: usage.total(),
+        log_devices: usage.devices,
+        gpu_bytes: snap
+            .pid
+            .and_then(|p| u32::try_from(p).ok())
+            .map(|pid| crate::memory::probe::process_gpu_bytes(&probes.roots, pid, &probes.nvidia)),
+    };
     ModelStatus {
+        memory,
         state: snap.state.as_str(),
         pid: snap.pid,
         port: snap.port,
@@ -105,21 +139,74 @@ fn model_status(snap: &Snapshot, entry: &super::routes::RouteEntry) -> ModelStat
     }
 }
 
+/// One reading of the GPU probes, shared by every model of a report.
+#[derive(Clone)]
+pub struct Probes {
+    pub roots: crate::memory::probe::ProbeRoots,
+    pub devices: Vec<crate::memory::probe::DeviceMemory>,
+    pub nvidia: std::collections::BTreeMap<u32, u64>,
+}
+
+impl Probes {
+    /// Reads `/sys`, `/proc` and `nvidia-smi` (each quick to fail without
+    /// such a GPU; nvidia-smi is bounded to 10 s).
+    pub fn read(roots: crate::memory::probe::ProbeRoots) -> Probes {
+        Probes {
+            devices: crate::memory::probe::devices(&roots),
+            nvidia: crate::memory::probe::nvidia_processes(&roots.nvidia_smi),
+            roots,
+        }
+    }
+
+    /// [`Probes::read`] of the real roots, at most once a second: a client
+    /// polling `/status` does not run `nvidia-smi` at its pace.
+    pub fn read_cached() -> Probes {
+        use std::sync::Mutex;
+        use std::time::{Duration, Instant};
+        static LAST: Mutex<Option<(Instant, Probes)>> = Mutex::new(None);
+        let mut last = LAST
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, p)) = last.as_ref()
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return p.clone();
+        }
+        let p = Probes::read(Default::default());
+        *last = Some((Instant::now(), p.clone()));
+        p
+    }
+}
+
 pub fn report(state: &StatusState) -> StatusReport {
+    report_with(state, Probes::read(Default::default()))
+}
+
+pub fn report_with(state: &StatusState, probes: Probes) -> StatusReport {
     let routes = state.routes.borrow().clone();
     let models = routes
         .models
         .iter()
-        .map(|(name, entry)| (name.clone(), model_status(&entry.handle.snapshot(), entry)))
+        .map(|(name, entry)| {
+            (
+                name.clone(),
+                model_status(&entry.handle.snapshot(), entry, &probes),
+            )
+        })
         .collect();
     StatusReport {
         daemon: state.info.borrow().clone(),
         models,
+        devices: probes.devices,
     }
 }
 
 /// Per-model series in Prometheus text; the proxy adds its own.
 pub fn metrics(state: &StatusState) -> String {
+    metrics_with(state, Probes::read(Default::default()))
+}
+
+pub fn metrics_with(state: &StatusState, probes: Probes) -> String {
     let routes = state.routes.borrow().clone();
     let info = state.info.borrow().clone();
     let mut out = String::new();
@@ -180,6 +267,64 @@ pub fn metrics(state: &StatusState) -> String {
         "Requests cut because a drain timed out.",
         per_model(&|s| s.cut.to_string()),
     );
+    let mut memory_rows = Vec::new();
+    for (name, e) in &routes.models {
+        for (device, p) in e.handle.logs().memory().devices {
+            for (part, bytes) in [
+                ("weights", p.weights),
+                ("kv", p.kv),
+                ("compute", p.compute),
+                ("output", p.output),
+            ] {
+                memory_rows.push((
+                    format!(
+                        "{{model=\"{}\",device=\"{}\",part=\"{part}\"}}",
+                        escape_label(name),
+                        escape_label(&device)
+                    ),
+                    bytes.to_string(),
+                ));
+            }
+        }
+    }
+    family(
+        "rocm_llm_model_memory_bytes",
+        "gauge",
+        "Buffers the model's llama-server reported at load, by device and part.",
+        memory_rows,
+    );
+    family(
+        "rocm_llm_model_gpu_bytes",
+        "gauge",
+        "GPU memory the model's process holds (amdgpu KFD/fdinfo, nvidia-smi).",
+        routes
+            .models
+            .iter()
+            .filter_map(|(name, e)| {
+                let pid = u32::try_from(e.handle.snapshot().pid?).ok()?;
+                Some((
+                    format!("{{model=\"{}\"}}", escape_label(name)),
+                    crate::memory::probe::process_gpu_bytes(&probes.roots, pid, &probes.nvidia)
+                        .to_string(),
+                ))
+            })
+            .collect(),
+    );
+    let mut device_rows = Vec::new();
+    for d in &probes.devices {
+        for (kind, bytes) in [("total", d.total), ("used", d.used), ("free", d.free())] {
+            device_rows.push((
+                format!("{{device=\"{}\",kind=\"{kind}\"}}", escape_label(&d.name)),
+                bytes.to_string(),
+            ));
+        }
+    }
+    family(
+        "rocm_llm_device_memory_bytes",
+        "gauge",
+        "Each GPU's memory as its driver reports it.",
+        device_rows,
+    );
     family(
         "rocm_llm_reloads_total",
         "counter",
@@ -239,14 +384,14 @@ async fn handle(
             ));
         }
     };
-    let mut response = route(&state, &req);
+    let mut response = route(&state, &req).await;
     if let Some(origin) = cors {
         browser::add_cors_headers(response.headers_mut(), origin);
     }
     Ok(response)
 }
 
-fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.uri().path() != "/healthz" {
         match state.auth.check(req.headers()) {
             Ok(()) => {}
@@ -271,9 +416,20 @@ fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             }
         }
     }
+    // The GPU probes read sysfs and may run nvidia-smi: off the async
+    // threads.
+    let probes = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/status" | "/metrics") => {
+            tokio::task::spawn_blocking(Probes::read_cached).await.ok()
+        }
+        _ => None,
+    };
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n".into()),
-        (&Method::GET, "/status") => match serde_json::to_string_pretty(&report(state)) {
+        (&Method::GET, "/status") => match serde_json::to_string_pretty(&report_with(
+            state,
+            probes.unwrap_or_else(Probes::read_cached),
+        )) {
             Ok(json) => respond(StatusCode::OK, "application/json", json),
             Err(e) => respond(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -281,9 +437,11 @@ fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 e.to_string(),
             ),
         },
-        (&Method::GET, "/metrics") => {
-            respond(StatusCode::OK, "text/plain; version=0.0.4", metrics(state))
-        }
+        (&Method::GET, "/metrics") => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics_with(state, probes.unwrap_or_else(Probes::read_cached)),
+        ),
         (_, "/healthz" | "/status" | "/metrics") => respond(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",

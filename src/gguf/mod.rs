@@ -17,10 +17,13 @@
 //! - [`write`]: a small general GGUF writer ([`GgufWriter`]).
 //! - [`tiny`]: the tiny llama model ([`TinyModel`], [`write_tiny_llama`]).
 
+pub mod check;
 pub mod read;
+pub mod shapes;
 pub mod tiny;
 pub mod write;
 
+pub use check::{CheckError, CheckedModel, check_model, decimal_bytes};
 pub use read::{DEFAULT_HEADER_LIMIT, GgufHeader, GgufTensorInfo, has_gguf_magic};
 pub use tiny::{CHATML_TEMPLATE, TinyModel, tiny_llama_bytes, tiny_llama_writer, write_tiny_llama};
 pub use write::GgufWriter;
@@ -73,6 +76,18 @@ pub enum GgufError {
          (raise it if the file is trusted)"
     )]
     TooLarge { what: String, limit: u64 },
+
+    #[error(
+        "the header claims {count} {what}, more than the {rest} bytes left in the file can hold; \
+         the file is truncated or corrupt: download it again"
+    )]
+    ImpossibleCount { what: String, count: u64, rest: u64 },
+
+    #[error(
+        "tensor {name:?} has shape {dims:?}, whose element count overflows a 64-bit integer; \
+         the file is corrupt"
+    )]
+    DimensionOverflow { name: String, dims: Vec<u64> },
 
     #[error(
         "GGUF metadata key {key:?} has unknown value type {type_id}; the file is corrupt or from a newer GGUF revision"

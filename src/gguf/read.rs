@@ -118,11 +118,23 @@ impl GgufHeader {
     /// exceeding it is [`GgufError::TooLarge`]. [`DEFAULT_HEADER_LIMIT`] suits
     /// real models.
     pub fn read<R: Read>(r: R, limit: u64) -> Result<GgufHeader, GgufError> {
+        GgufHeader::read_sized(r, limit, None)
+    }
+
+    /// Like [`read`](Self::read), knowing the file's length: then a count or
+    /// length that the rest of the file cannot hold is rejected at once
+    /// ([`GgufError::ImpossibleCount`]), before any budget is spent on it.
+    pub fn read_sized<R: Read>(
+        r: R,
+        limit: u64,
+        file_len: Option<u64>,
+    ) -> Result<GgufHeader, GgufError> {
         Parser {
             r,
             pos: 0,
             left: limit,
             limit,
+            file_len,
         }
         .header()
     }
@@ -130,7 +142,8 @@ impl GgufHeader {
     /// Opens `path` and parses its header with [`DEFAULT_HEADER_LIMIT`].
     pub fn read_path(path: impl AsRef<Path>) -> Result<GgufHeader, GgufError> {
         let file = File::open(path)?;
-        GgufHeader::read(BufReader::new(file), DEFAULT_HEADER_LIMIT)
+        let len = file.metadata()?.len();
+        GgufHeader::read_sized(BufReader::new(file), DEFAULT_HEADER_LIMIT, Some(len))
     }
 
     /// The number of tensors.
@@ -271,6 +284,8 @@ struct Parser<R> {
     /// Budget left.
     left: u64,
     limit: u64,
+    /// The file's length, when known.
+    file_len: Option<u64>,
 }
 
 impl<R: Read> Parser<R> {
@@ -285,6 +300,28 @@ impl<R: Read> Parser<R> {
                 limit: self.limit,
             }),
         }
+    }
+
+    /// `count` items of at least `min_bytes` each must fit in what is left
+    /// of the file.
+    fn plausible(
+        &self,
+        count: u64,
+        min_bytes: u64,
+        what: &dyn Fn() -> String,
+    ) -> Result<(), GgufError> {
+        let Some(len) = self.file_len else {
+            return Ok(());
+        };
+        let rest = len.saturating_sub(self.pos);
+        if count.saturating_mul(min_bytes) > rest {
+            return Err(GgufError::ImpossibleCount {
+                what: what(),
+                count,
+                rest,
+            });
+        }
+        Ok(())
     }
 
     fn bytes(&mut self, buf: &mut [u8], what: &dyn Fn() -> String) -> Result<(), GgufError> {
@@ -316,6 +353,7 @@ impl<R: Read> Parser<R> {
 
     fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, GgufError> {
         let len = self.u64(what)?;
+        self.plausible(len, 1, &|| format!("bytes in {}", what()))?;
         // Charge before allocating, so `len` is bounded by the budget.
         self.charge(len, what)?;
         self.left += len; // `bytes` charges the read itself
@@ -361,6 +399,10 @@ impl<R: Read> Parser<R> {
         }
         let n_tensors = self.u64(&|| "the tensor count".into())?;
         let n_kv = self.u64(&|| "the metadata count".into())?;
+        // A key/value takes at least 8 (key length) + 4 (type) + 1 bytes, a
+        // tensor description 8 (name length) + 4 + 4 (type) + 8 (offset).
+        self.plausible(n_kv, 13, &|| "metadata entries".into())?;
+        self.plausible(n_tensors, 24, &|| "tensors".into())?;
 
         let mut metadata: Vec<(String, GgufValue)> =
             Vec::with_capacity(self.capacity(n_kv, VALUE_COST + 24));
@@ -397,6 +439,14 @@ impl<R: Read> Parser<R> {
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
                 dims.push(self.u64(&what)?);
+            }
+            // ggml counts elements in int64_t.
+            if dims
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .is_none_or(|n| n > i64::MAX as u64)
+            {
+                return Err(GgufError::DimensionOverflow { name, dims });
             }
             let ggml_type = GgmlType(self.u32(&what)?);
             let offset = self.u64(&what)?;
@@ -460,6 +510,14 @@ impl<R: Read> Parser<R> {
                     }
                 })?;
                 let n = self.u64(&what)?;
+                let min = match elem_type {
+                    GgufValueType::U8 | GgufValueType::I8 | GgufValueType::Bool => 1,
+                    GgufValueType::U16 | GgufValueType::I16 => 2,
+                    GgufValueType::U32 | GgufValueType::I32 | GgufValueType::F32 => 4,
+                    // A string or an array is at least its 8-byte length.
+                    _ => 8,
+                };
+                self.plausible(n, min, &|| format!("elements in {}", what()))?;
                 let mut values = Vec::with_capacity(self.capacity(n, VALUE_COST + 1));
                 for _ in 0..n {
                     values.push(self.value(elem_type, key, depth + 1)?);

@@ -15,7 +15,25 @@ use crate::gguf::read::GgufTensorInfo;
 #[derive(Debug, Clone, Default)]
 pub struct GgufWriter {
     metadata: Vec<(String, GgufValue)>,
-    tensors: Vec<(GgufTensorInfo, Vec<u8>)>,
+    tensors: Vec<(GgufTensorInfo, TensorData)>,
+}
+
+/// A tensor's bytes, or only its length for an all-zero tensor (written as
+/// a hole by [`GgufWriter::write_sparse_file`], so a multi-gigabyte test
+/// model costs neither memory nor disk).
+#[derive(Debug, Clone)]
+enum TensorData {
+    Bytes(Vec<u8>),
+    Zeros(u64),
+}
+
+impl TensorData {
+    fn len(&self) -> u64 {
+        match self {
+            TensorData::Bytes(b) => b.len() as u64,
+            TensorData::Zeros(n) => *n,
+        }
+    }
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -63,8 +81,32 @@ impl GgufWriter {
             ggml_type,
             offset: 0,
         };
-        self.tensors.push((info, data));
+        self.tensors.push((info, TensorData::Bytes(data)));
         self
+    }
+
+    /// Adds an all-zero tensor of any type (its size follows from the shape;
+    /// a shape the type cannot hold is refused at write time).
+    pub fn add_tensor_zeros(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        ggml_type: GgmlType,
+    ) -> &mut Self {
+        let info = GgufTensorInfo {
+            name: name.into(),
+            dims: dims.to_vec(),
+            ggml_type,
+            offset: 0,
+        };
+        let n = info.n_bytes().unwrap_or(u64::MAX);
+        self.tensors.push((info, TensorData::Zeros(n)));
+        self
+    }
+
+    /// The sum of the tensors' data sizes.
+    pub fn tensor_bytes(&self) -> u64 {
+        self.tensors.iter().map(|(_, d)| d.len()).sum()
     }
 
     fn alignment(&self) -> io::Result<u64> {
@@ -79,6 +121,12 @@ impl GgufWriter {
 
     /// Writes the whole file.
     pub fn write_to<W: Write>(&self, w: W) -> io::Result<()> {
+        self.write_header(w, false)
+    }
+
+    /// Writes the header (padded to the alignment), and unless
+    /// `header_only` the tensor data after it.
+    fn write_header<W: Write>(&self, w: W, header_only: bool) -> io::Result<()> {
         let alignment = self.alignment()?;
         for (i, (k, _)) in self.metadata.iter().enumerate() {
             if self.metadata[..i].iter().any(|(k2, _)| k2 == k) {
@@ -101,7 +149,7 @@ impl GgufWriter {
             let want = info
                 .n_bytes()
                 .map_err(|e| invalid(format!("tensor {:?}: {e}", info.name)))?;
-            if want != data.len() as u64 {
+            if want != data.len() {
                 return Err(invalid(format!(
                     "tensor {:?} with shape {:?} and type {} needs {want} bytes, got {}",
                     info.name,
@@ -117,15 +165,46 @@ impl GgufWriter {
             }
             w.write_all(&info.ggml_type.0.to_le_bytes())?;
             w.write_all(&offset.to_le_bytes())?;
-            offset += (data.len() as u64).div_ceil(alignment) * alignment;
+            offset += data.len().div_ceil(alignment) * alignment;
         }
 
         pad(&mut w, alignment)?;
+        if header_only {
+            return w.flush();
+        }
         for (_, data) in &self.tensors {
-            w.write_all(data)?;
+            match data {
+                TensorData::Bytes(b) => w.write_all(b)?,
+                TensorData::Zeros(n) => {
+                    io::copy(&mut io::Read::take(io::repeat(0), *n), &mut w)?;
+                }
+            }
             pad(&mut w, alignment)?;
         }
         w.flush()
+    }
+
+    /// Writes `path` with the all-zero tensors left as holes in a sparse
+    /// file: the header and the other tensors are written, the rest is a
+    /// seek and the final length.
+    pub fn write_sparse_file(&self, path: &Path) -> io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let alignment = self.alignment()?;
+        let mut header = Vec::new();
+        self.write_header(&mut header, true)?;
+        let mut f = BufWriter::new(File::create(path)?);
+        f.write_all(&header)?;
+        let mut at = header.len() as u64;
+        for (_, data) in &self.tensors {
+            if let TensorData::Bytes(b) = data {
+                f.seek(SeekFrom::Start(at))?;
+                f.write_all(b)?;
+            }
+            at += data.len().div_ceil(alignment) * alignment;
+        }
+        let f = f.into_inner().map_err(|e| e.into_error())?;
+        f.set_len(at)?;
+        f.sync_all()
     }
 
     /// Writes the file to `path` atomically (a temporary file beside it, then

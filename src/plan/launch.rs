@@ -91,6 +91,39 @@ impl Launch {
             Some(false) => args.push("--no-jinja".into()),
             None => {}
         }
+        // What is planned is what runs: llama.cpp's `--fit` (on by default)
+        // would shrink an unset context or layer count to the free memory
+        // of the moment. Off, an unset context is the trained one and
+        // `gpu_layers: auto` offloads every layer, which is what the memory
+        // estimate assumes. A `--fit` in `extra_args` is the user's choice.
+        let user_fit = o
+            .extra_args
+            .iter()
+            .any(|a| a == "--fit" || a == "-fit" || a.starts_with("--fit="));
+        if !user_fit {
+            args.push("--fit".into());
+            args.push("off".into());
+        }
+        // Verbosity 4 makes llama-server print its buffer sizes per device
+        // at load, which is how status measures each instance on every
+        // backend (some 180 lines at load, about 30 per request). A
+        // verbosity in `extra_args` is the user's choice.
+        let user_verbosity = o.extra_args.iter().any(|a| {
+            matches!(
+                a.split('=').next().unwrap_or(""),
+                "-lv"
+                    | "--verbosity"
+                    | "--log-verbosity"
+                    | "-v"
+                    | "--verbose"
+                    | "--log-verbose"
+                    | "--log-disable"
+            )
+        });
+        if !user_verbosity {
+            args.push("-lv".into());
+            args.push("4".into());
+        }
         args.extend(o.extra_args.iter().cloned());
         Launch {
             program: program.to_owned(),

@@ -178,7 +178,9 @@ pub enum GpuLayers {
 pub enum GpuLayersKeyword {
     /// Offload every layer.
     All,
-    /// Let llama.cpp's `--fit` decide.
+    /// llama-server's default. The daemon runs it with `--fit off`, so this
+    /// offloads every layer; with `--fit on` in `extra_args`, llama.cpp's
+    /// fit decides at start (docs/memory.md).
     Auto,
 }
 

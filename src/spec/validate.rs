@@ -35,22 +35,17 @@ pub struct Disk;
 
 impl FileProbe for Disk {
     fn check_gguf(&self, path: &Path) -> Result<(), String> {
-        use std::io::Read;
         // Opening a FIFO or a device would block or read forever.
         let meta = std::fs::metadata(path).map_err(|e| describe_io(path, &e))?;
         if !meta.is_file() {
             return Err(format!("{} is not a regular file", path.display()));
         }
-        let mut file = std::fs::File::open(path).map_err(|e| describe_io(path, &e))?;
-        let mut magic = [0u8; 4];
-        match file.read_exact(&mut magic) {
-            Ok(()) if &magic == b"GGUF" => Ok(()),
-            Ok(()) => Err(format!(
-                "{} is not a GGUF file (it does not start with the GGUF magic)",
-                path.display()
-            )),
-            Err(_) => Err(format!("{} is too short to be a GGUF file", path.display())),
-        }
+        // Unreadable files get the plain file messages; the rest is the
+        // GGUF check (header, truncation, split parts).
+        std::fs::File::open(path).map_err(|e| describe_io(path, &e))?;
+        crate::gguf::check_model(path)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
     fn check_executable(&self, program: &Path) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;

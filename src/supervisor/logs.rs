@@ -106,6 +106,8 @@ pub struct LogSink {
     max_lines: usize,
     max_line_bytes: usize,
     ring: Arc<Mutex<Ring>>,
+    /// The buffer sizes llama-server printed (at `-lv 4`), per device.
+    memory: Arc<Mutex<crate::memory::log::LogUsage>>,
 }
 
 impl LogSink {
@@ -120,6 +122,7 @@ impl LogSink {
                 dropped: 0,
                 warnings: Vec::new(),
             })),
+            memory: Arc::default(),
         }
     }
 
@@ -141,6 +144,7 @@ impl LogSink {
                 dropped: 0,
                 warnings: Vec::new(),
             })),
+            memory: Arc::default(),
         })
     }
 
@@ -157,6 +161,10 @@ impl LogSink {
     /// Appends a line, truncating it to the byte cap and evicting the oldest
     /// line when full.
     pub fn push(&self, stream: LogStream, text: &str) {
+        self.memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .feed(text);
         let text = truncate_line(text, self.max_line_bytes);
         let line = LogLine {
             at: SystemTime::now(),
@@ -192,6 +200,16 @@ impl LogSink {
             .iter()
             .map(|w| (*w).to_owned())
             .collect()
+    }
+
+    /// What the latest llama-server said it allocated, per device (empty
+    /// until its buffer lines arrive; they are kept when the lines scroll
+    /// out of the buffer).
+    pub fn memory(&self) -> crate::memory::log::LogUsage {
+        self.memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The last `n` lines (fewer if fewer were kept), oldest first.

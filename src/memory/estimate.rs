@@ -1,0 +1,782 @@
+//! The estimate: where each tensor goes, what the KV cache and the compute
+//! and output buffers take, per device.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::Parts;
+use super::hparams::{Hparams, LayerCache};
+use super::settings::{Offload, Settings, SplitMode};
+use crate::gguf::{GgufHeader, GgufTensorInfo};
+use crate::spec::{CacheType, LaunchOptions};
+
+/// A GPU the model may use, as llama-server names it (`ROCm0`, `CUDA0`,
+/// `Vulkan0`), with its free memory (used for the default layer split, as
+/// llama.cpp splits by free memory when `tensor_split` is unset).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Device {
+    pub name: String,
+    pub free: u64,
+}
+
+impl Device {
+    pub fn new(name: impl Into<String>, free: u64) -> Device {
+        Device {
+            name: name.into(),
+            free,
+        }
+    }
+
+    /// The backend's fixed per-process overhead on the device: the runtime
+    /// context (HIP, CUDA) and its kernels. Conservative constants, not
+    /// measured here (no such GPU is available to this project's CI); see
+    /// docs/memory.md.
+    pub fn overhead(&self) -> u64 {
+        backend_overhead(&self.name)
+    }
+}
+
+/// The fixed overhead of a backend, by device name prefix.
+pub fn backend_overhead(device: &str) -> u64 {
+    const MIB: u64 = 1 << 20;
+    if device.starts_with("ROCm") || device.starts_with("HIP") {
+        512 * MIB
+    } else if device.starts_with("CUDA") {
+        384 * MIB
+    } else if device.starts_with("Vulkan") {
+        64 * MIB
+    } else {
+        0
+    }
+}
+
+/// The estimate for one model.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Estimate {
+    /// Per device (`CPU` is the host).
+    pub devices: BTreeMap<String, Parts>,
+    /// KV cells in all (the context, padded, times the streams).
+    pub context: u64,
+    /// Cells per slot.
+    pub context_per_slot: u64,
+    pub slots: u64,
+    pub flash_attn: bool,
+    /// Layers on a GPU, of `n_layer + 1` (the output layer counts).
+    pub gpu_layers: u64,
+    pub n_layer: u64,
+}
+
+impl Estimate {
+    pub fn total_bytes(&self) -> u64 {
+        self.devices.values().map(Parts::total).sum()
+    }
+
+    pub fn total(&self) -> Parts {
+        let mut t = Parts::default();
+        for p in self.devices.values() {
+            t.add(p);
+        }
+        t
+    }
+}
+
+fn pad(n: u64, to: u64) -> u64 {
+    n.div_ceil(to) * to
+}
+
+/// `(elements per block, bytes per block)` of a cache type.
+fn cache_block(t: CacheType) -> (u64, u64) {
+    match t {
+        CacheType::F32 => (1, 4),
+        CacheType::F16 | CacheType::Bf16 => (1, 2),
+        CacheType::Q8_0 => (32, 34),
+        CacheType::Q4_0 | CacheType::Iq4Nl => (32, 18),
+        CacheType::Q4_1 => (32, 20),
+        CacheType::Q5_0 => (32, 22),
+        CacheType::Q5_1 => (32, 24),
+    }
+}
+
+fn row_bytes(t: CacheType, n: u64) -> u64 {
+    let (block, bytes) = cache_block(t);
+    n.div_ceil(block) * bytes
+}
+
+/// The layer a tensor belongs to: `Some(il)` for `blk.<il>.`, `None` for the
+/// token embeddings (the input layer) and `Some(n_layer)` for the rest (the
+/// output layer).
+fn tensor_layer(name: &str, n_layer: u64) -> Option<u64> {
+    if let Some(rest) = name.strip_prefix("blk.") {
+        return rest.split('.').next()?.parse().ok();
+    }
+    if name.starts_with("token_embd") || name.starts_with("token_types") {
+        return None;
+    }
+    Some(n_layer)
+}
+
+/// Whether `pattern` (llama.cpp takes a regular expression; here the common
+/// forms: alternatives with `|`, `.` and `\.` literally, `.*` and `\d+`
+/// wildcards) matches somewhere in `name`.
+pub fn override_matches(pattern: &str, name: &str) -> bool {
+    pattern.split('|').any(|alt| glob_search(alt, name))
+}
+
+fn glob_search(pattern: &str, name: &str) -> bool {
+    // Tokens: literal chars, ANY (.*), DIGITS (\d+ or [0-9]+), ONE (.).
+    #[derive(Clone, Copy, PartialEq)]
+    enum Tok {
+        Lit(char),
+        Any,
+        Digits,
+        One,
+    }
+    let mut toks = Vec::new();
+    let chars: Vec<char> = pattern.trim_start_matches('^').chars().collect();
+    let anchored_end = pattern.ends_with('$');
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let rest: String = chars[i..].iter().collect();
+        if rest.starts_with(".*") {
+            toks.push(Tok::Any);
+            i += 2;
+        } else if rest.starts_with("\\d+") || rest.starts_with("[0-9]+") {
+            toks.push(Tok::Digits);
+            i += if rest.starts_with("\\d+") { 3 } else { 6 };
+        } else if rest.starts_with("\\.") {
+            toks.push(Tok::Lit('.'));
+            i += 2;
+        } else if c == '.' {
+            toks.push(Tok::One);
+            i += 1;
+        } else if (c == '$' && i == chars.len() - 1) || c == '(' || c == ')' {
+            i += 1;
+        } else {
+            toks.push(Tok::Lit(c));
+            i += 1;
+        }
+    }
+    let name: Vec<char> = name.chars().collect();
+    fn m(t: &[Tok], s: &[char], end: bool) -> bool {
+        match t.first() {
+            None => !end || s.is_empty(),
+            Some(Tok::Lit(c)) => s.first() == Some(c) && m(&t[1..], &s[1..], end),
+            Some(Tok::One) => !s.is_empty() && m(&t[1..], &s[1..], end),
+            Some(Tok::Any) => (0..=s.len()).any(|k| m(&t[1..], &s[k..], end)),
+            Some(Tok::Digits) => {
+                let n = s.iter().take_while(|c| c.is_ascii_digit()).count();
+                (1..=n).any(|k| m(&t[1..], &s[k..], end))
+            }
+        }
+    }
+    let anchored_start = pattern.starts_with('^');
+    if anchored_start {
+        m(&toks, &name, anchored_end)
+    } else {
+        (0..=name.len()).any(|k| m(&toks, &name[k..], anchored_end))
+    }
+}
+
+/// Whether the CPU backend repacks this weight into its `CPU_REPACK` buffer:
+/// matrices used by a matrix multiplication, of a type with an x86 AVX2
+/// repack in b11434's `ggml-cpu/repack.cpp` (Q4_0, Q4_K, IQ4_NL, MXFP4), with
+/// rows in multiples of 8. The token embeddings are read by row, not
+/// multiplied, so they stay. (ARM builds repack other types; rocm-llm's
+/// build is x86-64.)
+pub fn cpu_repacks(t: &GgufTensorInfo) -> bool {
+    matches!(t.ggml_type.0, 2 | 12 | 20 | 39)
+        && t.dims.len() >= 2
+        && t.dims[1].is_multiple_of(8)
+        && !t.name.starts_with("token_embd")
+}
+
+/// Where the layers go: `None` the host, `Some(i)` GPU `i`; index `n_layer`
+/// is the output layer. llama.cpp's `load_tensors`: the last `n` layers
+/// offload, the output layer only when `n > n_layer`, split across GPUs at
+/// the cumulative fractions of `tensor_split` (default: free memory).
+pub fn layer_devices(n_layer: u64, s: &Settings, gpus: &[Device]) -> Vec<Option<usize>> {
+    let n_all = n_layer + 1;
+    if gpus.is_empty() {
+        return vec![None; n_all as usize];
+    }
+    let ngl = match s.offload {
+        Offload::All => n_all,
+        Offload::Layers(n) => n.min(n_all),
+    };
+    let start = n_all - ngl;
+    let fractions: Vec<f64> = if s.split_mode == SplitMode::None {
+        (0..gpus.len())
+            .map(|i| if i == s.main_gpu { 1.0 } else { 0.0 })
+            .collect()
+    } else if s.tensor_split.iter().any(|&x| x > 0.0) {
+        (0..gpus.len())
+            .map(|i| s.tensor_split.get(i).copied().unwrap_or(0.0))
+            .collect()
+    } else {
+        gpus.iter().map(|g| g.free.max(1) as f64).collect()
+    };
+    let sum: f64 = fractions.iter().sum();
+    let mut cum = Vec::with_capacity(fractions.len());
+    let mut acc = 0.0;
+    for f in &fractions {
+        acc += f;
+        cum.push(acc / sum);
+    }
+    (0..n_all)
+        .map(|il| {
+            if il < start {
+                return None;
+            }
+            let x = (il - start) as f64 / ngl as f64;
+            let gpu = cum.partition_point(|&c| c <= x).min(gpus.len() - 1);
+            Some(gpu)
+        })
+        .collect()
+}
+
+/// The device name for a placement.
+fn dev_name(d: Option<usize>, gpus: &[Device]) -> String {
+    d.map_or_else(|| "CPU".to_owned(), |i| gpus[i].name.clone())
+}
+
+/// The estimate for a checked header and launch options.
+pub fn estimate_model(
+    header: &GgufHeader,
+    options: &LaunchOptions,
+    gpus: &[Device],
+) -> Result<Estimate, String> {
+    let h = Hparams::from_header(header)?;
+    let s = Settings::resolve(options, h.n_ctx_train);
+    let mmproj = match &s.mmproj {
+        Some(p) => Some(
+            crate::gguf::check_model(p)
+                .map_err(|e| format!("the --mmproj file: {e}"))?
+                .header,
+        ),
+        None => None,
+    };
+    estimate(&h, &header.tensors, &s, gpus, mmproj.as_ref())
+}
+
+/// The estimate from the parts.
+pub fn estimate(
+    h: &Hparams,
+    tensors: &[GgufTensorInfo],
+    s: &Settings,
+    gpus: &[Device],
+    mmproj: Option<&GgufHeader>,
+) -> Result<Estimate, String> {
+    let mut devices: BTreeMap<String, Parts> = BTreeMap::new();
+    devices.insert("CPU".to_owned(), Parts::default());
+    let placement = layer_devices(h.n_layer, s, gpus);
+    let layer_dev = |il: u64| placement.get(il as usize).copied().flatten();
+    let output_dev = layer_dev(h.n_layer);
+
+    // Weights. On the host, matrices the CPU backend repacks go to a
+    // `CPU_REPACK` buffer (a copy), and the memory-mapped buffer spans the
+    // file from the first to the last tensor it holds (gaps included), as
+    // llama-model-loader maps it.
+    let mut host_range: Option<(u64, u64)> = None;
+    let mut host_repack = 0u64;
+    for t in tensors {
+        let bytes = t.n_bytes().map_err(|e| e.to_string())?;
+        let layer = tensor_layer(&t.name, h.n_layer);
+        let mut dev = layer.and_then(layer_dev);
+        if let Some(il) = layer
+            && il < h.n_layer
+            && t.name.contains("_exps")
+            && il < s.n_cpu_moe
+        {
+            dev = None;
+        }
+        let mut name = dev_name(dev, gpus);
+        if let Some(o) = s
+            .overrides
+            .iter()
+            .find(|o| override_matches(&o.pattern, &t.name))
+        {
+            name = super::log::buffer_device(&o.buffer);
+        }
+        if name == "CPU" {
+            if cpu_repacks(t) {
+                host_repack += bytes;
+            } else {
+                let end = t.offset + bytes;
+                host_range = Some(
+                    host_range.map_or((t.offset, end), |(a, b)| (a.min(t.offset), b.max(end))),
+                );
+            }
+        } else {
+            devices.entry(name).or_default().weights += bytes;
+        }
+        // Tied embeddings: the output layer loads its own copy of the token
+        // embeddings where it is not on the host.
+        if t.name == "token_embd.weight" && !h.has_output && output_dev.is_some() {
+            devices
+                .entry(dev_name(output_dev, gpus))
+                .or_default()
+                .weights += bytes;
+        }
+    }
+    let mapped = host_range.map_or(0, |(a, b)| b - a);
+    devices.entry("CPU".to_owned()).or_default().weights += mapped + host_repack;
+
+    // KV cache (llama_context / llama_kv_cache(_iswa)): the context padded
+    // to 256; without a unified cache each slot gets its own stream of
+    // ctx/slots cells, padded to 256.
+    let n_seq = s.n_seq.max(1);
+    let n_ctx = pad(s.ctx_size.max(1), 256);
+    let (kv_size, n_stream) = if s.kv_unified {
+        (n_ctx, 1)
+    } else {
+        (pad(n_ctx / n_seq, 256), n_seq)
+    };
+    let fa = s.flash_attn.unwrap_or(true);
+    let swa_size = if s.swa_full {
+        kv_size
+    } else {
+        pad(
+            kv_size.min(h.n_swa * if s.kv_unified { n_seq } else { 1 } + s.n_ubatch),
+            256,
+        )
+    };
+    let v_max = (0..h.n_layer as usize)
+        .map(|il| h.kv_elements(il).1)
+        .max()
+        .unwrap_or(0);
+    for il in 0..h.n_layer {
+        let cells = match h.layers[il as usize] {
+            LayerCache::Full => kv_size,
+            LayerCache::Swa => swa_size,
+            LayerCache::Recurrent => {
+                let (r, st) = h.recurrent_rs;
+                let bytes = (r + st) * 4 * n_seq;
+                let dev = if s.no_kv_offload { None } else { layer_dev(il) };
+                devices.entry(dev_name(dev, gpus)).or_default().kv += bytes;
+                continue;
+            }
+            LayerCache::None => continue,
+        };
+        let (k, mut v) = h.kv_elements(il as usize);
+        if !fa && v > 0 {
+            // A transposed V cache is sized for the widest layer.
+            v = v_max;
+        }
+        let bytes = (row_bytes(s.type_k, k) + row_bytes(s.type_v, v)) * cells * n_stream;
+        let dev = if s.no_kv_offload { None } else { layer_dev(il) };
+        devices.entry(dev_name(dev, gpus)).or_default().kv += bytes;
+    }
+
+    // Output buffer (llama_context::output_reserve): logits for one token
+    // per slot, on the host.
+    devices.entry("CPU".to_owned()).or_default().output = h.n_vocab * n_seq * 4;
+
+    // Compute buffers: the worst-case graph for one ubatch, on each device
+    // that runs part of it.
+    let n_tokens = n_ctx.min(s.n_ubatch);
+    let full_kv = kv_size;
+    let swa_kv = if h.layers.contains(&LayerCache::Swa) {
+        swa_size
+    } else {
+        0
+    };
+    let graph = ComputeGraph {
+        h,
+        fa,
+        n_tokens,
+        n_outputs: n_seq.min(s.n_batch).min(n_tokens),
+        full_kv,
+        swa_kv,
+    };
+    let mut runs: BTreeMap<String, (bool, bool)> = BTreeMap::new(); // (layers, output)
+    for il in 0..h.n_layer {
+        runs.entry(dev_name(layer_dev(il), gpus)).or_default().0 = true;
+    }
+    runs.entry(dev_name(output_dev, gpus)).or_default().1 = true;
+    for (dev, (layers, output)) in &runs {
+        let bytes = graph.peak(*layers, *output);
+        devices.entry(dev.clone()).or_default().compute += bytes;
+    }
+    if !gpus.is_empty() && !runs.contains_key("CPU") {
+        // The host still embeds the input tokens.
+        devices.entry("CPU".to_owned()).or_default().compute += graph.host_input();
+    }
+
+    // Multimodal projector: on the first GPU (or the host).
+    if let Some(mm) = mmproj {
+        let bytes: u64 = mm.tensors.iter().filter_map(|t| t.n_bytes().ok()).sum();
+        let dev = if gpus.is_empty() {
+            None
+        } else {
+            Some(s.main_gpu.min(gpus.len() - 1))
+        };
+        devices.entry(dev_name(dev, gpus)).or_default().weights += bytes;
+    }
+
+    for g in gpus {
+        if let Some(p) = devices.get_mut(&g.name) {
+            p.overhead = g.overhead();
+        }
+    }
+    let gpu_layers = placement.iter().filter(|d| d.is_some()).count() as u64;
+    Ok(Estimate {
+        devices,
+        context: kv_size * n_stream,
+        context_per_slot: kv_size,
+        slots: n_seq,
+        flash_attn: fa,
+        gpu_layers,
+        n_layer: h.n_layer,
+    })
+}
+
+/// The compute graph's worst case, reserved by `sched_reserve` for a full
+/// ubatch over the whole cache.
+struct ComputeGraph<'a> {
+    h: &'a Hparams,
+    fa: bool,
+    n_tokens: u64,
+    n_outputs: u64,
+    full_kv: u64,
+    swa_kv: u64,
+}
+
+impl ComputeGraph<'_> {
+    /// The attention masks, live through the whole graph: one per cache
+    /// kind, `cells x ubatch`, f16 with flash attention and f32 without.
+    fn masks(&self) -> u64 {
+        let el = if self.fa { 2 } else { 4 };
+        (self.full_kv + self.swa_kv) * self.n_tokens * el
+    }
+
+    /// The host's share when every layer is on a GPU: the embedded tokens
+    /// and the small inputs.
+    fn host_input(&self) -> u64 {
+        self.h.n_embd * self.n_tokens * 4 + self.n_tokens * 8
+    }
+
+    /// The peak of the live tensors. The per-token coefficients come from
+    /// the graph (llama-graph.cpp: build_attn_mha, build_ffn, build_moe_ffn)
+    /// as ggml-alloc lays it out on the CPU backend, and were checked against
+    /// llama-server's own figures (docs/memory.md):
+    /// - attention without flash attention: the KQ scores,
+    ///   `cells x ubatch x heads` f32 (soft_max works in place), beside
+    ///   3 residual-wide, 3 Q-wide and 2 KV-wide f32 rows per token;
+    /// - feed-forward: 3 `n_ff`-wide and 5 residual-wide f32 rows per token
+    ///   (a MoE: the used experts' rows, the router's logits and weights);
+    /// - output: the logits of the outputs (one per slot) and a residual row.
+    fn peak(&self, layers: bool, output: bool) -> u64 {
+        let h = self.h;
+        let t = self.n_tokens;
+        let e = h.n_embd;
+        let n_head = h.n_head_max();
+        let q = n_head * h.head_k;
+        let kvd = h.n_head_kv.iter().copied().max().unwrap_or(0) * h.head_k;
+        let mut peak = 0;
+        if layers {
+            let rows = (3 * e + 3 * q + 2 * kvd) * t * 4;
+            let attn = if self.fa {
+                rows
+            } else {
+                let kv_n = self.full_kv.max(self.swa_kv);
+                rows + kv_n * t * n_head * 4
+            };
+            let ffn = if h.n_expert > 0 {
+                let k = h.n_expert_used.max(1);
+                (3 * h.n_ff_exp * k + 5 * e + 2 * h.n_expert + k * e) * t * 4
+            } else {
+                (3 * h.n_ff_max() + 5 * e) * t * 4
+            };
+            peak = peak.max(attn).max(ffn);
+        }
+        if output {
+            peak = peak.max(h.n_vocab * self.n_outputs * 4 + 2 * e * t * 4);
+        }
+        self.masks() + peak
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgmlType;
+    use crate::gguf::shapes::{Shape, ShapeArch, real_shapes, shape_writer};
+    use crate::spec::{GpuLayers, LaunchOptions};
+
+    const MIB: u64 = 1 << 20;
+
+    fn header(shape: &Shape) -> GgufHeader {
+        let mut out = Vec::new();
+        shape_writer(shape)
+            .unwrap()
+            .write_to(&mut HeaderOnly(&mut out))
+            .ok();
+        GgufHeader::read(&out[..], 1 << 30).unwrap()
+    }
+
+    /// Keeps what is written up to the tensor data (the header), so a
+    /// multi-gigabyte shape costs nothing here.
+    struct HeaderOnly<'a>(&'a mut Vec<u8>);
+    impl std::io::Write for HeaderOnly<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.0.len() > 64 << 20 {
+                return Err(std::io::Error::other("header only"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn shape(name: &str) -> Shape {
+        real_shapes().into_iter().find(|s| s.name == name).unwrap()
+    }
+
+    fn small() -> Shape {
+        Shape {
+            name: "small",
+            arch: ShapeArch::Llama,
+            n_embd: 256,
+            n_layer: 4,
+            n_head: 4,
+            n_head_kv: 2,
+            head_dim: 64,
+            n_ff: 512,
+            n_vocab: 1000,
+            tied: false,
+            n_swa: 0,
+            moe: None,
+            weights: GgmlType::F16,
+            n_ctx_train: 4096,
+        }
+    }
+
+    fn run(shape: &Shape, o: &LaunchOptions, gpus: &[Device]) -> Estimate {
+        estimate_model(&header(shape), o, gpus).unwrap()
+    }
+
+    fn opts(f: impl FnOnce(&mut LaunchOptions)) -> LaunchOptions {
+        let mut o = LaunchOptions::default();
+        f(&mut o);
+        o
+    }
+
+    #[test]
+    fn layers_offload_from_the_output_layer_down() {
+        // b11434's load_tensors: i_gpu_start = n_layer + 1 - n_gpu_layers,
+        // and the output layer is layer n_layer, so it is the first to go.
+        let one = [Device::new("ROCm0", 16 << 30)];
+        let check = |offload: Offload, expected: &[Option<usize>]| {
+            let s = Settings {
+                offload,
+                ..Settings::resolve(&LaunchOptions::default(), 4096)
+            };
+            assert_eq!(layer_devices(4, &s, &one), expected, "{offload:?}");
+        };
+        let (c, g) = (None, Some(0));
+        check(Offload::Layers(0), &[c, c, c, c, c]);
+        check(Offload::Layers(1), &[c, c, c, c, g]);
+        check(Offload::Layers(2), &[c, c, c, g, g]);
+        check(Offload::Layers(4), &[c, g, g, g, g]);
+        check(Offload::Layers(5), &[g, g, g, g, g]);
+        check(Offload::Layers(99), &[g, g, g, g, g]);
+        check(Offload::All, &[g, g, g, g, g]);
+        // No GPU: everything on the host whatever is asked.
+        let s = Settings::resolve(&LaunchOptions::default(), 4096);
+        assert_eq!(layer_devices(4, &s, &[]), vec![None; 5]);
+    }
+
+    #[test]
+    fn layers_split_across_gpus_by_tensor_split_or_free_memory() {
+        let two = [
+            Device::new("ROCm0", 8 << 30),
+            Device::new("ROCm1", 24 << 30),
+        ];
+        let check = |extra: &[&str], expected: &[Option<usize>]| {
+            let o = opts(|o| o.extra_args = extra.iter().map(|s| s.to_string()).collect());
+            let s = Settings::resolve(&o, 4096);
+            assert_eq!(layer_devices(7, &s, &two), expected, "{extra:?}");
+        };
+        let (a, b) = (Some(0), Some(1));
+        // By free memory, 1:3 over 8 layers (7 + output): 2 and 6.
+        check(&[], &[a, a, b, b, b, b, b, b]);
+        check(&["--tensor-split", "1,1"], &[a, a, a, a, b, b, b, b]);
+        check(&["-ts", "3/1"], &[a, a, a, a, a, a, b, b]);
+        check(&["--tensor-split=0,1"], &[b; 8]);
+        check(&["-sm", "none"], &[a; 8]);
+        check(&["-sm", "none", "-mg", "1"], &[b; 8]);
+    }
+
+    #[test]
+    fn weights_follow_their_layers_experts_and_overrides() {
+        let s = small();
+        let gpu = [Device::new("CUDA0", 16 << 30)];
+        let all = run(&s, &LaunchOptions::default(), &gpu);
+        let embd = 256 * 1000 * 2;
+        let total: u64 = header(&s).total_tensor_bytes().unwrap();
+        assert_eq!(
+            all.devices["CPU"].weights, embd,
+            "only the input layer stays"
+        );
+        assert_eq!(all.devices["CUDA0"].weights, total - embd);
+        assert_eq!(all.gpu_layers, 5);
+        assert_eq!(all.devices["CUDA0"].overhead, 384 * MIB);
+
+        // Two: the output layer and layer 3 go; the host keeps the input and
+        // layers 0-2, contiguous in the file, so its mapped range is exact.
+        let two = run(
+            &s,
+            &opts(|o| o.gpu_layers = Some(GpuLayers::Count(2))),
+            &gpu,
+        );
+        assert_eq!(two.gpu_layers, 2);
+        let layer = 2 * 256 * 4 + (256 * 256 * 2 + 2 * 256 * 128 + 3 * 256 * 512) * 2;
+        let output = 256 * 4 + 256 * 1000 * 2;
+        assert_eq!(two.devices["CUDA0"].weights, layer + output);
+        assert_eq!(two.devices["CPU"].weights, total - layer - output);
+
+        // Tied embeddings: the offloaded output layer loads its own copy.
+        let tied = Shape {
+            tied: true,
+            ..small()
+        };
+        let t = run(&tied, &LaunchOptions::default(), &gpu);
+        let tied_total = header(&tied).total_tensor_bytes().unwrap();
+        assert_eq!(t.devices["CPU"].weights, embd);
+        assert_eq!(t.devices["CUDA0"].weights, tied_total);
+
+        // An override sends matching tensors to the host.
+        let o = opts(|o| o.extra_args = vec!["-ot".into(), "ffn_.*=CPU".into()]);
+        let ot = run(&s, &o, &gpu);
+        let ffn = 4 * 3 * 256 * 512 * 2;
+        assert_eq!(
+            ot.devices["CUDA0"].weights,
+            total - embd - ffn - 4 * 256 * 4
+        );
+    }
+
+    #[test]
+    fn cpu_moe_keeps_the_experts_of_the_first_layers_on_the_host() {
+        let m = Shape {
+            moe: Some((8, 2, 128)),
+            arch: ShapeArch::Qwen3Moe,
+            ..small()
+        };
+        let gpu = [Device::new("ROCm0", 16 << 30)];
+        let expert_layer = 3 * 256 * 128 * 8 * 2;
+        let base = run(&m, &LaunchOptions::default(), &gpu);
+        for (args, layers_on_host) in [
+            (vec!["--n-cpu-moe", "1"], 1),
+            (vec!["--n-cpu-moe=3"], 3),
+            (vec!["--cpu-moe"], 4),
+        ] {
+            let o = opts(|o| o.extra_args = args.iter().map(|s| s.to_string()).collect());
+            let e = run(&m, &o, &gpu);
+            assert_eq!(
+                base.devices["ROCm0"].weights - e.devices["ROCm0"].weights,
+                layers_on_host * expert_layer,
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn kv_cache_sizes_follow_llama_cpp() {
+        // (shape, ctx, parallel, extra args, KV bytes)
+        let f16 = 2u64;
+        let llama = shape("llama3-8b"); // 2 layers, 8 KV heads of 128
+        let row = 8 * 128 * f16 * 2; // K + V per cell and layer
+        let gemma = shape("gemma3-1b"); // 6 layers: 5 sliding (512), 1 full; 1 KV head of 256
+        let grow = 256 * f16 * 2;
+        type Case<'a> = (&'a Shape, u32, Option<u32>, Vec<&'a str>, u64);
+        let cases: Vec<Case> = vec![
+            (&llama, 4096, None, vec![], 2 * row * 4096),
+            // Padded to 256.
+            (&llama, 4000, None, vec![], 2 * row * 4096),
+            // 4 separate slots: 1000 cells each, padded to 1024.
+            (&llama, 4000, Some(4), vec![], 2 * row * 4096),
+            (&llama, 3000, Some(4), vec![], 2 * row * 768 * 4),
+            (&llama, 3000, Some(4), vec!["--kv-unified"], 2 * row * 3072),
+            // iSWA: the window (512) plus a ubatch, times the slots when unified.
+            (&gemma, 8192, Some(1), vec![], grow * (8192 + 5 * 1024)),
+            (&gemma, 8192, None, vec![], grow * (8192 + 5 * 2560)),
+            (&gemma, 8192, Some(4), vec![], grow * 4 * (2048 + 5 * 1024)),
+            (&gemma, 8192, Some(1), vec!["--swa-full"], grow * 6 * 8192),
+            // A small context caps the window.
+            (&gemma, 512, Some(1), vec![], grow * 6 * 512),
+        ];
+        for (s, ctx, parallel, extra, expected) in cases {
+            let o = opts(|o| {
+                o.ctx_size = Some(ctx);
+                o.parallel = parallel;
+                o.extra_args = extra.iter().map(|x| x.to_string()).collect();
+            });
+            let e = run(s, &o, &[]);
+            assert_eq!(
+                e.devices["CPU"].kv, expected,
+                "{} ctx {ctx} np {parallel:?} {extra:?}",
+                s.name
+            );
+        }
+    }
+
+    #[test]
+    fn mla_keeps_no_v_and_recurrent_layers_keep_state() {
+        let mut w = crate::gguf::GgufWriter::new();
+        w.add_kv("general.architecture", "deepseek2")
+            .add_kv("deepseek2.block_count", 2u32)
+            .add_kv("deepseek2.embedding_length", 2048u32)
+            .add_kv("deepseek2.attention.head_count", 16u32)
+            .add_kv("deepseek2.attention.head_count_kv", 1u32)
+            .add_kv("deepseek2.attention.key_length", 576u32)
+            .add_kv("deepseek2.attention.value_length", 512u32)
+            .add_kv("deepseek2.attention.key_length_mla", 192u32)
+            .add_kv("deepseek2.attention.value_length_mla", 128u32)
+            .add_kv("deepseek2.vocab_size", 1000u32);
+        let mut b = Vec::new();
+        w.write_to(&mut b).unwrap();
+        let h = GgufHeader::read(&b[..], 1 << 20).unwrap();
+        let o = opts(|o| {
+            o.ctx_size = Some(1024);
+            o.parallel = Some(1);
+        });
+        let e = estimate_model(&h, &o, &[]).unwrap();
+        assert_eq!(e.devices["CPU"].kv, 2 * 576 * 2 * 1024);
+
+        let mut w = crate::gguf::GgufWriter::new();
+        w.add_kv("general.architecture", "mamba")
+            .add_kv("mamba.block_count", 3u32)
+            .add_kv("mamba.embedding_length", 768u32)
+            .add_kv("mamba.ssm.conv_kernel", 4u32)
+            .add_kv("mamba.ssm.inner_size", 1536u32)
+            .add_kv("mamba.ssm.state_size", 16u32)
+            .add_kv("mamba.vocab_size", 1000u32);
+        let mut b = Vec::new();
+        w.write_to(&mut b).unwrap();
+        let h = GgufHeader::read(&b[..], 1 << 20).unwrap();
+        let e = estimate_model(&h, &opts(|o| o.parallel = Some(2)), &[]).unwrap();
+        // Per layer and sequence: conv (4-1) x 1536 and ssm 16 x 1536, f32.
+        assert_eq!(e.devices["CPU"].kv, 3 * 2 * (3 * 1536 + 16 * 1536) * 4);
+    }
+
+    #[test]
+    fn overrides_match_like_the_patterns_people_write() {
+        for (pattern, name, expected) in [
+            ("exps=CPU", "blk.3.ffn_up_exps.weight", true),
+            (r"\.ffn_.*_exps\.", "blk.3.ffn_up_exps.weight", true),
+            (r"blk\.(1|2)\.ffn", "blk.2.ffn_up.weight", true),
+            (r"blk\.\d+\.ffn_down", "blk.12.ffn_down.weight", true),
+            ("attn", "blk.0.ffn_up.weight", false),
+            ("^output", "blk.0.output", false),
+            ("^output", "output.weight", true),
+        ] {
+            let p = pattern.split('=').next().unwrap();
+            assert_eq!(override_matches(p, name), expected, "{pattern} {name}");
+        }
+    }
+}

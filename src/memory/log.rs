@@ -1,0 +1,185 @@
+//! What a running llama-server says it allocated: the buffer lines it prints
+//! at load, per device, on every backend (the CPU build included):
+//!
+//! ```text
+//! load_tensors:   CPU_Mapped model buffer size =   120.00 MiB
+//! llama_kv_cache:        CPU KV buffer size =    64.00 MiB
+//! llama_context:        CPU  output buffer size =     0.49 MiB
+//! sched_reserve:      ROCm0 compute buffer size =   300.01 MiB
+//! ```
+
+use std::collections::BTreeMap;
+
+use super::Parts;
+
+/// The device a buffer belongs to: host buffers (`CPU`, `CPU_Mapped`,
+/// `CPU_REPACK`, `ROCm_Host`, `CUDA_Host`, `Vulkan_Host`) count as `CPU`,
+/// device buffers by their own name (`ROCm0`, `CUDA1`, `Vulkan0`).
+pub fn buffer_device(buffer: &str) -> String {
+    if buffer.starts_with("CPU") || buffer.ends_with("_Host") {
+        "CPU".to_owned()
+    } else {
+        buffer.to_owned()
+    }
+}
+
+/// One buffer line: `(buffer name, kind, bytes)`.
+pub fn parse_buffer_line(line: &str) -> Option<(String, &'static str, u64)> {
+    let at = line.find(" buffer size = ")?;
+    let value = line[at + " buffer size = ".len()..].trim_start();
+    let mut words = value.split_whitespace();
+    let number: f64 = words.next()?.parse().ok()?;
+    let scale = match words.next()? {
+        "MiB" => 1024.0 * 1024.0,
+        "KiB" => 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "B" => 1.0,
+        _ => return None,
+    };
+    let mut before = line[..at].split_whitespace().rev();
+    let kind = match before.next()? {
+        "model" => "weights",
+        "KV" | "RS" => "kv",
+        "output" => "output",
+        "compute" => "compute",
+        "LoRA" => "weights",
+        _ => return None,
+    };
+    let name = before.next()?;
+    if name.ends_with(':') {
+        return None;
+    }
+    Some((name.to_owned(), kind, (number * scale).round() as u64))
+}
+
+/// The parts per device from a whole log (or what has arrived of it).
+/// Model and KV buffers add up (an iSWA cache prints two KV lines); the
+/// compute and output buffers are re-reserved at times, and the last line
+/// for a buffer counts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogUsage {
+    pub devices: BTreeMap<String, Parts>,
+    last_compute: BTreeMap<String, u64>,
+    last_output: BTreeMap<String, u64>,
+}
+
+impl LogUsage {
+    /// Takes one log line; returns whether it was a buffer line.
+    pub fn feed(&mut self, line: &str) -> bool {
+        let Some((name, kind, bytes)) = parse_buffer_line(line) else {
+            return false;
+        };
+        // A model buffer after the compute buffers: a new process loading
+        // (a restart writes into the same model's log).
+        if kind == "weights" && !self.last_compute.is_empty() {
+            *self = LogUsage::default();
+        }
+        match kind {
+            "weights" | "kv" => {
+                let p = self.devices.entry(buffer_device(&name)).or_default();
+                if kind == "weights" {
+                    p.weights += bytes;
+                } else {
+                    p.kv += bytes;
+                }
+            }
+            "compute" => {
+                self.last_compute.insert(name, bytes);
+            }
+            _ => {
+                self.last_output.insert(name, bytes);
+            }
+        }
+        for p in self.devices.values_mut() {
+            p.compute = 0;
+            p.output = 0;
+        }
+        for (name, b) in &self.last_compute {
+            self.devices.entry(buffer_device(name)).or_default().compute += b;
+        }
+        for (name, b) in &self.last_output {
+            self.devices.entry(buffer_device(name)).or_default().output += b;
+        }
+        true
+    }
+
+    pub fn from_log(text: &str) -> LogUsage {
+        let mut u = LogUsage::default();
+        for line in text.lines() {
+            u.feed(line);
+        }
+        u
+    }
+
+    /// The sum over devices.
+    pub fn total(&self) -> u64 {
+        self.devices.values().map(Parts::total).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn buffer_lines_per_device() {
+        let log = "\
+load_tensors: offloaded 3/3 layers to GPU
+load_tensors:   CPU_Mapped model buffer size =   120.00 MiB
+load_tensors:        ROCm0 model buffer size =  4000.50 MiB
+load_tensors:   CPU_REPACK model buffer size =     8.00 MiB
+llama_context:  ROCm_Host  output buffer size =     0.49 MiB
+llama_kv_cache:      ROCm0 KV buffer size =    64.00 MiB
+llama_kv_cache:      ROCm0 KV buffer size =    16.00 MiB
+llama_memory_recurrent:        CPU RS buffer size =     1.00 MiB
+sched_reserve:      ROCm0 compute buffer size =   300.00 MiB
+sched_reserve:  ROCm_Host compute buffer size =    10.00 MiB
+sched_reserve:      ROCm0 compute buffer size =   301.00 MiB
+srv  load_model: something else = 12.00 MiB
+";
+        let u = LogUsage::from_log(log);
+        let cpu = &u.devices["CPU"];
+        let gpu = &u.devices["ROCm0"];
+        assert_eq!(cpu.weights, 128 * MIB);
+        assert_eq!(cpu.kv, MIB);
+        assert_eq!(cpu.output, (0.49 * MIB as f64).round() as u64);
+        assert_eq!(cpu.compute, 10 * MIB);
+        assert_eq!(gpu.weights, (4000.5 * MIB as f64) as u64);
+        assert_eq!(gpu.kv, 80 * MIB);
+        assert_eq!(gpu.compute, 301 * MIB);
+        assert_eq!(u.devices.len(), 2);
+    }
+
+    #[test]
+    fn a_new_load_starts_over() {
+        let mut u = LogUsage::default();
+        for l in [
+            "load_tensors:   CPU_Mapped model buffer size =   100.00 MiB",
+            "sched_reserve:        CPU compute buffer size =    10.00 MiB",
+            "load_tensors:   CPU_Mapped model buffer size =    50.00 MiB",
+        ] {
+            u.feed(l);
+        }
+        assert_eq!(u.devices["CPU"].weights, 50 * MIB);
+        assert_eq!(u.devices["CPU"].compute, 0);
+    }
+
+    #[test]
+    fn other_lines_are_not_buffers() {
+        for line in [
+            "",
+            "buffer size = 3 MiB",
+            "print_info: file size   = 98.00 MiB (6.00 BPW)",
+            "llama_context: n_ctx = 4096",
+            "x: CPU compute buffer size = lots MiB",
+        ] {
+            assert_eq!(parse_buffer_line(line), None, "{line}");
+        }
+        assert_eq!(
+            parse_buffer_line("sched_reserve:    Vulkan0 compute buffer size =    12.50 MiB"),
+            Some(("Vulkan0".into(), "compute", 12 * MIB + MIB / 2))
+        );
+    }
+}
