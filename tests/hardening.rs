@@ -400,10 +400,11 @@ const FAKE: &str = concat!(
 );
 
 /// A model run through the fault-injecting wrapper, which then execs the
-/// real llama-server.
+/// real llama-server. Its log verbosity is low so that the daemon's own
+/// lines stay in the status's last 20.
 fn faulty(mode: &str, real: &std::path::Path, counter: &std::path::Path) -> String {
     format!(
-        "models:\n  a:\n    model: a.gguf\n    ctx_size: 256\n    parallel: 1\n    threads: 1\n    env: {{FAKE_LLAMA_MODE: {mode}, FAKE_REAL_LLAMA_SERVER: '{}', FAKE_COUNTER: '{}'}}\n",
+        "models:\n  a:\n    model: a.gguf\n    ctx_size: 256\n    parallel: 1\n    threads: 1\n    extra_args: [-lv, '1']\n    env: {{FAKE_LLAMA_MODE: {mode}, FAKE_REAL_LLAMA_SERVER: '{}', FAKE_COUNTER: '{}'}}\n",
         real.display(),
         counter.display()
     )
@@ -516,7 +517,9 @@ async fn an_unwritable_state_directory_is_reported_and_serving_goes_on() {
     else {
         return;
     };
-    let d = Daemon::start(server, ONE_TINY).await;
+    // Quiet llama-server, so the daemon's warning stays in the last 20 lines.
+    let quiet = format!("{ONE_TINY}    extra_args: [-lv, '1']\n");
+    let d = Daemon::start(server, &quiet).await;
     let s = d.wait_state("a", "ready").await;
     let pid = s["models"]["a"]["pid"].as_i64().unwrap();
     // A file where the directory was: no write can succeed, even as root.

@@ -14,7 +14,7 @@ fn plan_json_has_the_estimate_per_device_and_the_command_line() {
     let spec = dir.path().join("spec.yaml");
     std::fs::write(
         &spec,
-        "llama_server: /nonexistent/llama-server\ncontrol: 127.0.0.1:1\nmodels:\n  a:\n    model: a.gguf\n    ctx_size: 1024\n    parallel: 2\n  b:\n    model: a.gguf\n    on_demand: true\n  c:\n    model: a.gguf\n    enabled: false\n",
+        "llama_server: /bin/true\ncontrol: 127.0.0.1:1\nmodels:\n  a:\n    model: a.gguf\n    ctx_size: 1024\n    parallel: 2\n  b:\n    model: a.gguf\n    on_demand: true\n  c:\n    model: a.gguf\n    enabled: false\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_rocm-llm"))
@@ -84,7 +84,7 @@ fn plan_json_has_the_estimate_per_device_and_the_command_line() {
             "4"
         ]
     );
-    assert_eq!(a["program"], "/nonexistent/llama-server");
+    assert_eq!(a["program"], "/bin/true");
     assert!(
         a["command_line"]
             .as_str()
