@@ -251,7 +251,7 @@ fi
 begin "fuzz crate type-check (cargo check --manifest-path fuzz/Cargo.toml)"
 [ fuzz/Cargo.lock -nt Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock
 if cargo check --manifest-path fuzz/Cargo.toml --target-dir target >"$logs/fuzz-check.log" 2>&1; then
-  record PASS fuzz-check "run it: cargo +nightly fuzz run spec_parser -- -max_total_time=60"
+  record PASS fuzz-check "run the fuzzers: scripts/fuzz.sh MINUTES (nightly and cargo-fuzz)"
 else
   grep -vE '^ *(Compiling|Checking|Finished|Blocking|Updating|Downloading|Downloaded|Locking|Adding) ' "$logs/fuzz-check.log" | head -60 | indent
   record FAIL fuzz-check "see above (all of it in $logs/fuzz-check.log)"
