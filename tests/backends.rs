@@ -25,7 +25,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::daemon::Daemon;
-use rocm_llm::supervisor::device_log::{BufferKind, DeviceReport};
+use rocm_llm::memory::log::LogUsage;
 
 const BUILD_NUMBER: &str = "11434";
 const NO_GPU_WARNING: &str = "the ROCm build found no GPU; running on the CPU";
@@ -623,42 +623,30 @@ fn vulkan_on_lavapipe_takes_the_gpu_layers_asked_for() {
             text.contains("Vulkan0") && text.contains("llvmpipe"),
             "gpu_layers {gpu_layers}: lavapipe is not Vulkan0:\n{text}"
         );
-        let r = DeviceReport::from_lines(text.lines());
+        let r = LogUsage::from_log(&text);
         assert_eq!(
             r.offloaded,
             Some((offloaded, LAYERS + 1)),
             "gpu_layers {gpu_layers}: layers offloaded\n{text}"
         );
-        let on_gpu = |kind| r.mib(Some("Vulkan0"), Some(kind));
+        let gpu = r.devices.get("Vulkan0").cloned().unwrap_or_default();
         if offloaded == 0 {
-            assert_eq!(on_gpu(BufferKind::Model), 0.0, "{text}");
+            assert_eq!(gpu.weights, 0, "{text}");
         } else {
-            assert!(
-                on_gpu(BufferKind::Model) > 0.0,
-                "no Vulkan0 model buffer:\n{text}"
-            );
-            assert!(
-                on_gpu(BufferKind::Kv) > 0.0,
-                "no Vulkan0 KV buffer:\n{text}"
-            );
-            assert!(
-                on_gpu(BufferKind::Compute) > 0.0,
-                "no Vulkan0 compute buffer:\n{text}"
-            );
+            assert!(gpu.weights > 0, "no Vulkan0 model buffer:\n{text}");
+            assert!(gpu.kv > 0, "no Vulkan0 KV buffer:\n{text}");
+            assert!(gpu.compute > 0, "no Vulkan0 compute buffer:\n{text}");
         }
         // Layers left on the host keep their KV cache there.
-        let host_kv = r.mib(None, Some(BufferKind::Kv));
+        let host_kv = r.devices.get("CPU").map_or(0, |p| p.kv);
         assert_eq!(
-            host_kv > 0.0,
+            host_kv > 0,
             offloaded < LAYERS,
-            "host KV {host_kv} MiB:\n{text}"
+            "host KV {host_kv} bytes:\n{text}"
         );
         eprintln!(
-            "gpu_layers {gpu_layers}: offloaded {:?}; Vulkan0 model {:.2} KV {:.2} compute {:.2} MiB; host KV {host_kv:.2} MiB",
-            r.offloaded,
-            on_gpu(BufferKind::Model),
-            on_gpu(BufferKind::Kv),
-            on_gpu(BufferKind::Compute),
+            "gpu_layers {gpu_layers}: offloaded {:?}; Vulkan0 model {} KV {} compute {} bytes; host KV {host_kv} bytes",
+            r.offloaded, gpu.weights, gpu.kv, gpu.compute,
         );
     }
     d.signal("TERM");

@@ -52,6 +52,17 @@ pub fn parse_buffer_line(line: &str) -> Option<(String, &'static str, u64)> {
     Some((name.to_owned(), kind, (number * scale).round() as u64))
 }
 
+/// `(offloaded, offloadable)` from "offloaded N/M layers to GPU".
+pub fn offloaded_layers(line: &str) -> Option<(u32, u32)> {
+    let rest = line.split_once("offloaded ")?.1;
+    let (counts, tail) = rest.split_once(' ')?;
+    if !tail.starts_with("layers to GPU") {
+        return None;
+    }
+    let (n, m) = counts.split_once('/')?;
+    Some((n.parse().ok()?, m.parse().ok()?))
+}
+
 /// The parts per device from a whole log (or what has arrived of it).
 /// Model and KV buffers add up (an iSWA cache prints two KV lines); the
 /// compute and output buffers are re-reserved at times, and the last line
@@ -59,6 +70,8 @@ pub fn parse_buffer_line(line: &str) -> Option<(String, &'static str, u64)> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LogUsage {
     pub devices: BTreeMap<String, Parts>,
+    /// `(offloaded, offloadable)` layers, from "offloaded N/M layers to GPU".
+    pub offloaded: Option<(u32, u32)>,
     last_compute: BTreeMap<String, u64>,
     last_output: BTreeMap<String, u64>,
 }
@@ -66,6 +79,14 @@ pub struct LogUsage {
 impl LogUsage {
     /// Takes one log line; returns whether it was a buffer line.
     pub fn feed(&mut self, line: &str) -> bool {
+        if let Some(o) = offloaded_layers(line) {
+            // Printed before the model buffers: a new load, if one ran.
+            if !self.last_compute.is_empty() {
+                *self = LogUsage::default();
+            }
+            self.offloaded = Some(o);
+            return false;
+        }
         let Some((name, kind, bytes)) = parse_buffer_line(line) else {
             return false;
         };
@@ -120,6 +141,32 @@ impl LogUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offload_lines() {
+        for (line, expected) in [
+            (
+                "load_tensors: offloaded 20/31 layers to GPU",
+                Some((20, 31)),
+            ),
+            ("load_tensors: offloaded 0/7 layers to GPU", Some((0, 7))),
+            ("load_tensors: offloading output layer to GPU", None),
+            ("load_tensors: offloaded x/7 layers to GPU", None),
+            ("offloaded 3/4 tensors", None),
+        ] {
+            assert_eq!(offloaded_layers(line), expected, "{line}");
+        }
+        // A second load (after a restart) starts the figures over.
+        let log = "load_tensors: offloaded 4/7 layers to GPU\n\
+                   load_tensors: Vulkan0 model buffer size = 1.00 MiB\n\
+                   sched_reserve: Vulkan0 compute buffer size = 2.00 MiB\n\
+                   load_tensors: offloaded 7/7 layers to GPU\n\
+                   load_tensors: Vulkan0 model buffer size = 3.00 MiB\n";
+        let u = LogUsage::from_log(log);
+        assert_eq!(u.offloaded, Some((7, 7)));
+        assert_eq!(u.devices["Vulkan0"].weights, 3 << 20);
+        assert_eq!(u.devices["Vulkan0"].compute, 0);
+    }
 
     const MIB: u64 = 1024 * 1024;
 

@@ -3,8 +3,8 @@
 //! Building blocks, each usable on its own:
 //! - [`process`]: spawn one llama-server ([`spawn`]), observe its exit,
 //!   stop its process group ([`RunningProcess::stop`]).
-//! - [`device_log`]: the pure reading of llama-server's per-device buffer
-//!   and offload lines ([`DeviceReport`]).
+//! - [`liveness`]: the probe of a ready process and the pure judgement of
+//!   its answers against its CPU use.
 //! - [`logs`]: the per-model ring buffer of recent output lines ([`LogSink`]).
 //! - [`readiness`]: `/health` polling ([`wait_ready`], [`probe`]).
 //! - [`backoff`]: the pure restart policy ([`Backoff`]).
@@ -13,7 +13,6 @@
 //! - [`ports`]: picking a free loopback port ([`pick_free_port`]).
 
 pub mod backoff;
-pub mod device_log;
 pub mod gate;
 pub mod instance;
 pub mod leftovers;
@@ -24,7 +23,6 @@ pub mod process;
 pub mod readiness;
 
 pub use backoff::{Backoff, BackoffError, BackoffPolicy, Decision};
-pub use device_log::{BufferKind, BufferLine, DeviceReport};
 pub use gate::{DrainOutcome, Gate, Lease};
 pub use instance::{AcquireError, InstanceHandle, InstanceSpec, Snapshot, State, start_instance};
 pub use leftovers::{
