@@ -188,11 +188,7 @@ pub fn default_llama_server() -> PathBuf {
     if let Some(p) = std::env::var_os("ROCM_LLM_LLAMA_SERVER").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("llama-server"))
-        .find(|candidate| candidate.is_file())
+    validate::find_on_path(Path::new("llama-server"))
         .unwrap_or_else(|| PathBuf::from("llama-server"))
 }
 

@@ -33,34 +33,41 @@ pub trait FileProbe {
 /// The real file system.
 pub struct Disk;
 
+/// Whether `program` is named without a directory (`llama-server`), so that
+/// exec looks it up on PATH.
+pub fn is_bare_name(program: &Path) -> bool {
+    program.components().count() == 1 && !program.is_absolute()
+}
+
+/// The first file named `name` in a PATH directory, as exec would find it.
+pub fn find_on_path(name: &Path) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
 impl FileProbe for Disk {
     fn check_gguf(&self, path: &Path) -> Result<(), String> {
-        // Opening a FIFO or a device would block or read forever.
-        let meta = std::fs::metadata(path).map_err(|e| describe_io(path, &e))?;
-        if !meta.is_file() {
-            return Err(format!("{} is not a regular file", path.display()));
-        }
-        // Unreadable files get the plain file messages; the rest is the
-        // GGUF check (header, truncation, split parts).
-        std::fs::File::open(path).map_err(|e| describe_io(path, &e))?;
+        // Missing, unreadable and non-regular files (a FIFO would block the
+        // read) get the plain file messages; the rest is the GGUF check
+        // (header, truncation, split parts).
+        self.check_readable(path)?;
         crate::gguf::check_model(path)
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
     fn check_executable(&self, program: &Path) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;
-        let bare = program.components().count() == 1 && !program.is_absolute();
-        if bare {
-            let path = std::env::var_os("PATH").unwrap_or_default();
-            let found = std::env::split_paths(&path)
-                .map(|dir| dir.join(program))
-                .find(|c| c.is_file());
-            return match found {
+        if is_bare_name(program) {
+            return match find_on_path(program) {
                 Some(c) => self.check_executable(&c),
                 None => Err(format!(
                     "`{}` is not on PATH ({})",
                     program.display(),
-                    path.to_string_lossy()
+                    std::env::var_os("PATH")
+                        .unwrap_or_default()
+                        .to_string_lossy()
                 )),
             };
         }
@@ -225,7 +232,12 @@ const OWNED_ENV: &[&str] = &[
     "LLAMA_ARG_TOOLS",
 ];
 
-/// Flags the daemon sets itself; `extra_args` may not set them.
+const PLAIN_HTTP: &str = "the daemon talks plain HTTP to its children on loopback";
+const LOCAL_FILES_ONLY: &str = "use `model` with a local GGUF; the daemon downloads nothing";
+const NOT_ROUTER_MODE: &str = "router mode is the daemon's job: declare each model";
+
+/// Flags the daemon sets itself, or that would take its place or bypass it;
+/// `extra_args` may not set them.
 const OWNED_FLAGS: &[(&str, &str)] = &[
     ("--host", "the daemon binds every instance to 127.0.0.1"),
     ("--port", "the daemon picks each instance's port"),
@@ -245,14 +257,8 @@ const OWNED_FLAGS: &[(&str, &str)] = &[
         "--api-prefix",
         "the daemon routes llama-server's paths as they are",
     ),
-    (
-        "--ssl-key-file",
-        "the daemon talks plain HTTP to its children on loopback",
-    ),
-    (
-        "--ssl-cert-file",
-        "the daemon talks plain HTTP to its children on loopback",
-    ),
+    ("--ssl-key-file", PLAIN_HTTP),
+    ("--ssl-cert-file", PLAIN_HTTP),
     (
         "--reuse-port",
         "another process could then bind the instance's port",
@@ -262,50 +268,17 @@ const OWNED_FLAGS: &[(&str, &str)] = &[
         "--cors-origins",
         "use the top-level `cors_origins`; the daemon answers browsers",
     ),
-    (
-        "-hf",
-        "use `model` with a local GGUF; the daemon downloads nothing",
-    ),
-    (
-        "-hfr",
-        "use `model` with a local GGUF; the daemon downloads nothing",
-    ),
-    (
-        "--hf-repo",
-        "use `model` with a local GGUF; the daemon downloads nothing",
-    ),
-    (
-        "-hff",
-        "use `model` with a local GGUF; the daemon downloads nothing",
-    ),
-    (
-        "--hf-file",
-        "use `model` with a local GGUF; the daemon downloads nothing",
-    ),
-    (
-        "-mu",
-        "use `model` with a local GGUF; the daemon downloads nothing",
-    ),
-    (
-        "--model-url",
-        "use `model` with a local GGUF; the daemon downloads nothing",
-    ),
-    (
-        "-dr",
-        "use `model` with a local GGUF; the daemon downloads nothing",
-    ),
-    (
-        "--docker-repo",
-        "use `model` with a local GGUF; the daemon downloads nothing",
-    ),
-    (
-        "--models-dir",
-        "router mode is the daemon's job: declare each model",
-    ),
-    (
-        "--models-preset",
-        "router mode is the daemon's job: declare each model",
-    ),
+    ("-hf", LOCAL_FILES_ONLY),
+    ("-hfr", LOCAL_FILES_ONLY),
+    ("--hf-repo", LOCAL_FILES_ONLY),
+    ("-hff", LOCAL_FILES_ONLY),
+    ("--hf-file", LOCAL_FILES_ONLY),
+    ("-mu", LOCAL_FILES_ONLY),
+    ("--model-url", LOCAL_FILES_ONLY),
+    ("-dr", LOCAL_FILES_ONLY),
+    ("--docker-repo", LOCAL_FILES_ONLY),
+    ("--models-dir", NOT_ROUTER_MODE),
+    ("--models-preset", NOT_ROUTER_MODE),
     (
         "--tools",
         "it lets any client run llama-server's built-in tools on this machine",

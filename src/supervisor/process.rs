@@ -64,9 +64,8 @@ pub enum SpawnError {
 
 /// What a failed exec means for the user: where the program was looked for.
 fn explain_spawn(program: &std::path::Path, e: &io::Error) -> String {
-    let bare = program.components().count() == 1 && !program.is_absolute();
     match e.kind() {
-        io::ErrorKind::NotFound if bare => format!(
+        io::ErrorKind::NotFound if crate::spec::validate::is_bare_name(program) => format!(
             "it is not on PATH ({}); set `llama_server` in the spec or $ROCM_LLM_LLAMA_SERVER to its path",
             std::env::var("PATH").unwrap_or_default()
         ),
