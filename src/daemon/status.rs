@@ -178,11 +178,8 @@ impl Probes {
     }
 }
 
-pub fn report(state: &StatusState) -> StatusReport {
-    report_with(state, Probes::read(Default::default()))
-}
-
-pub fn report_with(state: &StatusState, probes: Probes) -> StatusReport {
+/// `GET /status`, with one reading of the GPU probes for every model.
+pub fn report(state: &StatusState, probes: Probes) -> StatusReport {
     let routes = state.routes.borrow().clone();
     let models = routes
         .models
@@ -202,11 +199,7 @@ pub fn report_with(state: &StatusState, probes: Probes) -> StatusReport {
 }
 
 /// Per-model series in Prometheus text; the proxy adds its own.
-pub fn metrics(state: &StatusState) -> String {
-    metrics_with(state, Probes::read(Default::default()))
-}
-
-pub fn metrics_with(state: &StatusState, probes: Probes) -> String {
+pub fn metrics(state: &StatusState, probes: Probes) -> String {
     let routes = state.routes.borrow().clone();
     let info = state.info.borrow().clone();
     let mut out = String::new();
@@ -426,7 +419,7 @@ async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Full<By
     };
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n".into()),
-        (&Method::GET, "/status") => match serde_json::to_string_pretty(&report_with(
+        (&Method::GET, "/status") => match serde_json::to_string_pretty(&report(
             state,
             probes.unwrap_or_else(Probes::read_cached),
         )) {
@@ -440,7 +433,7 @@ async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Full<By
         (&Method::GET, "/metrics") => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            metrics_with(state, probes.unwrap_or_else(Probes::read_cached)),
+            metrics(state, probes.unwrap_or_else(Probes::read_cached)),
         ),
         (_, "/healthz" | "/status" | "/metrics") => respond(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -799,13 +799,14 @@ impl Owner {
                 let Some(p) = self.current.take() else {
                     return;
                 };
+                // failed_start logs it as an error.
                 let message = format!("llama-server (pid {pid}) {why}; replaced");
-                tracing::error!(model = %self.name, "{message}");
                 self.logs.push(LogStream::Daemon, &message);
                 if let Some(next) = self.next.take() {
                     self.retire(next);
                 }
-                self.retire_now(p);
+                // Its requests will never finish: cut them now, no drain.
+                self.retire_within(p, Duration::ZERO);
                 self.failed_start(message);
             }
         }
@@ -847,12 +848,8 @@ impl Owner {
         self.retire_within(p, drain);
     }
 
-    /// Takes a hung process out of service without waiting for its
-    /// requests, which it will never finish: they are cut and counted.
-    fn retire_now(&mut self, p: Proc) {
-        self.retire_within(p, Duration::ZERO);
-    }
-
+    /// Closes the gate, waits up to `drain_timeout` for the requests inside
+    /// (then cuts and counts them), and stops the process.
     fn retire_within(&mut self, p: Proc, drain_timeout: Duration) {
         self.retiring.push(p.generation);
         let lifecycle = self.spec.config.lifecycle.clone();

@@ -12,8 +12,6 @@
 //! of them in a row replace it. The price: a process spinning in a loop
 //! without answering is never replaced by this check.
 
-use std::time::Duration;
-
 use tokio::sync::mpsc;
 
 use super::process::{ProcStat, RunningProcess, read_proc_stat};
@@ -113,14 +111,10 @@ pub async fn run<E: Send + 'static>(
     }
 }
 
-/// The longest a dead process can go unnoticed: the threshold's worth of
-/// intervals and timeouts.
-pub fn detection_bound(policy: &Liveness) -> Duration {
-    (policy.interval + policy.timeout) * policy.failures
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn stat(state: char, cpu: u64) -> Option<ProcStat> {
@@ -237,14 +231,6 @@ mod tests {
         assert_eq!(t.observe(&policy, &fail), Verdict::Suspect(1));
         assert!(
             matches!(t.observe(&policy, &fail), Verdict::Dead(why) if why.contains("2 probes in a row failed (refused)"))
-        );
-    }
-
-    #[test]
-    fn bound() {
-        assert_eq!(
-            detection_bound(&Liveness::default()),
-            Duration::from_secs(45)
         );
     }
 }
