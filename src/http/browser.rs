@@ -128,9 +128,8 @@ fn host_allowed(access: &BrowserAccess, host_header: &str, local: SocketAddr) ->
     }
     let literal = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = literal.parse::<IpAddr>() {
-        return ip.is_loopback()
-            || ip == local.ip()
-            || ip.to_canonical() == local.ip().to_canonical();
+        // Canonical: an IPv4 client of a dual-stack socket is `::ffff:a.b.c.d`.
+        return ip.is_loopback() || ip.to_canonical() == local.ip().to_canonical();
     }
     access.allowed_hosts.contains(&host)
 }
