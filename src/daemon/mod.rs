@@ -151,6 +151,11 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
         routes: routes_rx.clone(),
         auth: api_key.clone(),
         proxy: Arc::clone(&proxy_metrics),
+        page: crate::status_page::Observer::spawn(
+            info_rx.clone(),
+            routes_rx.clone(),
+            shutdown.clone(),
+        ),
     };
     tokio::spawn(status::serve(
         control_listener,
@@ -483,6 +488,7 @@ impl Daemon {
                     handle: handle.clone(),
                     aliases: m.aliases.clone(),
                     on_demand: m.lifecycle.on_demand,
+                    idle_timeout: m.lifecycle.idle_timeout,
                 },
             );
         }
