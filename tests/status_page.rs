@@ -44,7 +44,9 @@ fn chromium(test: &str) -> Option<PathBuf> {
             !in_ci(),
             "{test}: no chromium; a skip is a failure in CI (scripts/test.sh installs Debian's chromium)"
         );
-        eprintln!("SKIPPED: {test}: no chromium on PATH (apt-get install chromium, or set ROCM_LLM_CHROMIUM)");
+        eprintln!(
+            "SKIPPED: {test}: no chromium on PATH (apt-get install chromium, or set ROCM_LLM_CHROMIUM)"
+        );
     }
     found
 }
@@ -93,9 +95,7 @@ impl Browser {
             // DevTools' HTTP answers HTTP/1.1 only.
             let (code, body) = request(&addr, "GET", "/json/list", &[], "");
             let list: Value = serde_json::from_str(&body).ok().filter(|_| code == 200)?;
-            list.as_array()?
-                .iter()
-                .find(|t| t["type"] == "page")?["webSocketDebuggerUrl"]
+            list.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"]
                 .as_str()
                 .map(str::to_owned)
         });
@@ -254,7 +254,9 @@ fn request(addr: &str, method: &str, path: &str, headers: &[&str], body: &str) -
 /// model (its routes are published after the first reload).
 fn post_action(d: &Daemon, model: &str, action: &str) -> (u16, String) {
     if model != "nosuch" && model != "secretmodel" {
-        d.wait_status(&format!("{model} listed"), |s| s["models"][model].is_object());
+        d.wait_status(&format!("{model} listed"), |s| {
+            s["models"][model].is_object()
+        });
     }
     request(
         &d.control,
@@ -287,7 +289,11 @@ fn the_page_lists_models_and_shows_a_state_change_within_a_second_without_reload
     b.wait_js(
         Duration::from_secs(30),
         "both models listed with their states",
-        &format!("{} === 'ready' && {} === 'idle'", row_state("always"), row_state("lazy")),
+        &format!(
+            "{} === 'ready' && {} === 'idle'",
+            row_state("always"),
+            row_state("lazy")
+        ),
     );
     let text = b.eval("document.querySelector('#models').innerText");
     assert!(
@@ -378,7 +384,11 @@ fn an_invalid_spec_save_shows_its_error_with_line_and_column() {
         .enumerate()
         .find(|(_, l)| l.contains("lots"))
         .unwrap();
-    let at = format!("models.yaml:{}:{}:", line + 1, text.find("lots").unwrap() + 1);
+    let at = format!(
+        "models.yaml:{}:{}:",
+        line + 1,
+        text.find("lots").unwrap() + 1
+    );
     let shown = b.wait_js(
         Duration::from_secs(30),
         "the error shows",
@@ -463,18 +473,27 @@ fn with_an_api_key_a_visitor_without_it_sees_only_the_prompt() {
     b.wait_js(
         Duration::from_secs(10),
         "the model starts",
-        &format!("['starting', 'ready'].includes({})", row_state("secretmodel")),
+        &format!(
+            "['starting', 'ready'].includes({})",
+            row_state("secretmodel")
+        ),
     );
 }
 
 #[test]
 fn actions_refuse_other_origins_and_simple_requests() {
-    let d = Daemon::start(&["lazy"], "  lazy:\n    model: lazy.gguf\n    on_demand: true\n");
+    let d = Daemon::start(
+        &["lazy"],
+        "  lazy:\n    model: lazy.gguf\n    on_demand: true\n",
+    );
     let host = format!("Origin: http://{}", d.control);
     for (headers, body, expected) in [
         // A cross-site form or fetch: refused by Origin before anything runs.
         (
-            vec!["Origin: https://evil.example", "Content-Type: application/json"],
+            vec![
+                "Origin: https://evil.example",
+                "Content-Type: application/json",
+            ],
             "{}",
             403,
         ),
@@ -520,24 +539,25 @@ fn actions_refuse_other_origins_and_simple_requests() {
     // The page forbids framing and outside loads.
     let page = {
         let mut s = TcpStream::connect(&d.control).unwrap();
-        write!(
-            s,
-            "GET / HTTP/1.0\r\nHost: {}\r\n\r\n",
-            d.control
-        )
-        .unwrap();
+        write!(s, "GET / HTTP/1.0\r\nHost: {}\r\n\r\n", d.control).unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out.to_ascii_lowercase()
     };
     assert!(page.contains("x-frame-options: deny"), "{page}");
-    assert!(page.contains("content-security-policy: default-src 'none'"), "{page}");
+    assert!(
+        page.contains("content-security-policy: default-src 'none'"),
+        "{page}"
+    );
     assert!(!page.contains("https://"), "no outside references: {page}");
 }
 
 #[test]
 fn events_stream_a_status_at_once_and_on_each_change() {
-    let d = Daemon::start(&["lazy"], "  lazy:\n    model: lazy.gguf\n    on_demand: true\n");
+    let d = Daemon::start(
+        &["lazy"],
+        "  lazy:\n    model: lazy.gguf\n    on_demand: true\n",
+    );
     let mut s = TcpStream::connect(&d.control).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
@@ -584,7 +604,16 @@ fn load_progress_reads_a_real_llama_server() {
     let mut child = Command::new(llama_server())
         .arg("-m")
         .arg(&model)
-        .args(["--port", &port.to_string(), "-lv", "4", "-t", "1", "-c", "256"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "-lv",
+            "4",
+            "-t",
+            "1",
+            "-c",
+            "256",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
@@ -633,7 +662,10 @@ fn load_progress_reads_a_real_llama_server() {
 /// once it is ready; the CLI prints it.
 #[test]
 fn status_shows_load_progress_while_starting() {
-    let d = Daemon::start(&["lazy"], "  lazy:\n    model: lazy.gguf\n    on_demand: true\n");
+    let d = Daemon::start(
+        &["lazy"],
+        "  lazy:\n    model: lazy.gguf\n    on_demand: true\n",
+    );
     assert_eq!(post_action(&d, "lazy", "start").0, 200);
     let status = d.wait_ready(&["lazy"]);
     assert!(status["models"]["lazy"]["progress"].is_null(), "{status:#}");
@@ -654,7 +686,9 @@ fn status_shows_load_progress_while_starting() {
         }
     }
     let p = seen.expect("a progress reading while starting");
-    let size = std::fs::metadata(d.dir.path().join("lazy.gguf")).unwrap().len();
+    let size = std::fs::metadata(d.dir.path().join("lazy.gguf"))
+        .unwrap()
+        .len();
     assert_eq!(p["bytes_total"], size, "{p}");
     assert!(p["stage"].is_string(), "{p}");
 }
@@ -694,7 +728,11 @@ fn the_grafana_dashboard_queries_only_metrics_the_daemon_exports() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/grafana-dashboard.json");
     let dashboard: Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("valid JSON");
-    assert!(dashboard["panels"].as_array().is_some_and(|p| !p.is_empty()));
+    assert!(
+        dashboard["panels"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    );
     let mut queries = Vec::new();
     exprs(&dashboard, &mut queries);
     let names: std::collections::BTreeSet<String> =
@@ -779,4 +817,81 @@ fn screenshot_of_a_realistic_state() {
     };
     std::fs::write(&out, &png).unwrap();
     eprintln!("screenshot: {} ({} bytes)", out.display(), png.len());
+}
+
+/// Spawns `rocm-llm status --watch` on pipes; its output accumulates in
+/// the returned buffer.
+fn watch(d: &Daemon) -> (Child, std::sync::Arc<std::sync::Mutex<String>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rocm-llm"))
+        .args([
+            "status",
+            "--watch",
+            "--interval",
+            "100ms",
+            "--control",
+            &d.control,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let sink = std::sync::Arc::clone(&out);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (child, out)
+}
+
+fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    wait_until(Duration::from_secs(10), what, || child.try_wait().unwrap())
+}
+
+#[test]
+fn status_watch_redraws_in_place_and_quits_on_q_or_ctrl_c() {
+    let d = Daemon::start(
+        &["lazy"],
+        "  lazy:\n    model: lazy.gguf\n    on_demand: true\n",
+    );
+    d.wait_status("lazy listed", |s| s["models"]["lazy"].is_object());
+    let (mut child, out) = watch(&d);
+    wait_until(Duration::from_secs(30), "a frame with lazy idle", || {
+        let o = out.lock().unwrap();
+        (o.contains("\x1b[H") && o.contains("lazy") && o.contains("idle")).then_some(())
+    });
+    assert_eq!(post_action(&d, "lazy", "start").0, 200);
+    wait_until(
+        Duration::from_secs(60),
+        "a later frame with lazy ready",
+        || {
+            let o = out.lock().unwrap();
+            let last = o.rsplit("\x1b[H").next().unwrap_or("");
+            last.contains("ready").then_some(())
+        },
+    );
+    child.stdin.as_mut().unwrap().write_all(b"q").unwrap();
+    assert!(wait_exit(&mut child, "q quits").success());
+    let o = out.lock().unwrap().clone();
+    assert!(
+        !o.contains("\x1b[2J"),
+        "never clears the screen (that flickers)"
+    );
+    assert!(o.contains("\x1b[K"), "erases line ends in place");
+
+    let (mut child, out) = watch(&d);
+    wait_until(Duration::from_secs(30), "a frame", || {
+        out.lock().unwrap().contains("lazy").then_some(())
+    });
+    common::daemon::kill("INT", i64::from(child.id()));
+    assert!(wait_exit(&mut child, "Ctrl-C quits").success());
 }

@@ -12,6 +12,8 @@ function el(tag, attrs, ...children) {
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === 'class') e.className = v;
     else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    // Through the CSSOM: the page's CSP refuses inline style attributes.
+    else if (k === 'style') Object.assign(e.style, v);
     else e.setAttribute(k, v);
   }
   for (const c of children) {
@@ -82,7 +84,7 @@ async function act(model, action) {
 
 function progressCell(p) {
   const pct = p.percent === null || p.percent === undefined ? null : p.percent;
-  const bar = el('span', { class: 'progress' }, el('span', { style: 'width:' + (pct || 0) + '%' }));
+  const bar = el('span', { class: 'progress' }, el('span', { style: { width: (pct || 0) + '%' } }));
   const gb = (b) => (b / 1e9).toFixed(1);
   const text = pct === null ? p.stage : p.stage + ' ' + gb(p.bytes_done) + '/' + gb(p.bytes_total) + ' GB (' + Math.round(pct) + '%)';
   return el('span', { class: 'load-progress' }, bar, text);
@@ -134,7 +136,7 @@ const PARTS = ['weights', 'kv', 'compute', 'output'];
 function memRow(label, segments, scale, figures) {
   const bar = el('div', { class: 'bar' });
   for (const [cls, n, title] of segments) {
-    if (n > 0) bar.append(el('span', { class: 'seg-' + cls, title: title + ' ' + bytes(n), style: 'width:' + (100 * n / scale) + '%' }));
+    if (n > 0) bar.append(el('span', { class: 'seg-' + cls, title: title + ' ' + bytes(n), style: { width: (100 * n / scale) + '%' } }));
   }
   return el('div', { class: 'memrow' }, el('span', { class: 'label' }, label), bar, el('span', { class: 'figures' }, figures));
 }

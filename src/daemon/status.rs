@@ -409,12 +409,10 @@ async fn handle(
             return Ok(r.map(BodyExt::boxed_unsync));
         }
         Verdict::Forbidden { message, .. } => {
-            return Ok(respond(
-                StatusCode::FORBIDDEN,
-                "text/plain",
-                format!("{message}\n"),
-            )
-            .map(BodyExt::boxed_unsync));
+            return Ok(
+                respond(StatusCode::FORBIDDEN, "text/plain", format!("{message}\n"))
+                    .map(BodyExt::boxed_unsync),
+            );
         }
     };
     let mut response = route(&state, &req).await;
@@ -450,9 +448,7 @@ async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Body> {
         return r;
     }
     let routes = state.routes.borrow().clone();
-    if let Some(r) =
-        crate::status_page::action(&routes, req.method(), path, req.headers()).await
-    {
+    if let Some(r) = crate::status_page::action(&routes, req.method(), path, req.headers()).await {
         return r.map(BodyExt::boxed_unsync);
     }
     route_whole(state, req).await.map(BodyExt::boxed_unsync)

@@ -60,7 +60,11 @@ pub fn stream(state: StatusState) -> ChannelBody {
         let mut changes = state.page.subscribe();
         let mut last = String::new();
         let mut quiet = Duration::ZERO;
-        if tx.send(Bytes::from_static(b"retry: 1000\n\n")).await.is_err() {
+        if tx
+            .send(Bytes::from_static(b"retry: 1000\n\n"))
+            .await
+            .is_err()
+        {
             return;
         }
         loop {

@@ -303,9 +303,8 @@ pub async fn action(
     headers: &HeaderMap,
 ) -> Option<Response<Full<Bytes>>> {
     let (name, action) = action_path(path)?;
-    let json = |status, value: serde_json::Value| {
-        plain(status, "application/json", format!("{value}\n"))
-    };
+    let json =
+        |status, value: serde_json::Value| plain(status, "application/json", format!("{value}\n"));
     let Some(action) = action else {
         return Some(json(
             StatusCode::NOT_FOUND,
@@ -370,8 +369,14 @@ mod tests {
     #[test]
     fn action_paths() {
         for (path, expected) in [
-            ("/models/qwen/stop", Some(("qwen", Some(OperatorAction::Stop)))),
-            ("/models/qwen/start", Some(("qwen", Some(OperatorAction::Start)))),
+            (
+                "/models/qwen/stop",
+                Some(("qwen", Some(OperatorAction::Stop))),
+            ),
+            (
+                "/models/qwen/start",
+                Some(("qwen", Some(OperatorAction::Start))),
+            ),
             (
                 "/models/qwen/restart",
                 Some(("qwen", Some(OperatorAction::Restart))),

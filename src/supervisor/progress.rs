@@ -46,7 +46,10 @@ pub struct LoadProgress {
 const STAGES: &[(&str, &str)] = &[
     ("load_model: loading model", "reading metadata"),
     ("load_tensors: loading model tensors", "reading tensors"),
-    ("llama_context: constructing llama_context", "creating context"),
+    (
+        "llama_context: constructing llama_context",
+        "creating context",
+    ),
     ("warming up the model", "warming up"),
 ];
 
@@ -100,7 +103,9 @@ pub fn model_in_cmdline(cmdline: &[u8]) -> Option<PathBuf> {
 
 /// Combines a stage and the kernel's counters into one reading.
 pub fn combine(stage: &'static str, mapped: u64, read: u64, total: u64) -> LoadProgress {
-    let done = mapped.max(read).min(if total > 0 { total } else { u64::MAX });
+    let done = mapped
+        .max(read)
+        .min(if total > 0 { total } else { u64::MAX });
     LoadProgress {
         stage,
         bytes_done: done,
@@ -229,9 +234,12 @@ Rss:                 999 kB
         );
         assert_eq!(read_chars(""), 0);
         for (argv, expected) in [
-            (&b"llama-server\0-m\0/a b.gguf\0--port\01\0"[..], Some("/a b.gguf")),
+            (
+                &b"llama-server\0-m\0/a b.gguf\0--port\x008080\0"[..],
+                Some("/a b.gguf"),
+            ),
             (&b"llama-server\0--model\0/m.gguf\0"[..], Some("/m.gguf")),
-            (&b"llama-server\0--port\01\0"[..], None),
+            (&b"llama-server\0--port\x008080\0"[..], None),
         ] {
             assert_eq!(
                 model_in_cmdline(argv),
