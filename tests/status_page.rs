@@ -796,6 +796,8 @@ fn screenshot_of_a_realistic_state() {
         "the models",
         &format!("{} === 'ready'", row_state(first)),
     );
+    // The page renders within its own Content-Security-Policy.
+    b.eval("window.cspViolations = []; document.addEventListener('securitypolicyviolation', e => cspViolations.push(e.violatedDirective + ' ' + e.blockedURI))");
     let bad = d.spec_text(&models.replace("idle_timeout: 5m", "idle_timeout: soon"));
     common::daemon::write_by_rename(&d.spec, &bad);
     b.wait_js(
@@ -808,6 +810,12 @@ fn screenshot_of_a_realistic_state() {
     ));
     // Two animation frames: the layout of the last render is painted.
     b.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))");
+    b.wait_js(
+        Duration::from_secs(30),
+        "a memory bar with width",
+        "Array.from(document.querySelectorAll('#memory .bar span')).some(e => e.getBoundingClientRect().width > 0)",
+    );
+    assert_eq!(b.eval("window.cspViolations"), json!([]), "CSP violations");
     let png = b.screenshot();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
     let out = if std::env::var_os("ROCM_LLM_UPDATE_SCREENSHOT").is_some() {

@@ -47,7 +47,7 @@ function ago(epochSecs) {
 function duration(secs) {
   if (secs === null || secs === undefined) return '-';
   secs = Math.round(secs);
-  return secs < 60 ? secs + 's' : Math.floor(secs / 60) + 'm ' + (secs % 60) + 's';
+  return secs < 60 ? secs + 's' : Math.floor(secs / 60) + 'm' + (secs % 60 ? ' ' + (secs % 60) + 's' : '');
 }
 
 function showPrompt(message) {
