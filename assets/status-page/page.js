@@ -131,7 +131,7 @@ function renderModels(models) {
   }
 }
 
-const PARTS = ['weights', 'kv', 'compute', 'output'];
+const PARTS = ['weights', 'kv', 'compute', 'output', 'overhead'];
 
 function memRow(label, segments, scale, figures) {
   const bar = el('div', { class: 'bar' });
@@ -144,11 +144,20 @@ function memRow(label, segments, scale, figures) {
 function renderMemory(status) {
   const box = $('memory');
   box.replaceChildren();
-  const byDevice = new Map(); // device name -> [model, parts]
+  const byDevice = new Map(); // device name -> [label, parts, gpu bytes, source]
+  const add = (dev, row) => {
+    if (!byDevice.has(dev)) byDevice.set(dev, []);
+    byDevice.get(dev).push(row);
+  };
   for (const [name, m] of Object.entries(status.models)) {
-    for (const [dev, parts] of Object.entries((m.memory && m.memory.log_devices) || {})) {
-      if (!byDevice.has(dev)) byDevice.set(dev, []);
-      byDevice.get(dev).push([name, parts, m.memory.gpu_bytes]);
+    const mem = m.memory || {};
+    for (const [dev, parts] of Object.entries(mem.log_devices || {})) {
+      add(dev, [name, parts, mem.gpu_bytes, 'llama-server']);
+    }
+    // The estimate (rocm-llm plan's), when the status has one.
+    const est = mem.estimate && mem.estimate.devices;
+    for (const [dev, parts] of Object.entries(est || {})) {
+      add(dev, [name + ' (estimate)', parts, null, 'estimate']);
     }
   }
   for (const d of status.devices || []) {
@@ -159,9 +168,9 @@ function renderMemory(status) {
     // estimates): shown as figures.
     const extra = Object.entries(d).filter(([k, v]) => typeof v === 'number' && !['total', 'used', 'card', 'index'].includes(k));
     if (extra.length) box.append(el('p', { class: 'figures' }, extra.map(([k, v]) => k + ' ' + bytes(v)).join(' · ')));
-    for (const [name, parts] of byDevice.get(d.name) || []) {
+    for (const [name, parts, , source] of byDevice.get(d.name) || []) {
       const sum = PARTS.reduce((a, p) => a + (parts[p] || 0), 0);
-      box.append(memRow(name, PARTS.map((p) => [p, parts[p] || 0, p]), d.total, bytes(sum) + ' (llama-server)'));
+      box.append(memRow(name, PARTS.map((p) => [p, parts[p] || 0, p]), d.total, bytes(sum) + ' (' + source + ')'));
     }
     byDevice.delete(d.name);
   }
@@ -170,8 +179,8 @@ function renderMemory(status) {
     const sums = rows.map(([, parts]) => PARTS.reduce((a, p) => a + (parts[p] || 0), 0));
     const scale = Math.max(...sums, 1);
     box.append(el('h3', {}, dev === 'CPU' ? 'CPU (host memory)' : dev));
-    rows.forEach(([name, parts, gpu], i) => {
-      const fig = bytes(sums[i]) + ' (llama-server)' + (gpu ? ', GPU ' + bytes(gpu) + ' (driver)' : '');
+    rows.forEach(([name, parts, gpu, source], i) => {
+      const fig = bytes(sums[i]) + ' (' + source + ')' + (gpu ? ', GPU ' + bytes(gpu) + ' (driver)' : '');
       box.append(memRow(name, PARTS.map((p) => [p, parts[p] || 0, p]), scale, fig));
     });
   }
