@@ -324,6 +324,15 @@ fn the_page_lists_models_and_shows_a_state_change_within_a_second_without_reload
         "aliases shown: {text}"
     );
     b.eval("window.notReloaded = true");
+    // `/events` is an API too: a plain EventSource (no key set) gets the
+    // status as JSON.
+    b.eval("window.fromEventSource = null; new EventSource('/events').addEventListener('status', e => { window.fromEventSource = JSON.parse(e.data); })");
+    let via_event_source = b.wait_js(
+        Duration::from_secs(10),
+        "an EventSource status event",
+        "window.fromEventSource && Object.keys(window.fromEventSource.models).join(',')",
+    );
+    assert_eq!(via_event_source, "always,lazy");
 
     // Stopped through the API: the page shows it within a second.
     let (code, body) = post_action(&d, "always", "stop");
