@@ -5,7 +5,6 @@
 const KEY = 'rocm-llm-api-key'; // sessionStorage: this tab only
 const $ = (id) => document.getElementById(id);
 const openLogs = new Set();
-let latest = null;
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -90,44 +89,102 @@ function progressCell(p) {
   return el('span', { class: 'load-progress' }, bar, text);
 }
 
+// Rows are kept per model and updated in place, so a button under the
+// mouse is not replaced while it is being clicked; the buttons change only
+// with the state.
+function setText(node, text) {
+  text = String(text);
+  if (node.textContent !== text) node.textContent = text;
+}
+
+function buttonsFor(name, state) {
+  const td = el('td', { class: 'actions' });
+  const down = state === 'idle' || state === 'failed' || state === 'backoff';
+  if (down) td.append(el('button', { 'data-action': 'start', onclick: () => act(name, 'start') }, 'start'));
+  if (state !== 'idle') td.append(el('button', { 'data-action': 'stop', onclick: () => act(name, 'stop') }, 'stop'));
+  td.append(' ', el('button', { 'data-action': 'restart', onclick: () => act(name, 'restart') }, 'restart'));
+  return td;
+}
+
+function detailFor(m) {
+  const notes = [];
+  if (m.progress) notes.push(progressCell(m.progress));
+  if (m.last_error) notes.push(el('span', { class: 'error last-error' }, 'last error: ' + m.last_error));
+  else if (m.last_restart) notes.push(el('span', {}, 'restarted ' + ago(m.last_restart.at) + ': ' + m.last_restart.reason));
+  for (const w of m.warnings || []) notes.push(el('span', { class: 'error' }, 'warning: ' + w));
+  const td = el('td', { class: 'detail', colspan: '12' });
+  notes.forEach((n, i) => { if (i) td.append(' · '); td.append(n); });
+  return notes.length ? td : null;
+}
+
 function renderModels(models) {
   const body = $('models').tBodies[0];
-  body.replaceChildren();
+  const rows = new Map();
+  for (const tr of Array.from(body.rows)) {
+    const name = tr.dataset.model;
+    if (name !== undefined && name in models) rows.set(name, tr);
+    else if (name !== undefined || !(tr.dataset.detail in models)) tr.remove();
+  }
+  let previous = null;
   for (const [name, m] of Object.entries(models)) {
-    const buttons = el('td', { class: 'actions' });
-    const idle = m.state === 'idle' || m.state === 'failed' || m.state === 'backoff';
-    if (idle) buttons.append(el('button', { 'data-action': 'start', onclick: () => act(name, 'start') }, 'start'));
-    if (m.state !== 'idle') buttons.append(el('button', { 'data-action': 'stop', onclick: () => act(name, 'stop') }, 'stop'));
-    buttons.append(' ', el('button', { 'data-action': 'restart', onclick: () => act(name, 'restart') }, 'restart'));
+    let tr = rows.get(name);
+    if (!tr) {
+      tr = el('tr', { 'data-model': name }, el('td', { class: 'name' }, name));
+      for (let i = 0; i < 10; i++) tr.append(el('td'));
+      tr.append(el('td', { class: 'actions' }));
+      tr.cells[1].append(el('span', { class: 'state' }));
+      tr.cells[2].className = 'since';
+    }
+    // Keep the table's order without moving rows that are in place.
+    const expected = previous ? previous.nextSibling : body.firstChild;
+    if (expected !== tr) body.insertBefore(tr, expected);
+    const state = tr.cells[1].firstChild;
+    setText(state, m.state);
+    if (state.className !== 'state state-' + m.state) state.className = 'state state-' + m.state;
+    tr.dataset.since = m.state_since || '';
+    setText(tr.cells[2], ago(m.state_since));
+    tr.cells[2].title = m.state_since ? new Date(m.state_since * 1000).toISOString() : '';
+    setText(tr.cells[3], m.pid ?? '-');
+    setText(tr.cells[4], m.port ?? '-');
+    setText(tr.cells[5], m.ready_ms === null || m.ready_ms === undefined ? '-' : Math.round(m.ready_ms) + ' ms');
+    setText(tr.cells[6], m.in_flight);
+    setText(tr.cells[7], m.waiting);
+    setText(tr.cells[8], m.restarts);
     let onDemand = m.on_demand ? 'yes' : 'no';
     if (m.on_demand && m.idle_timeout_s) {
       onDemand += m.idle_for_s !== null && m.idle_for_s !== undefined
         ? ', idle ' + duration(m.idle_for_s) + ' of ' + duration(m.idle_timeout_s)
         : ', stops after ' + duration(m.idle_timeout_s) + ' idle';
     }
-    body.append(el('tr', { 'data-model': name },
-      el('td', { class: 'name' }, name),
-      el('td', {}, el('span', { class: 'state state-' + m.state }, m.state)),
-      el('td', { class: 'since', title: m.state_since ? new Date(m.state_since * 1000).toISOString() : '' }, ago(m.state_since)),
-      el('td', {}, m.pid ?? '-'),
-      el('td', {}, m.port ?? '-'),
-      el('td', {}, m.ready_ms === null || m.ready_ms === undefined ? '-' : Math.round(m.ready_ms) + ' ms'),
-      el('td', {}, m.in_flight),
-      el('td', {}, m.waiting),
-      el('td', {}, m.restarts),
-      el('td', {}, onDemand),
-      el('td', {}, (m.aliases || []).join(', ') || '-'),
-      buttons));
-    const notes = [];
-    if (m.progress) notes.push(progressCell(m.progress));
-    if (m.last_error) notes.push(el('span', { class: 'error last-error' }, 'last error: ' + m.last_error));
-    else if (m.last_restart) notes.push(el('span', {}, 'restarted ' + ago(m.last_restart.at) + ': ' + m.last_restart.reason));
-    for (const w of m.warnings || []) notes.push(el('span', { class: 'error' }, 'warning: ' + w));
-    if (notes.length) {
-      const td = el('td', { class: 'detail', colspan: '12' });
-      notes.forEach((n, i) => { if (i) td.append(' · '); td.append(n); });
-      body.append(el('tr', { 'data-detail': name }, td));
+    setText(tr.cells[9], onDemand);
+    setText(tr.cells[10], (m.aliases || []).join(', ') || '-');
+    if (tr.dataset.buttons !== m.state) {
+      tr.dataset.buttons = m.state;
+      tr.replaceChild(buttonsFor(name, m.state), tr.cells[11]);
     }
+    // The detail row (progress, errors, warnings) right after its model.
+    let detail = tr.nextSibling && tr.nextSibling.dataset && tr.nextSibling.dataset.detail === name ? tr.nextSibling : null;
+    const td = detailFor(m);
+    if (!td) {
+      if (detail) detail.remove();
+      previous = tr;
+      continue;
+    }
+    if (!detail) {
+      detail = el('tr', { 'data-detail': name });
+      body.insertBefore(detail, tr.nextSibling);
+    }
+    if (!detail.firstChild || detail.firstChild.textContent !== td.textContent || m.progress) {
+      detail.replaceChildren(td);
+    }
+    previous = detail;
+  }
+}
+
+// "since" moves without events.
+function tickSince() {
+  for (const tr of $('models').tBodies[0].rows) {
+    if (tr.dataset.model !== undefined) setText(tr.cells[2], ago(Number(tr.dataset.since) || null));
   }
 }
 
@@ -230,7 +287,6 @@ function renderLogs(models) {
 }
 
 function render(status) {
-  latest = status;
   renderModels(status.models);
   renderMemory(status);
   renderSpec(status);
@@ -296,7 +352,6 @@ document.addEventListener('DOMContentLoaded', () => {
     $('key').value = '';
     connect();
   });
-  // "since" moves without events.
-  setInterval(() => { if (latest) renderModels(latest.models); }, 1000);
+  setInterval(tickSince, 1000);
   connect();
 });
