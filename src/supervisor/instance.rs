@@ -125,6 +125,28 @@ enum Command {
     /// A request arrived for a model that is not running.
     Demand,
     Shutdown(oneshot::Sender<()>),
+    /// A person pressed start, stop or restart (status page, API).
+    Operate(OperatorAction, oneshot::Sender<Result<(), OperateError>>),
+}
+
+/// What an operator may ask of a model through its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorAction {
+    /// Start it now if it is not running (or retry a failing one now).
+    Start,
+    /// Drain and stop it; it stays down until started, restarted, or its
+    /// launch changes in the spec.
+    Stop,
+    /// Stop it and start it again.
+    Restart,
+}
+
+/// Why an operator action was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OperateError {
+    #[error("model {model} is being removed")]
+    Gone { model: String },
 }
 
 /// Everything that can happen to a model.
@@ -248,6 +270,19 @@ impl InstanceHandle {
         {
             let _ = rx.await;
         }
+    }
+
+    /// Performs an operator's action inside the owner (so it is decided
+    /// against the owner's state, never a stale read).
+    pub async fn operate(&self, action: OperatorAction) -> Result<(), OperateError> {
+        let gone = || OperateError::Gone {
+            model: self.name.to_string(),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.events
+            .send(Event::Command(Command::Operate(action, tx)))
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 
     /// Waits (bounded by the model's queue length and wait timeout) for a
@@ -473,6 +508,9 @@ impl Owner {
                     self.start();
                 }
             }
+            Event::Command(Command::Operate(action, reply)) => {
+                let _ = reply.send(self.operate(action));
+            }
             Event::Command(Command::Shutdown(reply)) => {
                 self.shutdown_replies.push(reply);
                 self.state = State::Stopping;
@@ -518,6 +556,57 @@ impl Owner {
             },
             Event::Timer { .. } => {} // superseded
         }
+    }
+
+    fn operate(&mut self, action: OperatorAction) -> Result<(), OperateError> {
+        if matches!(self.state, State::Stopping | State::Stopped) {
+            return Err(OperateError::Gone {
+                model: self.name.clone(),
+            });
+        }
+        self.logs.push(
+            LogStream::Daemon,
+            &format!("operator: {action:?}").to_lowercase(),
+        );
+        match action {
+            OperatorAction::Start => {
+                if matches!(self.state, State::Idle | State::Backoff | State::Failed)
+                    && self.current.is_none()
+                {
+                    self.backoff.reset();
+                    if self.retiring.is_empty() {
+                        self.start();
+                    } else {
+                        self.state = State::Swapping;
+                        self.start_after_retire = true;
+                    }
+                }
+            }
+            OperatorAction::Stop | OperatorAction::Restart => {
+                self.cancel(TimerKind::Retry);
+                self.cancel(TimerKind::RetryNext);
+                self.cancel(TimerKind::IdleCheck);
+                self.start_after_retire = false;
+                if let Some(p) = self.next.take() {
+                    self.retire(p);
+                }
+                if let Some(p) = self.current.take() {
+                    self.retire(p);
+                }
+                self.last_error = None;
+                self.state = State::Idle;
+                if action == OperatorAction::Restart {
+                    self.backoff.reset();
+                    if self.retiring.is_empty() {
+                        self.start();
+                    } else {
+                        self.state = State::Swapping;
+                        self.start_after_retire = true;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn apply(&mut self, spec: InstanceSpec) {
