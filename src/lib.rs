@@ -12,6 +12,8 @@
 //!   watcher, the status API and systemd notification.
 //! - [`proxy`]: the OpenAI-compatible endpoint.
 //! - [`http`]: rules both HTTP servers share (what browsers may do).
+//! - [`schedule`]: the pure memory policy (admission, the ledger, eviction,
+//!   anti-thrash) and the edge that detects the machine's memory.
 
 pub mod daemon;
 pub mod gguf;
@@ -19,5 +21,6 @@ pub mod http;
 pub mod memory;
 pub mod plan;
 pub mod proxy;
+pub mod schedule;
 pub mod spec;
 pub mod supervisor;
