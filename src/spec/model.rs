@@ -322,10 +322,18 @@ impl Size {
             return Err(expected());
         }
         let Some((_, scale)) = BINARY_UNITS.iter().find(|(u, _)| *u == unit) else {
-            let decimal = [("kB", "KiB"), ("KB", "KiB"), ("MB", "MiB"), ("GB", "GiB"), ("TB", "TiB")];
-            if let Some((_, binary)) = decimal.iter().find(|(d, _)| d.eq_ignore_ascii_case(unit)) {
+            let decimal = [
+                ("kB", "KiB", 1e3, 1024.0),
+                ("MB", "MiB", 1e6, 1_048_576.0),
+                ("GB", "GiB", 1e9, 1_073_741_824.0),
+                ("TB", "TiB", 1e12, 1_099_511_627_776.0),
+            ];
+            if let Some((_, binary, dec, bin)) =
+                decimal.iter().find(|(d, ..)| d.eq_ignore_ascii_case(unit))
+            {
+                let same = number.parse::<f64>().unwrap_or(0.0) * dec / bin;
                 return Err(format!(
-                    "decimal units are not accepted, found \"{text}\": write {number}{binary} (binary, 1024-based, as llama.cpp and the GPU drivers report memory)"
+                    "decimal units are not accepted, found \"{text}\": write {number}{binary} (1024-based, as llama.cpp and the GPU drivers count), or {same:.2}{binary} for the same bytes"
                 ));
             }
             if unit.is_empty() {
