@@ -173,6 +173,8 @@ pub struct Loaded {
     pub model: String,
     pub in_flight: u32,
     pub queued: u32,
+    /// How long it has been loaded (since ready): its turn so far.
+    pub loaded_for: Duration,
 }
 
 /// A model with requests waiting that cannot load beside [`Loaded`].
@@ -193,15 +195,23 @@ pub enum Swap {
     To(String),
 }
 
-/// The default fairness bound: no request waits for a swap longer than this
-/// plus the drain of the loaded model's in-flight requests and the load.
-pub const DEFAULT_FAIRNESS: Duration = Duration::from_secs(20);
+/// The default fairness bound: see [`next_swap`].
+pub const DEFAULT_FAIRNESS: Duration = Duration::from_secs(40);
 
 /// The anti-thrash rule. While the loaded model has work (in flight or
-/// queued), it keeps the memory, until some other model's oldest request
-/// has waited `fairness`; then the longest-waiting model gets it. An idle
-/// loaded model gives way at once. Among waiters, the oldest request wins
-/// (then the name, for a total order).
+/// queued), it keeps the memory for a turn of at least `fairness`: what is
+/// queued for it is served first. Once its turn has lasted `fairness` and
+/// another model's oldest request has waited `fairness`, the
+/// longest-waiting model gets the memory. An idle loaded model gives way at
+/// once. Among waiters, the oldest request wins (then the name, for a total
+/// order).
+///
+/// Without the turn, two models both past the bound under load would swap
+/// back and forth without serving anything (the benchmark found that).
+/// The bound on a request's wait for its model to start loading, with two
+/// models: `fairness` (the rest of the loaded model's turn, or its own
+/// wait) plus the drain of the loaded model's in-flight requests, its stop
+/// and the load.
 pub fn next_swap(loaded: &Loaded, waiting: &[Waiting], fairness: Duration) -> Swap {
     let Some(first) = waiting
         .iter()
@@ -211,7 +221,7 @@ pub fn next_swap(loaded: &Loaded, waiting: &[Waiting], fairness: Duration) -> Sw
         return Swap::Stay;
     };
     let busy = loaded.in_flight > 0 || loaded.queued > 0;
-    if !busy || first.oldest >= fairness {
+    if !busy || (loaded.loaded_for >= fairness && first.oldest >= fairness) {
         Swap::To(first.model.clone())
     } else {
         Swap::Stay
@@ -309,10 +319,12 @@ mod tests {
     #[test]
     fn next_swap_table() {
         let s = Duration::from_secs;
-        let loaded = |in_flight, queued| Loaded {
+        // The loaded model `a`: (in flight, queued, loaded for s).
+        let loaded = |in_flight, queued, loaded_for| Loaded {
             model: "a".into(),
             in_flight,
             queued,
+            loaded_for: s(loaded_for),
         };
         let w = |model: &str, queued, oldest| Waiting {
             model: model.into(),
@@ -322,19 +334,26 @@ mod tests {
         let to = |m: &str| Swap::To(m.into());
         let cases = [
             // Nobody waits.
-            (loaded(1, 3), vec![], Swap::Stay),
-            (loaded(1, 3), vec![w("b", 0, 99)], Swap::Stay),
-            // The loaded model is idle: give way at once.
-            (loaded(0, 0), vec![w("b", 1, 0)], to("b")),
-            // Busy and the waiter is within the bound: serve what is queued.
-            (loaded(1, 0), vec![w("b", 4, 19)], Swap::Stay),
-            (loaded(0, 2), vec![w("b", 4, 19)], Swap::Stay),
-            // The bound reached: swap, even with work queued for the loaded one.
-            (loaded(1, 5), vec![w("b", 1, 20)], to("b")),
+            (loaded(1, 3, 99), vec![], Swap::Stay),
+            (loaded(1, 3, 99), vec![w("b", 0, 99)], Swap::Stay),
+            // The loaded model is idle: give way at once, even early in its turn.
+            (loaded(0, 0, 0), vec![w("b", 1, 0)], to("b")),
+            // Busy and the waiter within the bound: serve what is queued.
+            (loaded(1, 0, 99), vec![w("b", 4, 39)], Swap::Stay),
+            (loaded(0, 2, 99), vec![w("b", 4, 39)], Swap::Stay),
+            // The bound reached and the turn done: swap, even with work
+            // queued for the loaded one.
+            (loaded(1, 5, 40), vec![w("b", 1, 40)], to("b")),
+            // The waiter is past the bound but the turn just began: stay
+            // (no ping-pong between two overdue models).
+            (loaded(1, 5, 39), vec![w("b", 1, 90)], Swap::Stay),
             // The oldest request wins among waiters.
-            (loaded(1, 0), vec![w("b", 9, 21), w("c", 1, 30)], to("c")),
-            (loaded(0, 0), vec![w("b", 9, 2), w("c", 1, 3)], to("c")),
+            (loaded(1, 0, 60), vec![w("b", 9, 41), w("c", 1, 60)], to("c")),
+            (loaded(0, 0, 0), vec![w("b", 9, 2), w("c", 1, 3)], to("c")),
+            // A waiter entry for the loaded model itself is ignored.
+            (loaded(1, 0, 60), vec![w("a", 3, 99)], Swap::Stay),
         ];
+        assert_eq!(DEFAULT_FAIRNESS, s(40));
         for (i, (l, waiting, want)) in cases.into_iter().enumerate() {
             assert_eq!(next_swap(&l, &waiting, DEFAULT_FAIRNESS), want, "case {i}");
         }
