@@ -71,9 +71,17 @@ enum Phase {
     /// Loaded since the given time.
     Serving(usize, T),
     /// Draining in-flight requests before a swap to `to`.
-    Draining { to: usize },
-    Stopping { until: T, to: usize },
-    Loading { until: T, model: usize },
+    Draining {
+        to: usize,
+    },
+    Stopping {
+        until: T,
+        to: usize,
+    },
+    Loading {
+        until: T,
+        model: usize,
+    },
 }
 
 struct Outcome {
@@ -82,7 +90,13 @@ struct Outcome {
     end: T,
 }
 
-fn simulate(policy: PolicyKind, workload: Workload, costs: Costs, requests: usize, seed: u64) -> Outcome {
+fn simulate(
+    policy: PolicyKind,
+    workload: Workload,
+    costs: Costs,
+    requests: usize,
+    seed: u64,
+) -> Outcome {
     let mut rng = Rng(seed);
     let mut queue: VecDeque<Request> = VecDeque::new();
     // Completion times of in-flight requests: (done, client, model).
@@ -95,7 +109,12 @@ fn simulate(policy: PolicyKind, workload: Workload, costs: Costs, requests: usiz
             for c in 0..clients {
                 next_model_of_client.push(c % 2);
                 let at = rng.uniform(think.0, think.1);
-                pending.push(Request { client: c, model: c % 2, arrival: at, service: rng.uniform(2.0, 6.0) });
+                pending.push(Request {
+                    client: c,
+                    model: c % 2,
+                    arrival: at,
+                    service: rng.uniform(2.0, 6.0),
+                });
                 next_model_of_client[c] = 1 - c % 2;
                 issued += 1;
             }
@@ -104,7 +123,12 @@ fn simulate(policy: PolicyKind, workload: Workload, costs: Costs, requests: usiz
             let mut t = 0.0;
             for i in 0..requests {
                 t += rng.exp(mean_gap);
-                pending.push(Request { client: 0, model: i % 2, arrival: t, service: rng.uniform(2.0, 6.0) });
+                pending.push(Request {
+                    client: 0,
+                    model: i % 2,
+                    arrival: t,
+                    service: rng.uniform(2.0, 6.0),
+                });
             }
             issued = requests;
         }
@@ -123,7 +147,10 @@ fn simulate(policy: PolicyKind, workload: Workload, costs: Costs, requests: usiz
             match phase {
                 Phase::Empty => {
                     if let Some(r) = queue.front() {
-                        phase = Phase::Loading { until: now + costs.load, model: r.model };
+                        phase = Phase::Loading {
+                            until: now + costs.load,
+                            model: r.model,
+                        };
                         swaps += 1;
                         changed = true;
                     }
@@ -142,8 +169,12 @@ fn simulate(policy: PolicyKind, workload: Workload, costs: Costs, requests: usiz
                             let waiting: Vec<Waiting> = (0..2)
                                 .filter(|o| *o != m)
                                 .filter_map(|o| {
-                                    let mine: Vec<&Request> = queue.iter().filter(|r| r.model == o).collect();
-                                    let oldest = mine.iter().map(|r| r.arrival).fold(f64::INFINITY, f64::min);
+                                    let mine: Vec<&Request> =
+                                        queue.iter().filter(|r| r.model == o).collect();
+                                    let oldest = mine
+                                        .iter()
+                                        .map(|r| r.arrival)
+                                        .fold(f64::INFINITY, f64::min);
                                     (!mine.is_empty()).then(|| Waiting {
                                         model: o.to_string(),
                                         queued: mine.len() as u32,
@@ -176,14 +207,18 @@ fn simulate(policy: PolicyKind, workload: Workload, costs: Costs, requests: usiz
                         }
                     }
                 }
-                Phase::Draining { to, .. } => {
-                    if in_flight.is_empty() {
-                        phase = Phase::Stopping { until: now + costs.stop, to };
-                        changed = true;
-                    }
+                Phase::Draining { to } if in_flight.is_empty() => {
+                    phase = Phase::Stopping {
+                        until: now + costs.stop,
+                        to,
+                    };
+                    changed = true;
                 }
                 Phase::Stopping { until, to } if until <= now => {
-                    phase = Phase::Loading { until: now + costs.load, model: to };
+                    phase = Phase::Loading {
+                        until: now + costs.load,
+                        model: to,
+                    };
                     swaps += 1;
                     changed = true;
                 }
@@ -201,7 +236,10 @@ fn simulate(policy: PolicyKind, workload: Workload, costs: Costs, requests: usiz
             break;
         }
         // The next event.
-        let next_arrival = pending.iter().map(|r| r.arrival).fold(f64::INFINITY, f64::min);
+        let next_arrival = pending
+            .iter()
+            .map(|r| r.arrival)
+            .fold(f64::INFINITY, f64::min);
         let next_done = in_flight.iter().map(|f| f.0).fold(f64::INFINITY, f64::min);
         let next_phase = match phase {
             Phase::Stopping { until, .. } | Phase::Loading { until, .. } => until,
@@ -216,7 +254,9 @@ fn simulate(policy: PolicyKind, workload: Workload, costs: Costs, requests: usiz
             queue.push_back(pending.swap_remove(i));
         }
         // Keep the queue in arrival order (FIFO means arrival order).
-        queue.make_contiguous().sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
+        queue
+            .make_contiguous()
+            .sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
         while let Some(i) = in_flight.iter().position(|f| f.0 <= now) {
             let (_, client, _) = in_flight.swap_remove(i);
             if let Workload::Agents { think, .. } = workload
@@ -234,7 +274,11 @@ fn simulate(policy: PolicyKind, workload: Workload, costs: Costs, requests: usiz
             }
         }
     }
-    Outcome { waits, swaps, end: now }
+    Outcome {
+        waits,
+        swaps,
+        end: now,
+    }
 }
 
 struct Row {
@@ -258,21 +302,49 @@ fn measure(o: &Outcome) -> Row {
 }
 
 fn main() {
-    let costs = Costs { load: 8.0, stop: 1.0, slots: 1 };
+    let costs = Costs {
+        load: 8.0,
+        stop: 1.0,
+        slots: 1,
+    };
     let requests = 2000;
     let workloads = [
-        ("4 agents alternating A/B, think 0.5-2 s", Workload::Agents { clients: 4, think: (0.5, 2.0) }),
-        ("8 agents alternating A/B, think 0.5-2 s", Workload::Agents { clients: 8, think: (0.5, 2.0) }),
-        ("open arrivals alternating A/B, mean gap 15 s", Workload::Alternating { mean_gap: 15.0 }),
-        ("open arrivals alternating A/B, mean gap 6 s", Workload::Alternating { mean_gap: 6.0 }),
+        (
+            "4 agents alternating A/B, think 0.5-2 s",
+            Workload::Agents {
+                clients: 4,
+                think: (0.5, 2.0),
+            },
+        ),
+        (
+            "8 agents alternating A/B, think 0.5-2 s",
+            Workload::Agents {
+                clients: 8,
+                think: (0.5, 2.0),
+            },
+        ),
+        (
+            "open arrivals alternating A/B, mean gap 15 s",
+            Workload::Alternating { mean_gap: 15.0 },
+        ),
+        (
+            "open arrivals alternating A/B, mean gap 6 s",
+            Workload::Alternating { mean_gap: 6.0 },
+        ),
     ];
     println!(
         "anti-thrash: {requests} requests per run, load {} s, stop {} s, service 2-6 s uniform, {} slot per model\n",
         costs.load, costs.stop, costs.slots
     );
-    println!("| workload | policy | swaps/100 req | mean wait s | p99 wait s | req/min | swaps vs FIFO | p99 vs FIFO | goal (<= 0.25, <= 1.5) |");
+    println!(
+        "| workload | policy | swaps/100 req | mean wait s | p99 wait s | req/min | swaps vs FIFO | p99 vs FIFO | goal (<= 0.25, <= 1.5) |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
-    let bounds = [Duration::from_secs(10), DEFAULT_FAIRNESS, Duration::from_secs(90)];
+    let bounds = [
+        Duration::from_secs(10),
+        DEFAULT_FAIRNESS,
+        Duration::from_secs(90),
+    ];
     for (name, w) in workloads {
         let fifo = measure(&simulate(PolicyKind::Fifo, w, costs, requests, 7));
         println!(
@@ -283,8 +355,16 @@ fn main() {
             let ours = measure(&simulate(PolicyKind::Ours(bound), w, costs, requests, 7));
             let swap_ratio = ours.swaps_per_100 / fifo.swaps_per_100;
             let p99_ratio = ours.p99 / fifo.p99;
-            let goal = if swap_ratio <= 0.25 && p99_ratio <= 1.5 { "met" } else { "not met" };
-            let default = if bound == DEFAULT_FAIRNESS { ", the default" } else { "" };
+            let goal = if swap_ratio <= 0.25 && p99_ratio <= 1.5 {
+                "met"
+            } else {
+                "not met"
+            };
+            let default = if bound == DEFAULT_FAIRNESS {
+                ", the default"
+            } else {
+                ""
+            };
             println!(
                 "| {name} | ours, bound {} s{default} | {:.1} | {:.1} | {:.1} | {:.2} | {swap_ratio:.2} | {p99_ratio:.2} | {goal} |",
                 bound.as_secs(),

@@ -43,8 +43,10 @@ fn later(path: PathBuf, text: String, delay: Duration) -> std::thread::JoinHandl
         std::thread::sleep(delay);
         let tmp = path.with_extension("new");
         std::fs::write(&tmp, text).unwrap();
+        // Taken before the new figure appears.
+        let at = Instant::now();
         std::fs::rename(&tmp, &path).unwrap();
-        Instant::now()
+        at
     })
 }
 
@@ -61,8 +63,18 @@ async fn the_wait_ends_only_when_the_devices_used_memory_drops() {
         held: 6 * GIB,
     };
     assert_eq!(check(&roots, &w), None, "not free while used is unchanged");
-    let dropped = later(used_file(&roots), (3 * GIB + 100).to_string(), Duration::from_millis(300));
-    let by = wait_freed(&roots, &w, Duration::from_secs(60), Duration::from_millis(10)).await;
+    let dropped = later(
+        used_file(&roots),
+        (3 * GIB + 100).to_string(),
+        Duration::from_millis(300),
+    );
+    let by = wait_freed(
+        &roots,
+        &w,
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+    )
+    .await;
     let seen = Instant::now();
     assert_eq!(by, FreedBy::DeviceUsedDropped);
     let dropped_at = dropped.join().unwrap();
@@ -117,11 +129,20 @@ async fn without_a_device_reading_the_kfd_entry_decides() {
         let kfd = kfd.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
+            // Taken before the removal begins: the waiter cannot see it
+            // gone any earlier.
+            let at = Instant::now();
             std::fs::remove_dir_all(&kfd).unwrap();
-            Instant::now()
+            at
         })
     };
-    let by = wait_freed(&roots, &w, Duration::from_secs(60), Duration::from_millis(10)).await;
+    let by = wait_freed(
+        &roots,
+        &w,
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+    )
+    .await;
     let seen = Instant::now();
     assert_eq!(by, FreedBy::KfdEntryGone);
     assert!(seen >= gone.join().unwrap());
@@ -148,6 +169,12 @@ async fn nothing_to_watch_ends_at_once() {
         used_at_stop: Some(GIB),
         held: GIB,
     };
-    let by = wait_freed(&roots, &w, Duration::from_secs(60), Duration::from_millis(10)).await;
+    let by = wait_freed(
+        &roots,
+        &w,
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+    )
+    .await;
     assert_eq!(by, FreedBy::NothingToWatch);
 }

@@ -15,8 +15,8 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 use rocm_llm::plan::{self, Launch, memory};
-use rocm_llm::spec::validate::{self, Context, Disk};
 use rocm_llm::schedule::admission::Fit;
+use rocm_llm::spec::validate::{self, Context, Disk};
 use rocm_llm::spec::{Desired, SpecErrors};
 
 pub const EXIT_INVALID: u8 = 1;
@@ -510,7 +510,14 @@ pub fn render_detected(desired: &Desired, fit: &Fit) -> String {
         .machine
         .gpus
         .iter()
-        .map(|g| format!("{} {} ({})", g.name, g.description, memory::human_bytes(g.total)))
+        .map(|g| {
+            format!(
+                "{} {} ({})",
+                g.name,
+                g.description,
+                memory::human_bytes(g.total)
+            )
+        })
         .collect();
     out.push_str(&format!(
         "  detected: {} lists {}; host memory {}\n",
@@ -562,7 +569,12 @@ pub fn render_fit(fit: &Fit) -> String {
     }
     let devices: Vec<&str> = fit.budgets.iter().map(|b| b.device.as_str()).collect();
     let mut rows = vec![{
-        let mut h = vec!["model".to_owned(), "kind".to_owned(), "priority".to_owned(), "from".to_owned()];
+        let mut h = vec![
+            "model".to_owned(),
+            "kind".to_owned(),
+            "priority".to_owned(),
+            "from".to_owned(),
+        ];
         h.extend(devices.iter().map(|d| (*d).to_owned()));
         h.push("fits".to_owned());
         h
@@ -570,13 +582,22 @@ pub fn render_fit(fit: &Fit) -> String {
     for f in &fit.footprints {
         let mut row = vec![
             f.model.clone(),
-            if f.always_on { "always-on" } else { "on demand" }.to_owned(),
+            if f.always_on {
+                "always-on"
+            } else {
+                "on demand"
+            }
+            .to_owned(),
             f.priority.to_string(),
             f.source.to_owned(),
         ];
         row.extend(devices.iter().map(|d| {
             let b = f.on(d);
-            if b == 0 { "-".to_owned() } else { memory::human_bytes(b) }
+            if b == 0 {
+                "-".to_owned()
+            } else {
+                memory::human_bytes(b)
+            }
         }));
         let shorts: Vec<String> = fit
             .shortfalls

@@ -19,6 +19,10 @@ use super::detect::Machine;
 use crate::memory::{Device, Estimate, human_bytes};
 use crate::spec::{Desired, GpuLayers, ModelConfig};
 
+/// How admission gets a model's estimate on some GPUs (the spec's
+/// [`crate::spec::validate::FileProbe::estimate`]).
+pub type EstimateFn<'a> = dyn Fn(&ModelConfig, &[Device]) -> Result<Estimate, String> + 'a;
+
 /// What one device may hold.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Budget {
@@ -106,7 +110,10 @@ impl fmt::Display for Shortfall {
             .join(" + ");
         let what = match self.kind {
             ShortKind::AlwaysOn => {
-                format!("the always-on models do not fit together on {}", self.device)
+                format!(
+                    "the always-on models do not fit together on {}",
+                    self.device
+                )
             }
             ShortKind::OnDemand if self.members.len() == 1 => format!(
                 "on-demand model {} does not fit on {} even alone",
@@ -118,8 +125,12 @@ impl fmt::Display for Shortfall {
             ),
         };
         let hint = match self.kind {
-            ShortKind::AlwaysOn => "make one `on_demand: true`, shrink its ctx_size or gpu_layers, or raise the budget",
-            ShortKind::OnDemand => "shrink its ctx_size or gpu_layers, make an always-on model on_demand, or raise the budget",
+            ShortKind::AlwaysOn => {
+                "make one `on_demand: true`, shrink its ctx_size or gpu_layers, or raise the budget"
+            }
+            ShortKind::OnDemand => {
+                "shrink its ctx_size or gpu_layers, make an always-on model on_demand, or raise the budget"
+            }
         };
         write!(
             f,
@@ -183,7 +194,10 @@ pub fn admit(budgets: &[Budget], footprints: &[Footprint]) -> Vec<Shortfall> {
                 model: biggest,
                 kind: ShortKind::AlwaysOn,
                 device: budget.device.clone(),
-                members: always.iter().map(|f| (f.model.clone(), f.on(dev))).collect(),
+                members: always
+                    .iter()
+                    .map(|f| (f.model.clone(), f.on(dev)))
+                    .collect(),
                 budget: budget.clone(),
                 short: base - budget.available(),
             });
@@ -192,8 +206,10 @@ pub fn admit(budgets: &[Budget], footprints: &[Footprint]) -> Vec<Shortfall> {
         for f in footprints.iter().filter(|f| !f.always_on && f.on(dev) > 0) {
             let need = base.saturating_add(f.on(dev));
             if need > budget.available() {
-                let mut members: Vec<(String, u64)> =
-                    always.iter().map(|a| (a.model.clone(), a.on(dev))).collect();
+                let mut members: Vec<(String, u64)> = always
+                    .iter()
+                    .map(|a| (a.model.clone(), a.on(dev)))
+                    .collect();
                 members.push((f.model.clone(), f.on(dev)));
                 out.push(Shortfall {
                     model: f.model.clone(),
@@ -235,7 +251,10 @@ pub fn budgets(desired: &Desired, machine: &Machine, notes: &mut Vec<String>) ->
     for gpu in &machine.gpus {
         let (total, source) = match mem.vram.total {
             Some(t) => (t, "spec".to_owned()),
-            None => (gpu.total, "detected (llama-server --list-devices)".to_owned()),
+            None => (
+                gpu.total,
+                "detected (llama-server --list-devices)".to_owned(),
+            ),
         };
         out.push(Budget {
             device: gpu.name.clone(),
@@ -281,7 +300,7 @@ pub fn footprint(
     desired: &Desired,
     m: &ModelConfig,
     machine: &Machine,
-    estimate: &dyn Fn(&ModelConfig, &[Device]) -> Result<Estimate, String>,
+    estimate: &EstimateFn<'_>,
 ) -> Result<Footprint, String> {
     let (devices, source) = match m.lifecycle.footprint {
         Some(bytes) => (
@@ -320,11 +339,7 @@ pub fn footprint(
 }
 
 /// Admission over a validated spec on a detected machine.
-pub fn check(
-    desired: &Desired,
-    machine: &Machine,
-    estimate: &dyn Fn(&ModelConfig, &[Device]) -> Result<Estimate, String>,
-) -> Fit {
+pub fn check(desired: &Desired, machine: &Machine, estimate: &EstimateFn<'_>) -> Fit {
     let mut fit = Fit {
         machine: machine.clone(),
         ..Fit::default()
@@ -341,6 +356,7 @@ pub fn check(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -383,31 +399,45 @@ mod tests {
         let od = |n, d: &[(&str, u64)]| model(n, false, d);
         // Fits: 6 + 8 on 15 available.
         check_case(
-            &[rocm.clone()],
-            &[on("a", &[("ROCm0", 6 * GIB)]), od("b", &[("ROCm0", 8 * GIB)])],
+            std::slice::from_ref(&rocm),
+            &[
+                on("a", &[("ROCm0", 6 * GIB)]),
+                od("b", &[("ROCm0", 8 * GIB)]),
+            ],
             &[],
         );
         // Exactly the budget fits.
-        check_case(&[rocm.clone()], &[on("a", &[("ROCm0", 15 * GIB)])], &[]);
+        check_case(
+            std::slice::from_ref(&rocm),
+            &[on("a", &[("ROCm0", 15 * GIB)])],
+            &[],
+        );
         // The always-on set over by 1 GiB: at the biggest's key.
         check_case(
-            &[rocm.clone()],
-            &[on("a", &[("ROCm0", 6 * GIB)]), on("b", &[("ROCm0", 10 * GIB)])],
-            &["b: the always-on models do not fit together on ROCm0: a 6.00 GiB + b 10.00 GiB = 16.00 GiB against a budget of 15.00 GiB (16.00 GiB total - 1.00 GiB reserve): short by 1.00 GiB on ROCm0 (make one `on_demand: true`, shrink its ctx_size or gpu_layers, or raise the budget)"],
+            std::slice::from_ref(&rocm),
+            &[
+                on("a", &[("ROCm0", 6 * GIB)]),
+                on("b", &[("ROCm0", 10 * GIB)]),
+            ],
+            &[
+                "b: the always-on models do not fit together on ROCm0: a 6.00 GiB + b 10.00 GiB = 16.00 GiB against a budget of 15.00 GiB (16.00 GiB total - 1.00 GiB reserve): short by 1.00 GiB on ROCm0 (make one `on_demand: true`, shrink its ctx_size or gpu_layers, or raise the budget)",
+            ],
         );
         // An on-demand model beside them, short by 1.7 GiB.
         check_case(
-            &[rocm.clone()],
+            std::slice::from_ref(&rocm),
             &[
                 on("qwen", &[("ROCm0", 6 * GIB)]),
                 od("llama", &[("ROCm0", 10 * GIB + 717 * MIB)]),
             ],
-            &["llama: on-demand model llama does not fit beside the always-on models on ROCm0: qwen 6.00 GiB + llama 10.70 GiB = 16.70 GiB against a budget of 15.00 GiB (16.00 GiB total - 1.00 GiB reserve): short by 1.70 GiB on ROCm0 (shrink its ctx_size or gpu_layers, make an always-on model on_demand, or raise the budget)"],
+            &[
+                "llama: on-demand model llama does not fit beside the always-on models on ROCm0: qwen 6.00 GiB + llama 10.70 GiB = 16.70 GiB against a budget of 15.00 GiB (16.00 GiB total - 1.00 GiB reserve): short by 1.70 GiB on ROCm0 (shrink its ctx_size or gpu_layers, make an always-on model on_demand, or raise the budget)",
+            ],
         );
         // Two on-demand models each fit beside, not together: admitted
         // (they take turns at run time).
         check_case(
-            &[rocm.clone()],
+            std::slice::from_ref(&rocm),
             &[
                 on("a", &[("ROCm0", 5 * GIB)]),
                 od("b", &[("ROCm0", 9 * GIB)]),
@@ -417,9 +447,11 @@ mod tests {
         );
         // Too big even alone.
         check_case(
-            &[rocm.clone()],
+            std::slice::from_ref(&rocm),
             &[od("huge", &[("ROCm0", 20 * GIB)])],
-            &["huge: on-demand model huge does not fit on ROCm0 even alone: huge 20.00 GiB = 20.00 GiB against a budget of 15.00 GiB (16.00 GiB total - 1.00 GiB reserve): short by 5.00 GiB on ROCm0 (shrink its ctx_size or gpu_layers, make an always-on model on_demand, or raise the budget)"],
+            &[
+                "huge: on-demand model huge does not fit on ROCm0 even alone: huge 20.00 GiB = 20.00 GiB against a budget of 15.00 GiB (16.00 GiB total - 1.00 GiB reserve): short by 5.00 GiB on ROCm0 (shrink its ctx_size or gpu_layers, make an always-on model on_demand, or raise the budget)",
+            ],
         );
         // Each device on its own: the host short, the GPU fine.
         let short: Vec<String> = admit(
@@ -431,11 +463,18 @@ mod tests {
         .collect();
         assert_eq!(short, vec![format!("a CPU {GIB}")]);
         // A device without a budget is not checked.
-        check_case(&[ram.clone()], &[on("a", &[("Vulkan0", 100 * GIB)])], &[]);
+        check_case(
+            std::slice::from_ref(&ram),
+            &[on("a", &[("Vulkan0", 100 * GIB)])],
+            &[],
+        );
         // Where the always-on set fails, the on-demand ones are not
         // reported again on that device.
         let models = [on("a", &[("ROCm0", 16 * GIB)]), od("b", &[("ROCm0", GIB)])];
-        let found: Vec<String> = admit(&[rocm], &models).iter().map(|s| s.model.clone()).collect();
+        let found: Vec<String> = admit(&[rocm], &models)
+            .iter()
+            .map(|s| s.model.clone())
+            .collect();
         assert_eq!(found, vec!["a"]);
     }
 }

@@ -48,13 +48,17 @@ pub fn machine(llama_server: &Path, roots: &ProbeRoots) -> Machine {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn meminfo_total_is_read_in_bytes() {
         for (text, want) in [
-            ("MemTotal:       24567012 kB\nMemFree: 1 kB\n", Some(24_567_012 * 1024)),
+            (
+                "MemTotal:       24567012 kB\nMemFree: 1 kB\n",
+                Some(24_567_012 * 1024),
+            ),
             ("MemFree: 1 kB\n", None),
             ("MemTotal: lots\n", None),
         ] {

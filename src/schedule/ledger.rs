@@ -192,6 +192,7 @@ impl Ledger {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -238,7 +239,8 @@ mod tests {
     #[test]
     fn devices_are_independent_and_unbudgeted_ones_unlimited() {
         let mut l = Ledger::new([("ROCm0".to_owned(), 4 * GIB), ("CPU".to_owned(), 8 * GIB)]);
-        l.reserve("gpu", bytes(&[("ROCm0", 4 * GIB), ("CPU", GIB)])).unwrap();
+        l.reserve("gpu", bytes(&[("ROCm0", 4 * GIB), ("CPU", GIB)]))
+            .unwrap();
         l.loaded("gpu", None);
         // The host is not loading anything of `gpu` any more, and has room.
         l.reserve("cpu", bytes(&[("CPU", 7 * GIB), ("Vulkan0", 100 * GIB)]))

@@ -119,10 +119,14 @@ pub fn make_room(ledger: &Ledger, model: &str, need: &Bytes, residents: &[Reside
             r.model != model
                 && r.on_demand
                 && r.idle()
-                && ledger.get(&r.model).is_some_and(|x| x.phase == Phase::Loaded)
+                && ledger
+                    .get(&r.model)
+                    .is_some_and(|x| x.phase == Phase::Loaded)
         })
         .collect();
-    idle.sort_by(|a, b| (a.priority, a.last_used, &a.model).cmp(&(b.priority, b.last_used, &b.model)));
+    idle.sort_by(|a, b| {
+        (a.priority, a.last_used, &a.model).cmp(&(b.priority, b.last_used, &b.model))
+    });
     let mut taken: Vec<&String> = releasing.clone();
     let mut victims: Vec<&String> = Vec::new();
     for r in idle {
@@ -130,9 +134,9 @@ pub fn make_room(ledger: &Ledger, model: &str, need: &Bytes, residents: &[Reside
             break;
         }
         // Only a model that frees something where memory is short helps.
-        let helps = need
-            .iter()
-            .any(|(d, b)| *b > ledger.free(d).saturating_add(gain(&taken, d)) && holds(&r.model, d) > 0);
+        let helps = need.iter().any(|(d, b)| {
+            *b > ledger.free(d).saturating_add(gain(&taken, d)) && holds(&r.model, d) > 0
+        });
         if helps {
             taken.push(&r.model);
             victims.push(&r.model);
@@ -152,11 +156,7 @@ pub fn make_room(ledger: &Ledger, model: &str, need: &Bytes, residents: &[Reside
     let mut i = victims.len();
     while i > 0 {
         i -= 1;
-        let without: Vec<&String> = taken
-            .iter()
-            .copied()
-            .filter(|m| *m != victims[i])
-            .collect();
+        let without: Vec<&String> = taken.iter().copied().filter(|m| *m != victims[i]).collect();
         if fits_with(&without) {
             taken = without;
             victims.remove(i);
@@ -229,6 +229,7 @@ pub fn next_swap(loaded: &Loaded, waiting: &[Waiting], fairness: Duration) -> Sw
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -253,7 +254,14 @@ mod tests {
         l
     }
 
-    fn r(model: &str, priority: i32, in_flight: u32, queued: u32, last_used: u64, on_demand: bool) -> Resident {
+    fn r(
+        model: &str,
+        priority: i32,
+        in_flight: u32,
+        queued: u32,
+        last_used: u64,
+        on_demand: bool,
+    ) -> Resident {
         Resident {
             model: model.into(),
             priority,
@@ -281,33 +289,140 @@ mod tests {
         use Phase::*;
         let loaded3 = [("a", 4, Loaded), ("b", 4, Loaded), ("c", 4, Loaded)];
         // (ledger, budget GiB, residents, need GiB, expected)
-        let cases: Vec<(&[(&str, u64, Phase)], u64, Vec<Resident>, u64, Room)> = vec![
+        // (held, budget GiB, residents, need GiB, expected)
+        type Case<'a> = (&'a [(&'a str, u64, Phase)], u64, Vec<Resident>, u64, Room);
+        let cases: Vec<Case> = vec![
             // Room to spare.
-            (&[("a", 4, Loaded)], 15, vec![r("a", 0, 0, 0, 1, true)], 8, Room::Fits),
+            (
+                &[("a", 4, Loaded)],
+                15,
+                vec![r("a", 0, 0, 0, 1, true)],
+                8,
+                Room::Fits,
+            ),
             // Lowest priority first, whatever the recency.
-            (&loaded3, 15, vec![r("a", 5, 0, 0, 1, true), r("b", 0, 0, 0, 9, true), r("c", 5, 0, 0, 2, true)], 6, evict(&["b"])),
+            (
+                &loaded3,
+                15,
+                vec![
+                    r("a", 5, 0, 0, 1, true),
+                    r("b", 0, 0, 0, 9, true),
+                    r("c", 5, 0, 0, 2, true),
+                ],
+                6,
+                evict(&["b"]),
+            ),
             // Same priority: least recently used first.
-            (&loaded3, 15, vec![r("a", 0, 0, 0, 3, true), r("b", 0, 0, 0, 1, true), r("c", 0, 0, 0, 2, true)], 6, evict(&["b"])),
+            (
+                &loaded3,
+                15,
+                vec![
+                    r("a", 0, 0, 0, 3, true),
+                    r("b", 0, 0, 0, 1, true),
+                    r("c", 0, 0, 0, 2, true),
+                ],
+                6,
+                evict(&["b"]),
+            ),
             // Two needed: in order, no more.
-            (&loaded3, 15, vec![r("a", 0, 0, 0, 3, true), r("b", 0, 0, 0, 1, true), r("c", 0, 0, 0, 2, true)], 10, evict(&["b", "c"])),
+            (
+                &loaded3,
+                15,
+                vec![
+                    r("a", 0, 0, 0, 3, true),
+                    r("b", 0, 0, 0, 1, true),
+                    r("c", 0, 0, 0, 2, true),
+                ],
+                10,
+                evict(&["b", "c"]),
+            ),
             // Busy models are never victims: the idle one goes.
-            (&loaded3, 15, vec![r("a", 0, 1, 0, 1, true), r("b", 0, 0, 2, 1, true), r("c", 9, 0, 0, 9, true)], 6, evict(&["c"])),
+            (
+                &loaded3,
+                15,
+                vec![
+                    r("a", 0, 1, 0, 1, true),
+                    r("b", 0, 0, 2, 1, true),
+                    r("c", 9, 0, 0, 9, true),
+                ],
+                6,
+                evict(&["c"]),
+            ),
             // Only busy ones could make room: wait for them, evict nothing.
-            (&loaded3, 12, vec![r("a", 0, 1, 0, 1, true), r("b", 0, 0, 2, 1, true), r("c", 0, 0, 0, 9, true)], 8, wait(&["a", "b"])),
+            (
+                &loaded3,
+                12,
+                vec![
+                    r("a", 0, 1, 0, 1, true),
+                    r("b", 0, 0, 2, 1, true),
+                    r("c", 0, 0, 0, 9, true),
+                ],
+                8,
+                wait(&["a", "b"]),
+            ),
             // Always-on models are not victims; with them it never fits: fail at once.
-            (&loaded3, 12, vec![r("a", 0, 0, 0, 1, false), r("b", 0, 0, 0, 1, false), r("c", 0, 0, 0, 1, true)], 8,
-                Room::Never { short: vec![DeviceShort { device: "ROCm0".into(), need: 8 * GIB, free: 4 * GIB }] }),
+            (
+                &loaded3,
+                12,
+                vec![
+                    r("a", 0, 0, 0, 1, false),
+                    r("b", 0, 0, 0, 1, false),
+                    r("c", 0, 0, 0, 1, true),
+                ],
+                8,
+                Room::Never {
+                    short: vec![DeviceShort {
+                        device: "ROCm0".into(),
+                        need: 8 * GIB,
+                        free: 4 * GIB,
+                    }],
+                },
+            ),
             // Bigger than the whole budget.
-            (&[], 15, vec![], 16, Room::Never { short: vec![DeviceShort { device: "ROCm0".into(), need: 16 * GIB, free: 15 * GIB }] }),
+            (
+                &[],
+                15,
+                vec![],
+                16,
+                Room::Never {
+                    short: vec![DeviceShort {
+                        device: "ROCm0".into(),
+                        need: 16 * GIB,
+                        free: 15 * GIB,
+                    }],
+                },
+            ),
             // Memory on its way back covers it: wait for it, evict nothing more.
-            (&[("a", 8, Releasing), ("b", 4, Loaded)], 15, vec![r("b", 0, 0, 0, 1, true)], 8, wait(&["a"])),
+            (
+                &[("a", 8, Releasing), ("b", 4, Loaded)],
+                15,
+                vec![r("b", 0, 0, 0, 1, true)],
+                8,
+                wait(&["a"]),
+            ),
             // Not enough on its way back: an idle one goes as well.
-            (&[("a", 4, Releasing), ("b", 8, Loaded)], 15, vec![r("b", 0, 0, 0, 1, true)], 10, evict(&["b"])),
+            (
+                &[("a", 4, Releasing), ("b", 8, Loaded)],
+                15,
+                vec![r("b", 0, 0, 0, 1, true)],
+                10,
+                evict(&["b"]),
+            ),
             // Another load on the device: wait for it.
             (&[("a", 4, Loading)], 15, vec![], 2, wait(&["a"])),
             // A victim not needed after a later, bigger one is spared: b (1
             // GiB, lowest priority) goes first, then c (8 GiB) alone suffices.
-            (&[("a", 5, Loaded), ("b", 1, Loaded), ("c", 8, Loaded)], 15, vec![r("a", 9, 1, 0, 0, true), r("b", 0, 0, 0, 0, true), r("c", 1, 0, 0, 0, true)], 8, evict(&["c"])),
+            (
+                &[("a", 5, Loaded), ("b", 1, Loaded), ("c", 8, Loaded)],
+                15,
+                vec![
+                    r("a", 9, 1, 0, 0, true),
+                    r("b", 0, 0, 0, 0, true),
+                    r("c", 1, 0, 0, 0, true),
+                ],
+                8,
+                evict(&["c"]),
+            ),
         ];
         for (i, (held, budget, residents, need, want)) in cases.into_iter().enumerate() {
             let ledger = setup(held, budget);
@@ -348,7 +463,11 @@ mod tests {
             // (no ping-pong between two overdue models).
             (loaded(1, 5, 39), vec![w("b", 1, 90)], Swap::Stay),
             // The oldest request wins among waiters.
-            (loaded(1, 0, 60), vec![w("b", 9, 41), w("c", 1, 60)], to("c")),
+            (
+                loaded(1, 0, 60),
+                vec![w("b", 9, 41), w("c", 1, 60)],
+                to("c"),
+            ),
             (loaded(0, 0, 0), vec![w("b", 9, 2), w("c", 1, 3)], to("c")),
             // A waiter entry for the loaded model itself is ignored.
             (loaded(1, 0, 60), vec![w("a", 3, 99)], Swap::Stay),

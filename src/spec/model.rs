@@ -345,17 +345,22 @@ impl Size {
             return Err(expected());
         };
         let bytes = match number.split_once('.') {
-            None => number.parse::<u64>().ok().and_then(|n| n.checked_mul(*scale)),
+            None => number
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(*scale)),
             Some((whole, frac)) if !frac.contains('.') && frac.len() <= 6 => {
-                let whole: u64 = whole.parse().ok().filter(|_| !whole.is_empty()).unwrap_or(0);
+                let whole: u64 = whole
+                    .parse()
+                    .ok()
+                    .filter(|_| !whole.is_empty())
+                    .unwrap_or(0);
                 let digits: u64 = frac.parse().ok().unwrap_or(0);
                 let denom = 10u64.pow(frac.len() as u32);
-                whole
-                    .checked_mul(*scale)
-                    .and_then(|w| {
-                        let part = u128::from(digits) * u128::from(*scale) / u128::from(denom);
-                        w.checked_add(u64::try_from(part).ok()?)
-                    })
+                whole.checked_mul(*scale).and_then(|w| {
+                    let part = u128::from(digits) * u128::from(*scale) / u128::from(denom);
+                    w.checked_add(u64::try_from(part).ok()?)
+                })
             }
             Some(_) => return Err(expected()),
         };
@@ -373,7 +378,7 @@ impl fmt::Display for Size {
         let (unit, scale) = BINARY_UNITS
             .iter()
             .rev()
-            .find(|(_, s)| self.0 % s == 0 && (self.0 > 0 || *s == 1))
+            .find(|(_, s)| self.0.is_multiple_of(*s) && (self.0 > 0 || *s == 1))
             .copied()
             .unwrap_or(("B", 1));
         write!(f, "{}{unit}", self.0 / scale)

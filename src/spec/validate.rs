@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use super::decode::{self, Places};
 use super::desired::{
-    BackendOverheads, MemoryBudget, Pool,
-    BrowserAccess, DEFAULT_CONTROL, DEFAULT_LISTEN, Desired, LaunchOptions, Lifecycle, Liveness,
-    ModelConfig, normal_origin, valid_host,
+    BackendOverheads, BrowserAccess, DEFAULT_CONTROL, DEFAULT_LISTEN, Desired, LaunchOptions,
+    Lifecycle, Liveness, MemoryBudget, ModelConfig, Pool, normal_origin, valid_host,
 };
 use super::diagnostic::{Diagnostic, SpecErrors};
 use super::model::{ModelOptions, SpecFile};
