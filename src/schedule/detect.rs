@@ -37,11 +37,36 @@ pub fn ram_total(proc_root: &Path) -> Option<u64> {
     parse_meminfo_total(&std::fs::read_to_string(proc_root.join("meminfo")).ok()?)
 }
 
+/// `llama_server --list-devices`, asked once per binary (path, size and
+/// modification time) for the process's life: the daemon validates at every
+/// reload, and a GPU build's device listing takes a while.
+fn listed_gpus(llama_server: &Path) -> Vec<ListedDevice> {
+    use std::collections::BTreeMap;
+    use std::sync::{Mutex, OnceLock};
+    type Key = (std::path::PathBuf, u64, Option<std::time::SystemTime>);
+    static CACHE: OnceLock<Mutex<BTreeMap<Key, Vec<ListedDevice>>>> = OnceLock::new();
+    let meta = std::fs::metadata(llama_server).ok();
+    let key: Key = (
+        llama_server.to_owned(),
+        meta.as_ref().map_or(0, std::fs::Metadata::len),
+        meta.and_then(|m| m.modified().ok()),
+    );
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(hit) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return hit;
+    }
+    let listed = list_devices(llama_server);
+    if let Ok(mut c) = cache.lock() {
+        c.insert(key, listed.clone());
+    }
+    listed
+}
+
 /// Detects the machine: `llama_server --list-devices` (bounded; nothing
-/// when it cannot run) and the probes under `roots`.
+/// when it cannot run; cached per binary) and the probes under `roots`.
 pub fn machine(llama_server: &Path, roots: &ProbeRoots) -> Machine {
     Machine {
-        gpus: list_devices(llama_server),
+        gpus: listed_gpus(llama_server),
         ram_total: ram_total(&roots.proc),
         drivers: probe::devices(roots),
     }
