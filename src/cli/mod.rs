@@ -628,7 +628,7 @@ pub fn render_fit(fit: &Fit) -> String {
     for (m, why) in &fit.unchecked {
         out.push_str(&format!("#   {m}: not checked: {why}\n"));
     }
-    // On-demand models that cannot be loaded together take turns.
+    // On-demand models that cannot be loaded together.
     let on_demand: Vec<_> = fit.footprints.iter().filter(|f| !f.always_on).collect();
     for (i, a) in on_demand.iter().enumerate() {
         for b in &on_demand[i + 1..] {
@@ -637,7 +637,7 @@ pub fn render_fit(fit: &Fit) -> String {
                 let need = fit.always_on(d) + a.on(d) + b.on(d);
                 if a.on(d) > 0 && b.on(d) > 0 && need > budget.available() {
                     out.push_str(&format!(
-                        "#   {} and {} do not fit together on {} (short by {}): they take turns\n",
+                        "#   {} and {} do not fit together on {} (short by {}): one must stop before the other starts (not done automatically yet, docs/scheduler.md)\n",
                         a.model,
                         b.model,
                         d,

@@ -4,7 +4,8 @@
 //! - The always-on models (enabled, not `on_demand`) must fit together in
 //!   each device's budget (total minus reserve).
 //! - Each on-demand model must fit beside them, alone: two on-demand models
-//!   that do not fit together take turns at run time (docs/scheduler.md).
+//!   that do not fit together take turns at run time, by the policy in
+//!   [`super::policy`] once the daemon uses it (docs/scheduler.md).
 //!
 //! [`admit`] is the pure rule over budgets and footprints; [`check`] builds
 //! those from the validated spec, the detected machine and the estimate.
