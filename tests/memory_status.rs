@@ -15,10 +15,11 @@ use rocm_llm::spec::LaunchOptions;
 #[test]
 fn status_shows_what_llama_server_reported_and_it_matches_the_estimate() {
     let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
-    let status = d.wait_status("a's buffer sizes", |s| {
+    let status = d.wait_status("a's buffer sizes and estimate", |s| {
         s["models"]["a"]["memory"]["log_devices"]["CPU"]["compute"]
             .as_u64()
             .is_some_and(|c| c > 0)
+            && s["models"]["a"]["memory"]["estimate"].is_object()
     });
     let mem = &status["models"]["a"]["memory"];
     let cpu = &mem["log_devices"]["CPU"];
@@ -29,8 +30,24 @@ fn status_shows_what_llama_server_reported_and_it_matches_the_estimate() {
         parallel: Some(1),
         ..LaunchOptions::default()
     };
-    let e = rocm_llm::memory::estimate_model(&header, &options, &[]).unwrap();
+    let e = rocm_llm::memory::estimate_model(&header, &options, &[], &Default::default()).unwrap();
     let p = &e.devices["CPU"];
+    // The daemon shows the same estimate (the CPU build lists no GPU), and
+    // beside it what llama-server reported.
+    let shown = &mem["estimate"];
+    assert_eq!(mem["estimate_error"], serde_json::Value::Null, "{mem}");
+    assert_eq!(
+        shown["total_bytes"].as_u64(),
+        Some(e.total_bytes()),
+        "{mem}"
+    );
+    assert_eq!(shown["gpu_layers"].as_u64(), Some(0), "{mem}");
+    assert_eq!(
+        shown["devices"],
+        serde_json::json!({"CPU": {"weights": p.weights, "kv": p.kv, "compute": p.compute,
+                                   "output": p.output, "overhead": 0}}),
+        "{mem}"
+    );
     let mib = |v: &serde_json::Value| v.as_u64().unwrap() as f64 / 1048576.0;
     let close =
         |got: &serde_json::Value, want: u64| (mib(got) - want as f64 / 1048576.0).abs() <= 0.006;
@@ -62,6 +79,16 @@ fn status_shows_what_llama_server_reported_and_it_matches_the_estimate() {
         cpu["kv"].as_u64().unwrap()
     );
     assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    for (part, bytes) in [
+        ("weights", p.weights),
+        ("compute", p.compute),
+        ("overhead", 0),
+    ] {
+        let line = format!(
+            "rocm_llm_model_memory_estimate_bytes{{model=\"a\",device=\"CPU\",part=\"{part}\"}} {bytes}"
+        );
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocm-llm"))
         .args(["status", "--control", &d.control])
@@ -71,5 +98,13 @@ fn status_shows_what_llama_server_reported_and_it_matches_the_estimate() {
     assert!(
         stdout.contains("memory a: CPU ") && stdout.contains("(llama-server)"),
         "{stdout}"
+    );
+    let estimate_line = format!(
+        "estimate a: CPU {} (rocm-llm, overhead included)",
+        rocm_llm::memory::human_bytes(e.total_bytes())
+    );
+    assert!(
+        stdout.contains(&estimate_line),
+        "{estimate_line} not in\n{stdout}"
     );
 }

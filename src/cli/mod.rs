@@ -299,8 +299,14 @@ pub fn plan_devices(desired: &Desired) -> Vec<rocm_llm::memory::plan::ListedDevi
 fn gpus_of(listed: &[rocm_llm::memory::plan::ListedDevice]) -> Vec<rocm_llm::memory::Device> {
     listed
         .iter()
-        .map(|d| rocm_llm::memory::Device::new(&d.name, d.free))
+        .map(rocm_llm::memory::plan::ListedDevice::device)
         .collect()
+}
+
+/// The per-backend overheads the estimate adds (the spec's `memory:` block
+/// will set them; until then the documented defaults).
+fn desired_overheads(_desired: &Desired) -> rocm_llm::memory::Overheads {
+    rocm_llm::memory::Overheads::default()
 }
 
 fn gpu_layers_text(e: &memory::Estimate) -> String {
@@ -347,7 +353,7 @@ pub fn render_plan(desired: &Desired, listed: &[rocm_llm::memory::plan::ListedDe
         if m.lifecycle.on_demand {
             out.push_str("#   on demand: starts at its first request\n");
         }
-        match rocm_llm::memory::plan::model_estimate(m, &gpus) {
+        match rocm_llm::memory::plan::model_estimate(m, &gpus, &desired_overheads(desired)) {
             Ok(e) => {
                 out.push_str(&format!(
                     "#   memory: {} in all; context {} cells ({} slot{}{}), flash attention {}, GPU layers {}\n",
@@ -448,7 +454,7 @@ pub fn plan_json(
             "memory": null,
         });
         if m.enabled {
-            match rocm_llm::memory::plan::model_estimate(m, &gpus) {
+            match rocm_llm::memory::plan::model_estimate(m, &gpus, &desired_overheads(desired)) {
                 Ok(e) => {
                     let devices: serde_json::Map<String, serde_json::Value> = e
                         .devices

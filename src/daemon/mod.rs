@@ -483,6 +483,13 @@ impl Daemon {
                     handle: handle.clone(),
                     aliases: m.aliases.clone(),
                     on_demand: m.lifecycle.on_demand,
+                    // The documented per-backend overheads until the spec
+                    // carries its own.
+                    memory: crate::memory::plan::Planned::start(
+                        m,
+                        &desired.llama_server,
+                        crate::memory::Overheads::default(),
+                    ),
                 },
             );
         }

@@ -25,6 +25,8 @@ pub struct RouteEntry {
     pub handle: InstanceHandle,
     pub aliases: Vec<String>,
     pub on_demand: bool,
+    /// What the model is estimated to take per device (`GET /status`).
+    pub memory: crate::memory::plan::Planned,
 }
 
 impl Routes {

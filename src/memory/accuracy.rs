@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::log::LogUsage;
-use super::{Estimate, Parts, estimate_model};
+use super::{Estimate, Overheads, Parts, estimate_model};
 use crate::gguf::GgufHeader;
 use crate::gguf::shapes::{Shape, write_shape};
 use crate::spec::{CacheType, FlashAttn, LaunchOptions};
@@ -215,7 +215,7 @@ pub fn estimate_file(
     gpus: &[super::Device],
 ) -> Result<Estimate, String> {
     let h = GgufHeader::read_path(model).map_err(|e| e.to_string())?;
-    estimate_model(&h, options, gpus)
+    estimate_model(&h, options, gpus, &Overheads::default())
 }
 
 /// Runs one case: writes the shape under `dir` (once), measures, estimates.
@@ -244,7 +244,7 @@ pub fn run_file_case(
     let options = settings.options();
     let gpus: Vec<super::Device> = super::plan::list_devices(server)
         .iter()
-        .map(|d| super::Device::new(&d.name, d.free))
+        .map(super::plan::ListedDevice::device)
         .collect();
     let measured = measure(server, path, &options, port)?;
     let mut estimate = estimate_file(path, &options, &gpus)?;

@@ -18,6 +18,10 @@ use crate::spec::{CacheType, LaunchOptions};
 pub struct Device {
     pub name: String,
     pub free: u64,
+    /// The largest tensor the backend runs an operation on: a weight above
+    /// it stays on the host, and an operation whose result is above it runs
+    /// on the host (`None`: no such limit). See [`Device::tensor_limit`].
+    pub max_tensor: Option<u64>,
 }
 
 impl Device {
@@ -25,29 +29,126 @@ impl Device {
         Device {
             name: name.into(),
             free,
+            max_tensor: None,
         }
     }
 
-    /// The backend's fixed per-process overhead on the device: the runtime
-    /// context (HIP, CUDA) and its kernels. Conservative constants, not
-    /// measured here (no such GPU is available to this project's CI); see
-    /// docs/memory.md.
-    pub fn overhead(&self) -> u64 {
-        backend_overhead(&self.name)
+    /// A device as `llama-server --list-devices` describes it, with the
+    /// backend's tensor limit.
+    pub fn listed(name: impl Into<String>, description: &str, free: u64) -> Device {
+        let name = name.into();
+        Device {
+            max_tensor: Device::tensor_limit(&name, description),
+            name,
+            free,
+        }
+    }
+
+    /// b11434's Vulkan backend refuses an operation whose sources or result
+    /// exceed the device's `maxStorageBufferRange` (without
+    /// `VK_EXT_shader_64bit_indexing`; `ggml_backend_vk_device_supports_op`),
+    /// so the loader keeps such a weight on the host (`select_weight_buft`)
+    /// and the scheduler runs such an operation there. Mesa's lavapipe
+    /// (llvmpipe) reports 2^27 bytes (`LP_MAX_TGSI_SHADER_BUFFER_SIZE`);
+    /// another Vulkan driver's limit is at most what a `uint32_t` holds.
+    /// ROCm and CUDA have no such limit.
+    pub fn tensor_limit(name: &str, description: &str) -> Option<u64> {
+        if !name.starts_with("Vulkan") {
+            None
+        } else if description.contains("llvmpipe") {
+            Some(1 << 27)
+        } else {
+            Some(u64::from(u32::MAX))
+        }
     }
 }
 
-/// The fixed overhead of a backend, by device name prefix.
-pub fn backend_overhead(device: &str) -> u64 {
-    const MIB: u64 = 1 << 20;
-    if device.starts_with("ROCm") || device.starts_with("HIP") {
-        512 * MIB
-    } else if device.starts_with("CUDA") {
-        384 * MIB
-    } else if device.starts_with("Vulkan") {
-        64 * MIB
-    } else {
-        0
+/// A backend, as the per-process overhead is kept by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Rocm,
+    Cuda,
+    Vulkan,
+    Cpu,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 4] = [Backend::Rocm, Backend::Cuda, Backend::Vulkan, Backend::Cpu];
+
+    /// `rocm`, `cuda`, `vulkan`, `cpu` (any case; `hip` is ROCm).
+    pub fn parse(text: &str) -> Option<Backend> {
+        Some(match text.to_ascii_lowercase().as_str() {
+            "rocm" | "hip" => Backend::Rocm,
+            "cuda" => Backend::Cuda,
+            "vulkan" => Backend::Vulkan,
+            "cpu" => Backend::Cpu,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Rocm => "rocm",
+            Backend::Cuda => "cuda",
+            Backend::Vulkan => "vulkan",
+            Backend::Cpu => "cpu",
+        }
+    }
+
+    /// The backend of a device llama.cpp names `ROCm0`, `CUDA1`, `Vulkan0`,
+    /// `CPU`.
+    pub fn of_device(device: &str) -> Backend {
+        if device.starts_with("ROCm") || device.starts_with("HIP") {
+            Backend::Rocm
+        } else if device.starts_with("CUDA") {
+            Backend::Cuda
+        } else if device.starts_with("Vulkan") {
+            Backend::Vulkan
+        } else {
+            Backend::Cpu
+        }
+    }
+}
+
+/// Each backend's fixed per-process overhead on a device it uses: the
+/// runtime context (HIP, CUDA, Vulkan) and its kernels, which llama-server
+/// does not print. The defaults are documented guesses (docs/memory.md),
+/// not measured here; the spec can override them per backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Overheads {
+    bytes: BTreeMap<Backend, u64>,
+}
+
+impl Default for Overheads {
+    /// ROCm/HIP 512 MiB, CUDA 384 MiB, Vulkan 64 MiB, CPU 0.
+    fn default() -> Overheads {
+        const MIB: u64 = 1 << 20;
+        Overheads {
+            bytes: BTreeMap::from([
+                (Backend::Rocm, 512 * MIB),
+                (Backend::Cuda, 384 * MIB),
+                (Backend::Vulkan, 64 * MIB),
+                (Backend::Cpu, 0),
+            ]),
+        }
+    }
+}
+
+impl Overheads {
+    /// These overheads with `backend`'s set to `bytes`.
+    pub fn with(mut self, backend: Backend, bytes: u64) -> Overheads {
+        self.bytes.insert(backend, bytes);
+        self
+    }
+
+    pub fn of(&self, backend: Backend) -> u64 {
+        self.bytes.get(&backend).copied().unwrap_or(0)
+    }
+
+    /// The overhead on a device, by its name's backend.
+    pub fn of_device(&self, device: &str) -> u64 {
+        self.of(Backend::of_device(device))
     }
 }
 
@@ -246,6 +347,7 @@ pub fn estimate_model(
     header: &GgufHeader,
     options: &LaunchOptions,
     gpus: &[Device],
+    overheads: &Overheads,
 ) -> Result<Estimate, String> {
     let h = Hparams::from_header(header)?;
     let s = Settings::resolve(options, h.n_ctx_train);
@@ -257,7 +359,7 @@ pub fn estimate_model(
         ),
         None => None,
     };
-    estimate(&h, &header.tensors, &s, gpus, mmproj.as_ref())
+    estimate(&h, &header.tensors, &s, gpus, mmproj.as_ref(), overheads)
 }
 
 /// The estimate from the parts.
@@ -267,6 +369,7 @@ pub fn estimate(
     s: &Settings,
     gpus: &[Device],
     mmproj: Option<&GgufHeader>,
+    overheads: &Overheads,
 ) -> Result<Estimate, String> {
     let mut devices: BTreeMap<String, Parts> = BTreeMap::new();
     devices.insert("CPU".to_owned(), Parts::default());
@@ -417,7 +520,7 @@ pub fn estimate(
 
     for g in gpus {
         if let Some(p) = devices.get_mut(&g.name) {
-            p.overhead = g.overhead();
+            p.overhead = overheads.of_device(&g.name);
         }
     }
     let gpu_layers = placement.iter().filter(|d| d.is_some()).count() as u64;
@@ -557,7 +660,7 @@ mod tests {
     }
 
     fn run(shape: &Shape, o: &LaunchOptions, gpus: &[Device]) -> Estimate {
-        estimate_model(&header(shape), o, gpus).unwrap()
+        estimate_model(&header(shape), o, gpus, &Overheads::default()).unwrap()
     }
 
     fn opts(f: impl FnOnce(&mut LaunchOptions)) -> LaunchOptions {
@@ -745,7 +848,7 @@ mod tests {
             o.ctx_size = Some(1024);
             o.parallel = Some(1);
         });
-        let e = estimate_model(&h, &o, &[]).unwrap();
+        let e = estimate_model(&h, &o, &[], &Overheads::default()).unwrap();
         assert_eq!(e.devices["CPU"].kv, 2 * 576 * 2 * 1024);
 
         let mut w = crate::gguf::GgufWriter::new();
@@ -759,7 +862,13 @@ mod tests {
         let mut b = Vec::new();
         w.write_to(&mut b).unwrap();
         let h = GgufHeader::read(&b[..], 1 << 20).unwrap();
-        let e = estimate_model(&h, &opts(|o| o.parallel = Some(2)), &[]).unwrap();
+        let e = estimate_model(
+            &h,
+            &opts(|o| o.parallel = Some(2)),
+            &[],
+            &Overheads::default(),
+        )
+        .unwrap();
         // Per layer and sequence: conv (4-1) x 1536 and ssm 16 x 1536, f32.
         assert_eq!(e.devices["CPU"].kv, 3 * 2 * (3 * 1536 + 16 * 1536) * 4);
     }
