@@ -143,7 +143,7 @@ pub fn measure(
     port: u16,
 ) -> Result<LogUsage, String> {
     let mut cmd = Command::new(server);
-    cmd.arg("--model").arg(model);
+    cmd.envs(&options.env).arg("--model").arg(model);
     if let Some(c) = options.ctx_size {
         cmd.args(["--ctx-size", &c.to_string()]);
     }
@@ -241,8 +241,24 @@ pub fn run_file_case(
     settings: &CaseSettings,
     port: u16,
 ) -> Result<CaseResult, String> {
-    let options = settings.options();
-    let gpus: Vec<super::Device> = super::plan::list_devices(server)
+    run_file_case_with_env(server, path, name, settings, &Default::default(), port)
+}
+
+/// [`run_file_case`] with llama-server (and its device list) run under
+/// `env` added, e.g. `GGML_VK_VISIBLE_DEVICES=0` for lavapipe.
+pub fn run_file_case_with_env(
+    server: &Path,
+    path: &Path,
+    name: &str,
+    settings: &CaseSettings,
+    env: &std::collections::BTreeMap<String, String>,
+    port: u16,
+) -> Result<CaseResult, String> {
+    let options = LaunchOptions {
+        env: env.clone(),
+        ..settings.options()
+    };
+    let gpus: Vec<super::Device> = super::plan::list_devices_with_env(server, env)
         .iter()
         .map(super::plan::ListedDevice::device)
         .collect();

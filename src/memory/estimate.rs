@@ -383,6 +383,8 @@ pub fn estimate(
     // llama-model-loader maps it.
     let mut host_range: Option<(u64, u64)> = None;
     let mut host_repack = 0u64;
+    let over_limit = |g: &Device, bytes: u64| g.max_tensor.is_some_and(|l| bytes > l);
+    let mut output_on_host = false;
     for t in tensors {
         let bytes = t.n_bytes().map_err(|e| e.to_string())?;
         let layer = tensor_layer(&t.name, h.n_layer);
@@ -392,6 +394,14 @@ pub fn estimate(
             && t.name.contains("_exps")
             && il < s.n_cpu_moe
         {
+            dev = None;
+        }
+        // A weight the device cannot run its operation on stays on the host
+        // (Vulkan's storage-buffer limit; see `Device::tensor_limit`).
+        if dev.is_some_and(|i| over_limit(&gpus[i], bytes)) {
+            if layer == Some(h.n_layer) && t.name.starts_with("output.") {
+                output_on_host = true;
+            }
             dev = None;
         }
         let mut name = dev_name(dev, gpus);
@@ -417,6 +427,12 @@ pub fn estimate(
         // Tied embeddings: the output layer loads its own copy of the token
         // embeddings where it is not on the host.
         if t.name == "token_embd.weight" && !h.has_output && output_dev.is_some() {
+            if output_dev.is_some_and(|i| over_limit(&gpus[i], bytes)) {
+                // Too large for the device: the output layer reads the
+                // host's copy, and its matrix multiplication runs there.
+                output_on_host = true;
+                continue;
+            }
             devices
                 .entry(dev_name(output_dev, gpus))
                 .or_default()
@@ -497,14 +513,36 @@ pub fn estimate(
     for il in 0..h.n_layer {
         runs.entry(dev_name(layer_dev(il), gpus)).or_default().0 = true;
     }
-    runs.entry(dev_name(output_dev, gpus)).or_default().1 = true;
+    let output_runs_on = if output_on_host { None } else { output_dev };
+    runs.entry(dev_name(output_runs_on, gpus)).or_default().1 = true;
+    // With no layer on a GPU, the scheduler still offloads a full ubatch's
+    // matrix multiplications to the first one (`offload_op`: batches of 32
+    // tokens and more), copying the weights in as it goes.
+    if !gpus.is_empty() && placement.iter().all(Option::is_none) && n_tokens >= 32 {
+        runs.entry(gpus[0].name.clone()).or_default().0 = true;
+    }
+    // Attention scores a device cannot hold (without flash attention, over
+    // its tensor limit) are computed on the host, from copies of Q, K and V.
+    let mut attention_on_host = false;
+    for (dev, (layers, _)) in &runs {
+        if let Some(g) = gpus.iter().find(|g| &g.name == dev) {
+            attention_on_host |= *layers && over_limit(g, graph.scores());
+        }
+    }
+    let host_runs_layers = placement.iter().any(Option::is_none);
     for (dev, (layers, output)) in &runs {
-        let bytes = graph.peak(*layers, *output);
+        let bytes = match gpus.iter().find(|g| &g.name == dev) {
+            Some(g) => graph.peak(*layers, *output, !over_limit(g, graph.scores())),
+            None if host_runs_layers => graph.peak(true, *output, true),
+            // The host runs no layer: its inputs, and the logits when the
+            // output matrix stayed there.
+            None => graph.host_input(attention_on_host) + graph.logits(*output),
+        };
         devices.entry(dev.clone()).or_default().compute += bytes;
     }
     if !gpus.is_empty() && !runs.contains_key("CPU") {
-        // The host still embeds the input tokens.
-        devices.entry("CPU".to_owned()).or_default().compute += graph.host_input();
+        devices.entry("CPU".to_owned()).or_default().compute +=
+            graph.host_input(attention_on_host);
     }
 
     // Multimodal projector: on the first GPU (or the host).
@@ -554,10 +592,39 @@ impl ComputeGraph<'_> {
         (self.full_kv + self.swa_kv) * self.n_tokens * el
     }
 
-    /// The host's share when every layer is on a GPU: the embedded tokens
-    /// and the small inputs.
-    fn host_input(&self) -> u64 {
-        self.h.n_embd * self.n_tokens * 4 + self.n_tokens * 8
+    /// The logits of the outputs, when `output` runs here.
+    fn logits(&self, output: bool) -> u64 {
+        if output {
+            self.h.n_vocab * self.n_outputs * 4
+        } else {
+            0
+        }
+    }
+
+    /// The attention scores of one layer without flash attention:
+    /// `cells x ubatch x heads` f32 (0 with flash attention).
+    fn scores(&self) -> u64 {
+        if self.fa {
+            0
+        } else {
+            self.full_kv.max(self.swa_kv) * self.n_tokens * self.h.n_head_max() * 4
+        }
+    }
+
+    /// The host's share when no layer runs there: the embedded tokens and
+    /// the masks, filled in f32 on the host (a GPU casts its own f16 copy);
+    /// with `attention` also the scores and the copies of Q, K and V they
+    /// are computed from.
+    fn host_input(&self, attention: bool) -> u64 {
+        let h = self.h;
+        let t = self.n_tokens;
+        let mut bytes = h.n_embd * t * 4 + t * 8 + (self.full_kv + self.swa_kv) * t * 4;
+        if attention {
+            let kvd = h.n_head_kv.iter().copied().max().unwrap_or(0) * h.head_k;
+            let cells = self.full_kv.max(self.swa_kv);
+            bytes += self.scores() + 2 * cells * kvd * 2 + t * h.n_head_max() * h.head_k * 4;
+        }
+        bytes
     }
 
     /// The peak of the live tensors. The per-token coefficients come from
@@ -570,7 +637,9 @@ impl ComputeGraph<'_> {
     /// - feed-forward: 3 `n_ff`-wide and 5 residual-wide f32 rows per token
     ///   (a MoE: the used experts' rows, the router's logits and weights);
     /// - output: the logits of the outputs (one per slot) and a residual row.
-    fn peak(&self, layers: bool, output: bool) -> u64 {
+    /// `scores_here`: the attention scores are computed on this device
+    /// (else on the host, see [`ComputeGraph::host_input`]).
+    fn peak(&self, layers: bool, output: bool, scores_here: bool) -> u64 {
         let h = self.h;
         let t = self.n_tokens;
         let e = h.n_embd;
@@ -580,11 +649,10 @@ impl ComputeGraph<'_> {
         let mut peak = 0;
         if layers {
             let rows = (3 * e + 3 * q + 2 * kvd) * t * 4;
-            let attn = if self.fa {
-                rows
+            let attn = if scores_here {
+                rows + self.scores()
             } else {
-                let kv_n = self.full_kv.max(self.swa_kv);
-                rows + kv_n * t * n_head * 4
+                rows
             };
             let ffn = if h.n_expert > 0 {
                 let k = h.n_expert_used.max(1);
