@@ -34,7 +34,11 @@ fn in_ci() -> bool {
 fn vulkan_server() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ROCM_LLM_LLAMA_SERVER_VULKAN").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
-        assert!(p.is_file(), "ROCM_LLM_LLAMA_SERVER_VULKAN={} is not a file", p.display());
+        assert!(
+            p.is_file(),
+            "ROCM_LLM_LLAMA_SERVER_VULKAN={} is not a file",
+            p.display()
+        );
         return Some(p);
     }
     let out = Command::new("bash")
@@ -56,20 +60,19 @@ struct ComputeBounds {
 }
 
 /// The bounds per placement, from the measurements in docs/memory.md
-/// (worst case of both shapes, rounded outwards).
+/// (the worst case of both shapes, rounded outwards).
 fn bounds(offloaded: &str) -> ComputeBounds {
     match offloaded {
-        // Every layer on Vulkan0: the CPU-derived graph rule.
+        // Every layer on Vulkan0: measured 1.06-1.47 on the GPU.
         "all" => ComputeBounds {
-            gpu: (0.85, 1.25),
-            host: (0.85, 1.25),
+            gpu: (0.95, 1.6),
+            host: (0.45, 1.1),
         },
-        // Some or no layers: the scheduler also runs a ubatch's matrix
-        // multiplications of host layers on Vulkan0 (`offload_op`), which
-        // lavapipe sizes its own way.
+        // Some or no layers: the scheduler also runs a ubatch of the host
+        // layers on Vulkan0 (`offload_op`); measured 0.90-1.69.
         _ => ComputeBounds {
-            gpu: (0.5, 1.8),
-            host: (0.6, 2.0),
+            gpu: (0.85, 1.8),
+            host: (0.45, 1.1),
         },
     }
 }
@@ -85,7 +88,13 @@ fn check(r: &CaseResult, offloaded: &str) {
             .iter()
             .map(|(d, p)| {
                 let m = r.measured_devices.get(d).copied().unwrap_or_default();
-                format!("{d} {:.1}/{:.1}", p.total() as f64 / MIB, m.total() as f64 / MIB)
+                format!(
+                    "{d} {:.1}/{:.1} (compute {:.1}/{:.1})",
+                    p.total() as f64 / MIB,
+                    m.total() as f64 / MIB,
+                    p.compute as f64 / MIB,
+                    m.compute as f64 / MIB
+                )
             })
             .collect::<Vec<_>>()
             .join(", ")
@@ -143,7 +152,9 @@ fn vulkan_cases(shape_name: &str) {
             !in_ci(),
             "{test}: no Vulkan llama-server; a skip is a failure in CI (scripts/test.sh builds it)"
         );
-        eprintln!("SKIPPED: {test}: no Vulkan llama-server (scripts/llama-server.sh --backend vulkan)");
+        eprintln!(
+            "SKIPPED: {test}: no Vulkan llama-server (scripts/llama-server.sh --backend vulkan)"
+        );
         return;
     };
     let shape = real_shapes()

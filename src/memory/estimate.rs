@@ -465,6 +465,8 @@ pub fn estimate(
         .map(|il| h.kv_elements(il).1)
         .max()
         .unwrap_or(0);
+    // The largest cache of one layer kept on the host.
+    let mut host_layer_kv = 0u64;
     for il in 0..h.n_layer {
         let cells = match h.layers[il as usize] {
             LayerCache::Full => kv_size,
@@ -485,6 +487,9 @@ pub fn estimate(
         }
         let bytes = (row_bytes(s.type_k, k) + row_bytes(s.type_v, v)) * cells * n_stream;
         let dev = if s.no_kv_offload { None } else { layer_dev(il) };
+        if dev.is_none() {
+            host_layer_kv = host_layer_kv.max(bytes);
+        }
         devices.entry(dev_name(dev, gpus)).or_default().kv += bytes;
     }
 
@@ -518,7 +523,11 @@ pub fn estimate(
     // With no layer on a GPU, the scheduler still offloads a full ubatch's
     // matrix multiplications to the first one (`offload_op`: batches of 32
     // tokens and more), copying the weights in as it goes.
-    if !gpus.is_empty() && placement.iter().all(Option::is_none) && n_tokens >= 32 {
+    // The same offload runs the host layers' share of a ubatch on the GPU,
+    // so the host then computes only its inputs (and the logits, which are
+    // too few rows to offload).
+    let op_offload = !gpus.is_empty() && n_tokens >= 32;
+    if op_offload && placement.iter().all(Option::is_none) {
         runs.entry(gpus[0].name.clone()).or_default().0 = true;
     }
     // Attention scores a device cannot hold (without flash attention, over
@@ -529,20 +538,37 @@ pub fn estimate(
             attention_on_host |= *layers && over_limit(g, graph.scores());
         }
     }
-    let host_runs_layers = placement.iter().any(Option::is_none);
+    let gpu_kv = !s.no_kv_offload && placement[..h.n_layer as usize].iter().any(Option::is_some);
+    let host_runs_layers = !op_offload && placement.iter().any(Option::is_none);
+    // An offloaded ubatch of a host layer brings that layer's cache along
+    // (a copy in the GPU's compute buffer), unless its attention stays on
+    // the host.
+    let kv_copy_to = (op_offload && host_layer_kv > 0 && !attention_on_host).then(|| {
+        (0..=h.n_layer as usize)
+            .find_map(|il| placement.get(il).copied().flatten())
+            .unwrap_or(0)
+    });
     for (dev, (layers, output)) in &runs {
-        let bytes = match gpus.iter().find(|g| &g.name == dev) {
-            Some(g) => graph.peak(*layers, *output, !over_limit(g, graph.scores())),
+        let bytes = match gpus.iter().position(|g| &g.name == dev) {
+            Some(i) => {
+                let g = &gpus[i];
+                let copy = if kv_copy_to == Some(i) {
+                    host_layer_kv
+                } else {
+                    0
+                };
+                graph.peak(*layers, *output, !over_limit(g, graph.scores())) + copy
+            }
             None if host_runs_layers => graph.peak(true, *output, true),
             // The host runs no layer: its inputs, and the logits when the
             // output matrix stayed there.
-            None => graph.host_input(attention_on_host) + graph.logits(*output),
+            None => graph.host_input(attention_on_host, gpu_kv) + graph.logits(*output),
         };
         devices.entry(dev.clone()).or_default().compute += bytes;
     }
     if !gpus.is_empty() && !runs.contains_key("CPU") {
         devices.entry("CPU".to_owned()).or_default().compute +=
-            graph.host_input(attention_on_host);
+            graph.host_input(attention_on_host, gpu_kv);
     }
 
     // Multimodal projector: on the first GPU (or the host).
@@ -613,16 +639,19 @@ impl ComputeGraph<'_> {
 
     /// The host's share when no layer runs there: the embedded tokens and
     /// the masks, filled in f32 on the host (a GPU casts its own f16 copy);
-    /// with `attention` also the scores and the copies of Q, K and V they
-    /// are computed from.
-    fn host_input(&self, attention: bool) -> u64 {
+    /// with `attention` also the scores and the copy of Q they are computed
+    /// from, and with `copies` the copies of a GPU layer's K and V.
+    fn host_input(&self, attention: bool, copies: bool) -> u64 {
         let h = self.h;
         let t = self.n_tokens;
         let mut bytes = h.n_embd * t * 4 + t * 8 + (self.full_kv + self.swa_kv) * t * 4;
         if attention {
             let kvd = h.n_head_kv.iter().copied().max().unwrap_or(0) * h.head_k;
             let cells = self.full_kv.max(self.swa_kv);
-            bytes += self.scores() + 2 * cells * kvd * 2 + t * h.n_head_max() * h.head_k * 4;
+            bytes += self.scores() + t * h.n_head_max() * h.head_k * 4;
+            if copies {
+                bytes += 2 * cells * kvd * 2;
+            }
         }
         bytes
     }
@@ -939,6 +968,97 @@ mod tests {
         .unwrap();
         // Per layer and sequence: conv (4-1) x 1536 and ssm 16 x 1536, f32.
         assert_eq!(e.devices["CPU"].kv, 3 * 2 * (3 * 1536 + 16 * 1536) * 4);
+    }
+
+    #[test]
+    fn overheads_default_to_the_documented_constants_and_can_be_overridden() {
+        let d = Overheads::default();
+        for (device, bytes) in [
+            ("ROCm0", 512 * MIB),
+            ("HIP1", 512 * MIB),
+            ("CUDA0", 384 * MIB),
+            ("Vulkan0", 64 * MIB),
+            ("CPU", 0),
+        ] {
+            assert_eq!(d.of_device(device), bytes, "{device}");
+        }
+        let o = Overheads::default()
+            .with(Backend::parse("ROCm").unwrap(), 300 * MIB)
+            .with(Backend::Cpu, 1);
+        assert_eq!(o.of_device("ROCm1"), 300 * MIB);
+        assert_eq!(o.of_device("CPU"), 1);
+        assert_eq!(o.of_device("CUDA0"), 384 * MIB, "the others keep theirs");
+        for b in Backend::ALL {
+            assert_eq!(Backend::parse(b.as_str()), Some(b));
+        }
+        assert_eq!(Backend::parse("metal"), None);
+        // The estimate adds the overhead it is given, per GPU it uses.
+        let gpu = [Device::new("ROCm0", 16 << 30)];
+        let e = estimate_model(
+            &header(&small()),
+            &LaunchOptions::default(),
+            &gpu,
+            &Overheads::default().with(Backend::Rocm, 7),
+        )
+        .unwrap();
+        assert_eq!(e.devices["ROCm0"].overhead, 7);
+        assert_eq!(e.devices["CPU"].overhead, 0);
+    }
+
+    #[test]
+    fn vulkan_keeps_what_exceeds_the_devices_tensor_limit_on_the_host() {
+        for (name, description, limit) in [
+            ("Vulkan0", "llvmpipe (LLVM 22.1.8, 256 bits)", Some(1 << 27)),
+            (
+                "Vulkan0",
+                "AMD Radeon RX 7800 XT (RADV NAVI32)",
+                Some(u64::from(u32::MAX)),
+            ),
+            ("ROCm0", "AMD Radeon RX 7800 XT", None),
+            ("CUDA0", "NVIDIA GeForce RTX 4090", None),
+        ] {
+            assert_eq!(
+                Device::tensor_limit(name, description),
+                limit,
+                "{description}"
+            );
+        }
+        // small(): the output matrix is 500 KB, a layer's largest 256 KB.
+        let lavapipe = |limit: u64| Device {
+            max_tensor: Some(limit),
+            ..Device::new("Vulkan0", 16 << 30)
+        };
+        let o = opts(|o| {
+            o.ctx_size = Some(4096);
+            o.parallel = Some(1);
+            o.flash_attn = Some(crate::spec::FlashAttn::Off);
+        });
+        let free = run(&small(), &o, &[Device::new("Vulkan0", 16 << 30)]);
+        let capped = run(&small(), &o, &[lavapipe(300_000)]);
+        let output = 256 * 1000 * 2;
+        assert_eq!(
+            free.devices["Vulkan0"].weights - capped.devices["Vulkan0"].weights,
+            output,
+            "the output matrix stays on the host"
+        );
+        // The host then computes the logits; and attention scores over the
+        // limit (4096 cells x 512 tokens x 4 heads f32 = 32 MiB) move there
+        // too, leaving the GPU its rows.
+        assert!(capped.devices["CPU"].compute > free.devices["CPU"].compute);
+        assert!(capped.devices["Vulkan0"].compute < free.devices["Vulkan0"].compute);
+        assert_eq!(
+            capped.total().weights,
+            free.total().weights - output + output,
+            "moved, not lost"
+        );
+        // Tied embeddings over the limit: no second copy on the device.
+        let tied = Shape {
+            tied: true,
+            ..small()
+        };
+        let t = run(&tied, &o, &[lavapipe(300_000)]);
+        let file = header(&tied).total_tensor_bytes().unwrap();
+        assert_eq!(t.total().weights, file, "one copy of the embeddings");
     }
 
     #[test]
