@@ -1046,10 +1046,11 @@ mod tests {
         // too, leaving the GPU its rows.
         assert!(capped.devices["CPU"].compute > free.devices["CPU"].compute);
         assert!(capped.devices["Vulkan0"].compute < free.devices["Vulkan0"].compute);
-        assert_eq!(
-            capped.total().weights,
-            free.total().weights - output + output,
-            "moved, not lost"
+        // The host maps the file from its first to its last tensor, so it
+        // holds at least the moved matrix more.
+        assert!(
+            capped.devices["CPU"].weights >= free.devices["CPU"].weights + output,
+            "{capped:?}"
         );
         // Tied embeddings over the limit: no second copy on the device.
         let tied = Shape {
