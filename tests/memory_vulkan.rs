@@ -192,3 +192,52 @@ fn qwen3_0_6b_per_device_on_lavapipe() {
 fn llama3_8b_per_device_on_lavapipe() {
     vulkan_cases("llama3-8b");
 }
+
+/// A layer's K cache over lavapipe's 128 MiB limit (81920 cells x 8 heads
+/// x 128 x f16 = 160 MiB): llama-server aborts at load, and the estimate
+/// says so instead of giving a figure.
+#[test]
+fn a_cache_tensor_over_the_limit_is_refused_like_llama_server_refuses_it() {
+    let test = "a_cache_tensor_over_the_limit_is_refused_like_llama_server_refuses_it";
+    let Some(server) = vulkan_server() else {
+        assert!(
+            !in_ci(),
+            "{test}: no Vulkan llama-server; a skip is a failure in CI"
+        );
+        eprintln!("SKIPPED: {test}: no Vulkan llama-server");
+        return;
+    };
+    let shape = real_shapes()
+        .into_iter()
+        .find(|s| s.name == "qwen3-0.6b")
+        .expect("shape");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qwen3-0.6b.gguf");
+    write_shape(&path, &shape).unwrap();
+    let env = BTreeMap::from([("GGML_VK_VISIBLE_DEVICES".to_owned(), "0".to_owned())]);
+    let mut options = rocm_llm::spec::LaunchOptions {
+        ctx_size: Some(81920),
+        parallel: Some(1),
+        env: env.clone(),
+        ..Default::default()
+    };
+    let gpus: Vec<rocm_llm::memory::Device> =
+        rocm_llm::memory::plan::list_devices_with_env(&server, &env)
+            .iter()
+            .map(rocm_llm::memory::plan::ListedDevice::device)
+            .collect();
+    assert_eq!(gpus.len(), 1, "lavapipe is not listed: {gpus:?}");
+    let estimate = rocm_llm::memory::accuracy::estimate_file(&path, &options, &gpus);
+    let err = estimate.expect_err("no estimate for a run that aborts");
+    assert!(
+        err.contains("exceeds Vulkan0's largest tensor (128.00 MiB)"),
+        "{err}"
+    );
+    let run =
+        rocm_llm::memory::accuracy::measure(&server, &path, &options, common::daemon::free_port());
+    let why = run.expect_err("llama-server came up with a cache tensor over the limit");
+    assert!(why.contains("cannot run the operation"), "{why}");
+    // Half the context fits (128 MiB is the limit itself) and runs.
+    options.ctx_size = Some(65536);
+    assert!(rocm_llm::memory::accuracy::estimate_file(&path, &options, &gpus).is_ok());
+}

@@ -490,6 +490,23 @@ pub fn estimate(
         if dev.is_none() {
             host_layer_kv = host_layer_kv.max(bytes);
         }
+        // One layer's K (or V) cache is one tensor; a device that cannot run
+        // operations on it makes llama-server abort at load ("pre-allocated
+        // tensor (cache_k_l0) in a buffer (Vulkan0) that cannot run the
+        // operation").
+        if let Some(g) = dev.map(|i| &gpus[i]) {
+            let widest = row_bytes(s.type_k, k).max(row_bytes(s.type_v, v)) * cells * n_stream;
+            if over_limit(g, widest) {
+                return Err(format!(
+                    "layer {il}'s KV cache tensor ({}) exceeds {}'s largest tensor ({}): \
+                     llama-server aborts at load; lower ctx_size, quantize the cache, \
+                     or keep the cache on the host (--no-kv-offload)",
+                    super::human_bytes(widest),
+                    g.name,
+                    super::human_bytes(g.max_tensor.unwrap_or(0))
+                ));
+            }
+        }
         devices.entry(dev_name(dev, gpus)).or_default().kv += bytes;
     }
 
@@ -666,6 +683,7 @@ impl ComputeGraph<'_> {
     /// - feed-forward: 3 `n_ff`-wide and 5 residual-wide f32 rows per token
     ///   (a MoE: the used experts' rows, the router's logits and weights);
     /// - output: the logits of the outputs (one per slot) and a residual row.
+    ///
     /// `scores_here`: the attention scores are computed on this device
     /// (else on the host, see [`ComputeGraph::host_input`]).
     fn peak(&self, layers: bool, output: bool, scores_here: bool) -> u64 {
@@ -1029,7 +1047,7 @@ mod tests {
             ..Device::new("Vulkan0", 16 << 30)
         };
         let o = opts(|o| {
-            o.ctx_size = Some(4096);
+            o.ctx_size = Some(512);
             o.parallel = Some(1);
             o.flash_attn = Some(crate::spec::FlashAttn::Off);
         });
@@ -1042,8 +1060,8 @@ mod tests {
             "the output matrix stays on the host"
         );
         // The host then computes the logits; and attention scores over the
-        // limit (4096 cells x 512 tokens x 4 heads f32 = 32 MiB) move there
-        // too, leaving the GPU its rows.
+        // limit move there too (512 cells x 512 tokens x 4 heads f32 = 4 MiB), leaving the GPU
+        // its rows.
         assert!(capped.devices["CPU"].compute > free.devices["CPU"].compute);
         assert!(capped.devices["Vulkan0"].compute < free.devices["Vulkan0"].compute);
         // The host maps the file from its first to its last tensor, so it
@@ -1051,6 +1069,29 @@ mod tests {
         assert!(
             capped.devices["CPU"].weights >= free.devices["CPU"].weights + output,
             "{capped:?}"
+        );
+        // A layer's cache over the limit: llama-server aborts, so no estimate.
+        let long = opts(|o| {
+            o.ctx_size = Some(65536);
+            o.parallel = Some(1);
+        });
+        // 65536 cells x 2 heads x 64 x f16 = 16 MiB per K tensor.
+        let err = estimate_model(
+            &header(&small()),
+            &long,
+            &[lavapipe(8 << 20)],
+            &Overheads::default(),
+        )
+        .unwrap_err();
+        assert!(err.contains("exceeds Vulkan0's largest tensor"), "{err}");
+        assert!(
+            estimate_model(
+                &header(&small()),
+                &long,
+                &[lavapipe(16 << 20)],
+                &Overheads::default()
+            )
+            .is_ok()
         );
         // Tied embeddings over the limit: no second copy on the device.
         let tied = Shape {
