@@ -163,7 +163,15 @@ pub fn measure(
         cmd.args(["--gpu-layers", &n.to_string()]);
     }
     cmd.args(&options.extra_args);
-    cmd.args(["-lv", "4", "--no-warmup", "--fit", "off", "--threads", "1"])
+    // A projector reserves its compute buffer in the warmup only.
+    if !options
+        .extra_args
+        .iter()
+        .any(|a| a == "--mmproj" || a == "-mm")
+    {
+        cmd.arg("--no-warmup");
+    }
+    cmd.args(["-lv", "4", "--fit", "off", "--threads", "1"])
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

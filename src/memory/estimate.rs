@@ -596,7 +596,9 @@ pub fn estimate(
         } else {
             Some(s.main_gpu.min(gpus.len() - 1))
         };
-        devices.entry(dev_name(dev, gpus)).or_default().weights += bytes;
+        let p = devices.entry(dev_name(dev, gpus)).or_default();
+        p.weights += bytes;
+        p.compute += projector_compute(mm, fa);
     }
 
     for g in gpus {
@@ -614,6 +616,42 @@ pub fn estimate(
         gpu_layers,
         n_layer: h.n_layer,
     })
+}
+
+/// The multimodal projector's compute buffer, reserved at load for one
+/// image of `clip.vision.image_size` (tools/mtmd: `reserve_compute_meta`
+/// over the warmup image). For a ViT encoder (llava's graph, measured on
+/// generated `mlp` projectors, docs/memory.md): the f32 image, plus the
+/// larger of the patch embedding (its f16 im2col and two f32 residual rows
+/// per patch) and an encoder layer (a feed-forward row and three residual
+/// rows per patch; without flash attention the `patches² x heads` f32
+/// scores and four residual rows). llava skips the last layer, so a
+/// one-layer encoder runs none. 0 without a vision encoder's keys (audio
+/// projectors are not estimated).
+pub fn projector_compute(mm: &GgufHeader, flash_attn: bool) -> u64 {
+    let get = |k: &str| mm.get_u64(&format!("clip.vision.{k}"));
+    let (Some(e), Some(image), Some(patch)) = (
+        get("embedding_length"),
+        get("image_size"),
+        get("patch_size").filter(|&p| p > 0),
+    ) else {
+        return 0;
+    };
+    let ff = get("feed_forward_length").unwrap_or(4 * e);
+    let heads = get("attention.head_count").unwrap_or(1);
+    let layers_run = get("block_count").unwrap_or(0).saturating_sub(1);
+    let n_pos = (image / patch).pow(2);
+    let raw = image * image * 3 * 4;
+    let row = n_pos * e * 4;
+    let embed = n_pos * patch * patch * 3 * 2 + 2 * row;
+    let layer = if layers_run == 0 {
+        0
+    } else if flash_attn {
+        n_pos * ff * 4 + 3 * row
+    } else {
+        (n_pos * ff * 4 + 3 * row).max(n_pos * n_pos * heads * 4 + 4 * row)
+    };
+    raw + embed.max(layer)
 }
 
 /// The compute graph's worst case, reserved by `sched_reserve` for a full

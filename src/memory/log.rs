@@ -171,6 +171,12 @@ impl LogUsage {
         u
     }
 
+    /// The projector's compute buffers (`--mmproj`), all devices; they are
+    /// also in `devices`.
+    pub fn projector_compute(&self) -> u64 {
+        self.last_projector_compute.values().sum()
+    }
+
     /// The sum over devices.
     pub fn total(&self) -> u64 {
         self.devices.values().map(Parts::total).sum()
