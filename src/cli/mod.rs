@@ -303,6 +303,23 @@ fn gpus_of(listed: &[rocm_llm::memory::plan::ListedDevice]) -> Vec<rocm_llm::mem
         .collect()
 }
 
+/// The GPUs a model's llama-server sees: the spec-wide list, or, when the
+/// model sets an `env:` (`GGML_VK_VISIBLE_DEVICES`, `HIP_VISIBLE_DEVICES`
+/// change what it sees), its own, as the daemon asks it.
+fn model_gpus(
+    m: &rocm_llm::spec::ModelConfig,
+    desired: &Desired,
+    listed: &[rocm_llm::memory::Device],
+) -> Vec<rocm_llm::memory::Device> {
+    if m.launch.env.is_empty() {
+        return listed.to_vec();
+    }
+    rocm_llm::memory::plan::list_devices_with_env(&desired.llama_server, &m.launch.env)
+        .iter()
+        .map(rocm_llm::memory::plan::ListedDevice::device)
+        .collect()
+}
+
 /// The per-backend overheads the estimate adds (the spec's `memory:` block
 /// will set them; until then the documented defaults).
 fn desired_overheads(_desired: &Desired) -> rocm_llm::memory::Overheads {
@@ -353,7 +370,11 @@ pub fn render_plan(desired: &Desired, listed: &[rocm_llm::memory::plan::ListedDe
         if m.lifecycle.on_demand {
             out.push_str("#   on demand: starts at its first request\n");
         }
-        match rocm_llm::memory::plan::model_estimate(m, &gpus, &desired_overheads(desired)) {
+        match rocm_llm::memory::plan::model_estimate(
+            m,
+            &model_gpus(m, desired, &gpus),
+            &desired_overheads(desired),
+        ) {
             Ok(e) => {
                 out.push_str(&format!(
                     "#   memory: {} in all; context {} cells ({} slot{}{}), flash attention {}, GPU layers {}\n",
@@ -454,7 +475,11 @@ pub fn plan_json(
             "memory": null,
         });
         if m.enabled {
-            match rocm_llm::memory::plan::model_estimate(m, &gpus, &desired_overheads(desired)) {
+            match rocm_llm::memory::plan::model_estimate(
+                m,
+                &model_gpus(m, desired, &gpus),
+                &desired_overheads(desired),
+            ) {
                 Ok(e) => {
                     let devices: serde_json::Map<String, serde_json::Value> = e
                         .devices
