@@ -63,14 +63,26 @@ pub fn list_devices(server: &Path) -> Vec<ListedDevice> {
 /// [`list_devices`] with a model's `env:` added (`HIP_VISIBLE_DEVICES`,
 /// `GGML_VK_VISIBLE_DEVICES` change what llama-server sees).
 pub fn list_devices_with_env(server: &Path, env: &BTreeMap<String, String>) -> Vec<ListedDevice> {
-    let Ok(mut child) = Command::new(server)
-        .arg("--list-devices")
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(server);
+    cmd.arg("--list-devices")
         .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-    else {
+        .stderr(Stdio::null());
+    #[allow(unsafe_code)]
+    // SAFETY: `pre_exec` runs in the forked child before exec; it makes one
+    // raw syscall (prctl) and touches no locks or shared memory. The child
+    // dies with the thread that waits for it (here, or the daemon's
+    // estimate thread), so a program that hangs on `--list-devices` never
+    // outlives the daemon.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+    let Ok(mut child) = cmd.spawn() else {
         return Vec::new();
     };
     let deadline = Instant::now() + Duration::from_secs(15);
