@@ -66,13 +66,13 @@ fn bounds(offloaded: &str) -> ComputeBounds {
         // Every layer on Vulkan0: measured 1.06-1.47 on the GPU.
         "all" => ComputeBounds {
             gpu: (0.95, 1.6),
-            host: (0.45, 1.1),
+            host: (0.9, 1.45),
         },
         // Some or no layers: the scheduler also runs a ubatch of the host
         // layers on Vulkan0 (`offload_op`); measured 0.90-1.69.
         _ => ComputeBounds {
             gpu: (0.85, 1.8),
-            host: (0.45, 1.1),
+            host: (0.9, 1.45),
         },
     }
 }

@@ -699,7 +699,10 @@ impl ComputeGraph<'_> {
     fn host_input(&self, attention: bool, copies: bool) -> u64 {
         let h = self.h;
         let t = self.n_tokens;
-        let mut bytes = h.n_embd * t * 4 + t * 8 + (self.full_kv + self.swa_kv) * t * 4;
+        // Three residual-wide f32 rows per token: the embedded tokens, the
+        // mixed-input embedding (`inp_mixed_tokens`, a second GET_ROWS) and
+        // its input tensor, all on the host (GGML_SCHED_DEBUG=2 shows them).
+        let mut bytes = 3 * h.n_embd * t * 4 + t * 8 + (self.full_kv + self.swa_kv) * t * 4;
         if attention {
             let kvd = h.n_head_kv.iter().copied().max().unwrap_or(0) * h.head_k;
             let cells = self.full_kv.max(self.swa_kv);
