@@ -537,11 +537,10 @@ pub fn estimate(
     }
     let output_runs_on = if output_on_host { None } else { output_dev };
     runs.entry(dev_name(output_runs_on, gpus)).or_default().1 = true;
-    // With no layer on a GPU, the scheduler still offloads a full ubatch's
-    // matrix multiplications to the first one (`offload_op`: batches of 32
-    // tokens and more), copying the weights in as it goes.
-    // The same offload runs the host layers' share of a ubatch on the GPU,
-    // so the host then computes only its inputs (and the logits, which are
+    // The scheduler offloads a ubatch of 32 tokens or more to a GPU even
+    // for layers whose weights are on the host (`offload_op`), copying the
+    // weights in as it goes: with no layer on a GPU the first one still
+    // computes, and the host computes only its inputs (and the logits,
     // too few rows to offload).
     let op_offload = !gpus.is_empty() && n_tokens >= 32;
     if op_offload && placement.iter().all(Option::is_none) {
