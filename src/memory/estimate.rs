@@ -142,6 +142,25 @@ impl Overheads {
         self
     }
 
+    /// The defaults with each `(backend name, bytes)` applied, as a spec's
+    /// `overhead:` map gives them; an unknown name is an error that lists
+    /// the known ones.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> Result<Overheads, String> {
+        let mut o = Overheads::default();
+        for (name, bytes) in pairs {
+            let backend = Backend::parse(name).ok_or_else(|| {
+                format!(
+                    "unknown backend `{name}`: expected one of {}",
+                    Backend::ALL.map(Backend::as_str).join(", ")
+                )
+            })?;
+            o = o.with(backend, bytes);
+        }
+        Ok(o)
+    }
+
     pub fn of(&self, backend: Backend) -> u64 {
         self.bytes.get(&backend).copied().unwrap_or(0)
     }
@@ -1050,6 +1069,14 @@ mod tests {
             assert_eq!(Backend::parse(b.as_str()), Some(b));
         }
         assert_eq!(Backend::parse("metal"), None);
+        let spec = Overheads::from_pairs([("rocm", 300 * MIB), ("Vulkan", 0)]).unwrap();
+        assert_eq!(spec.of_device("ROCm0"), 300 * MIB);
+        assert_eq!(spec.of_device("Vulkan0"), 0);
+        assert_eq!(spec.of_device("CUDA0"), 384 * MIB);
+        assert_eq!(
+            Overheads::from_pairs([("metal", 1)]).unwrap_err(),
+            "unknown backend `metal`: expected one of rocm, cuda, vulkan, cpu"
+        );
         // The estimate adds the overhead it is given, per GPU it uses.
         let gpu = [Device::new("ROCm0", 16 << 30)];
         let e = estimate_model(
