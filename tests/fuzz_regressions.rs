@@ -44,7 +44,7 @@ fn a_claimed_layer_count_is_never_allocated() {
         assert_eq!(h.kv_cache_bytes_per_token(2), expected, "{n_layer} layers");
         // `plan`'s estimate refuses layer counts no model has, before it
         // sizes anything by them.
-        let e = memory::estimate_model(&h, &LaunchOptions::default(), &[]);
+        let e = memory::estimate_model(&h, &LaunchOptions::default(), &[], &Default::default());
         if n_layer > 4096 {
             let why = e.expect_err("an estimate for an impossible layer count");
             assert!(why.contains("more than any model has"), "{why}");
@@ -74,5 +74,7 @@ fn a_nan_value_parses_the_same_under_any_budget() {
     assert!(matches!(full.get("t.12"), Some(GgufValue::F64(x)) if x.is_nan()));
     // The second tensor's type (256) is unknown: no weight total, no estimate.
     assert!(full.total_tensor_bytes().is_err());
-    assert!(memory::estimate_model(&full, &LaunchOptions::default(), &[]).is_err());
+    assert!(
+        memory::estimate_model(&full, &LaunchOptions::default(), &[], &Default::default()).is_err()
+    );
 }

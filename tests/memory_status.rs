@@ -15,10 +15,11 @@ use rocm_llm::spec::LaunchOptions;
 #[test]
 fn status_shows_what_llama_server_reported_and_it_matches_the_estimate() {
     let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
-    let status = d.wait_status("a's buffer sizes", |s| {
+    let status = d.wait_status("a's buffer sizes and estimate", |s| {
         s["models"]["a"]["memory"]["log_devices"]["CPU"]["compute"]
             .as_u64()
             .is_some_and(|c| c > 0)
+            && s["models"]["a"]["memory"]["estimate"].is_object()
     });
     let mem = &status["models"]["a"]["memory"];
     let cpu = &mem["log_devices"]["CPU"];
@@ -29,8 +30,24 @@ fn status_shows_what_llama_server_reported_and_it_matches_the_estimate() {
         parallel: Some(1),
         ..LaunchOptions::default()
     };
-    let e = rocm_llm::memory::estimate_model(&header, &options, &[]).unwrap();
+    let e = rocm_llm::memory::estimate_model(&header, &options, &[], &Default::default()).unwrap();
     let p = &e.devices["CPU"];
+    // The daemon shows the same estimate (the CPU build lists no GPU), and
+    // beside it what llama-server reported.
+    let shown = &mem["estimate"];
+    assert_eq!(mem["estimate_error"], serde_json::Value::Null, "{mem}");
+    assert_eq!(
+        shown["total_bytes"].as_u64(),
+        Some(e.total_bytes()),
+        "{mem}"
+    );
+    assert_eq!(shown["gpu_layers"].as_u64(), Some(0), "{mem}");
+    assert_eq!(
+        shown["devices"],
+        serde_json::json!({"CPU": {"weights": p.weights, "kv": p.kv, "compute": p.compute,
+                                   "output": p.output, "overhead": 0}}),
+        "{mem}"
+    );
     let mib = |v: &serde_json::Value| v.as_u64().unwrap() as f64 / 1048576.0;
     let close =
         |got: &serde_json::Value, want: u64| (mib(got) - want as f64 / 1048576.0).abs() <= 0.006;
@@ -62,6 +79,16 @@ fn status_shows_what_llama_server_reported_and_it_matches_the_estimate() {
         cpu["kv"].as_u64().unwrap()
     );
     assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    for (part, bytes) in [
+        ("weights", p.weights),
+        ("compute", p.compute),
+        ("overhead", 0),
+    ] {
+        let line = format!(
+            "rocm_llm_model_memory_estimate_bytes{{model=\"a\",device=\"CPU\",part=\"{part}\"}} {bytes}"
+        );
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocm-llm"))
         .args(["status", "--control", &d.control])
@@ -72,4 +99,102 @@ fn status_shows_what_llama_server_reported_and_it_matches_the_estimate() {
         stdout.contains("memory a: CPU ") && stdout.contains("(llama-server)"),
         "{stdout}"
     );
+    let estimate_line = format!(
+        "estimate a: CPU {} (rocm-llm, overhead included)",
+        rocm_llm::memory::human_bytes(e.total_bytes())
+    );
+    assert!(
+        stdout.contains(&estimate_line),
+        "{estimate_line} not in\n{stdout}"
+    );
+}
+
+/// The same on a real offload device, the Vulkan build on lavapipe
+/// (`Vulkan0`): the estimate in status is per device, and on each device
+/// its weights, KV and output are what llama-server reported; Vulkan0
+/// carries the Vulkan overhead, which llama-server does not print.
+#[test]
+fn status_shows_the_estimate_per_device_on_vulkan() {
+    let test = "status_shows_the_estimate_per_device_on_vulkan";
+    let server = std::env::var_os("ROCM_LLM_LLAMA_SERVER_VULKAN")
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let out = std::process::Command::new("bash")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/scripts/llama-server.sh"
+                ))
+                .args(["--backend", "vulkan", "--check"])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().into())
+        });
+    let Some(server) = server else {
+        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+        assert!(
+            !ci,
+            "{test}: no Vulkan llama-server; a skip is a failure in CI"
+        );
+        eprintln!(
+            "SKIPPED: {test}: no Vulkan llama-server (scripts/llama-server.sh --backend vulkan)"
+        );
+        return;
+    };
+    let mut d = Daemon::start(
+        &["seed"],
+        "  seed:\n    model: seed.gguf\n    enabled: false\n",
+    );
+    let path = d.dir.path().join("v.gguf");
+    rocm_llm::gguf::write_tiny_llama(&path, &rocm_llm::gguf::TinyModel::with_seed(3, "v")).unwrap();
+    let models = "  v:\n    model: v.gguf\n    gpu_layers: all\n    \
+                  env: { GGML_VK_VISIBLE_DEVICES: \"0\" }\n";
+    common::daemon::write_by_rename(&d.spec, &d.spec_text_with_server(models, &server));
+    let status = d.wait_status("v's buffers on Vulkan0 and its estimate", |s| {
+        let m = &s["models"]["v"]["memory"];
+        m["log_devices"]["Vulkan0"]["compute"]
+            .as_u64()
+            .is_some_and(|c| c > 0)
+            && m["estimate"].is_object()
+    });
+    let mem = &status["models"]["v"]["memory"];
+    let shown = &mem["estimate"]["devices"];
+    let measured = &mem["log_devices"];
+    let names = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(shown), vec!["CPU", "Vulkan0"], "{mem:#}");
+    assert_eq!(names(measured), names(shown), "{mem:#}");
+    assert_eq!(
+        mem["estimate"]["gpu_layers"],
+        mem["estimate"]["n_layer"].as_u64().unwrap() + 1
+    );
+    let close = |a: &serde_json::Value, b: &serde_json::Value| {
+        (a.as_u64().unwrap() as f64 - b.as_u64().unwrap() as f64).abs() <= 0.006 * 1048576.0
+    };
+    for dev in ["CPU", "Vulkan0"] {
+        for part in ["weights", "kv", "output"] {
+            assert!(
+                close(&shown[dev][part], &measured[dev][part]),
+                "{dev} {part}: estimate {} vs llama-server {}\n{mem:#}",
+                shown[dev][part],
+                measured[dev][part]
+            );
+        }
+    }
+    assert_eq!(
+        shown["Vulkan0"]["overhead"].as_u64(),
+        Some(64 << 20),
+        "{mem:#}"
+    );
+    assert_eq!(shown["CPU"]["overhead"].as_u64(), Some(0), "{mem:#}");
+    eprintln!(
+        "compute est/real: CPU {}/{}, Vulkan0 {}/{}",
+        shown["CPU"]["compute"],
+        measured["CPU"]["compute"],
+        shown["Vulkan0"]["compute"],
+        measured["Vulkan0"]["compute"]
+    );
+    d.signal("TERM");
+    d.wait_exit(std::time::Duration::from_secs(30));
 }

@@ -101,3 +101,81 @@ fn plan_json_has_the_estimate_per_device_and_the_command_line() {
     assert_eq!(v["always_on"]["total_bytes"], mem["total_bytes"]);
     assert_eq!(v["devices"], serde_json::json!({}));
 }
+
+/// With the Vulkan build and a model whose `env:` makes lavapipe visible,
+/// `plan --json` estimates on `Vulkan0` as the daemon will run it, with the
+/// Vulkan overhead there.
+#[test]
+fn plan_json_lists_the_devices_a_models_env_makes_visible() {
+    let test = "plan_json_lists_the_devices_a_models_env_makes_visible";
+    let server = std::env::var_os("ROCM_LLM_LLAMA_SERVER_VULKAN")
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let out = Command::new("bash")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/scripts/llama-server.sh"
+                ))
+                .args(["--backend", "vulkan", "--check"])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().into())
+        });
+    let Some(server) = server else {
+        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+        assert!(
+            !ci,
+            "{test}: no Vulkan llama-server; a skip is a failure in CI"
+        );
+        eprintln!("SKIPPED: {test}: no Vulkan llama-server");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_llama(&dir.path().join("a.gguf"), &TinyModel::default()).unwrap();
+    let spec = dir.path().join("spec.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "llama_server: {}\ncontrol: 127.0.0.1:1\nmodels:\n  v:\n    model: a.gguf\n    gpu_layers: all\n    \
+             env: {{ GGML_VK_VISIBLE_DEVICES: \"0\" }}\n  h:\n    model: a.gguf\n",
+            server.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rocm-llm"))
+        .args(["plan", "--json"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vulkan = &v["models"]["v"]["memory"]["devices"];
+    assert_eq!(
+        vulkan["Vulkan0"]["overhead_bytes"].as_u64(),
+        Some(64 << 20),
+        "{v:#}"
+    );
+    assert!(
+        vulkan["Vulkan0"]["weights_bytes"].as_u64().unwrap() > 0,
+        "{v:#}"
+    );
+    // Without the env the model gets what the build lists by default
+    // (here nothing: lavapipe is a CPU-type device llama.cpp skips).
+    let default: Vec<String> = rocm_llm::memory::plan::list_devices(&server)
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    let host = v["models"]["h"]["memory"]["devices"].as_object().unwrap();
+    let mut expected = vec!["CPU".to_owned()];
+    expected.extend(default);
+    expected.sort();
+    assert_eq!(host.keys().cloned().collect::<Vec<_>>(), expected, "{v:#}");
+}

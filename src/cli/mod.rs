@@ -313,8 +313,31 @@ fn plan_file(file: &Path, json: bool) -> ExitCode {
 fn gpus_of(listed: &[rocm_llm::memory::plan::ListedDevice]) -> Vec<rocm_llm::memory::Device> {
     listed
         .iter()
-        .map(|d| rocm_llm::memory::Device::new(&d.name, d.free))
+        .map(rocm_llm::memory::plan::ListedDevice::device)
         .collect()
+}
+
+/// The GPUs a model's llama-server sees: the spec-wide list, or, when the
+/// model sets an `env:` (`GGML_VK_VISIBLE_DEVICES`, `HIP_VISIBLE_DEVICES`
+/// change what it sees), its own, as the daemon asks it.
+fn model_gpus(
+    m: &rocm_llm::spec::ModelConfig,
+    desired: &Desired,
+    listed: &[rocm_llm::memory::Device],
+) -> Vec<rocm_llm::memory::Device> {
+    if m.launch.env.is_empty() {
+        return listed.to_vec();
+    }
+    rocm_llm::memory::plan::list_devices_with_env(&desired.llama_server, &m.launch.env)
+        .iter()
+        .map(rocm_llm::memory::plan::ListedDevice::device)
+        .collect()
+}
+
+/// The per-backend overheads the estimate adds (the spec's `memory:` block
+/// will set them; until then the documented defaults).
+fn desired_overheads(desired: &Desired) -> rocm_llm::memory::Overheads {
+    rocm_llm::memory::Overheads::from_spec(&desired.memory.overheads)
 }
 
 fn gpu_layers_text(e: &memory::Estimate) -> String {
@@ -367,7 +390,11 @@ pub fn render_plan(desired: &Desired, listed: &[rocm_llm::memory::plan::ListedDe
                 memory::human_bytes(bytes)
             ));
         }
-        match rocm_llm::memory::plan::model_estimate(m, &gpus) {
+        match rocm_llm::memory::plan::model_estimate(
+            m,
+            &model_gpus(m, desired, &gpus),
+            &desired_overheads(desired),
+        ) {
             Ok(e) => {
                 out.push_str(&format!(
                     "#   memory: {} in all; context {} cells ({} slot{}{}), flash attention {}, GPU layers {}\n",
@@ -469,7 +496,11 @@ pub fn plan_json(
             "memory": null,
         });
         if m.enabled {
-            match rocm_llm::memory::plan::model_estimate(m, &gpus) {
+            match rocm_llm::memory::plan::model_estimate(
+                m,
+                &model_gpus(m, desired, &gpus),
+                &desired_overheads(desired),
+            ) {
                 Ok(e) => {
                     let devices: serde_json::Map<String, serde_json::Value> = e
                         .devices

@@ -207,6 +207,24 @@ fn render_memory(status: &Value) -> String {
             if !line.is_empty() {
                 out.push_str(&format!("memory {name}: {line}\n"));
             }
+            if let Some(devs) = mem["estimate"]["devices"].as_object() {
+                let parts: Vec<String> = devs
+                    .iter()
+                    .map(|(dev, p)| {
+                        let total = ["weights", "kv", "compute", "output", "overhead"]
+                            .iter()
+                            .filter_map(|k| p[*k].as_u64())
+                            .sum::<u64>();
+                        format!("{dev} {}", human_bytes(total))
+                    })
+                    .collect();
+                out.push_str(&format!(
+                    "estimate {name}: {} (rocm-llm, overhead included)\n",
+                    parts.join(", ")
+                ));
+            } else if let Some(e) = mem["estimate_error"].as_str() {
+                out.push_str(&format!("estimate {name}: none: {e}\n"));
+            }
         }
     }
     for d in status["devices"].as_array().into_iter().flatten() {

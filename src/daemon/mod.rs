@@ -511,6 +511,11 @@ impl Daemon {
                     aliases: m.aliases.clone(),
                     on_demand: m.lifecycle.on_demand,
                     idle_timeout: m.lifecycle.idle_timeout,
+                    memory: crate::memory::plan::Planned::start(
+                        m,
+                        &desired.llama_server,
+                        crate::memory::Overheads::from_spec(&desired.memory.overheads),
+                    ),
                 },
             );
         }

@@ -91,6 +91,20 @@ pub struct ModelMemory {
     /// GPU memory the process holds (amdgpu KFD or DRM fdinfo, nvidia-smi);
     /// `None` without a running process.
     pub gpu_bytes: Option<u64>,
+    /// What rocm-llm estimated the model takes per device, as `plan` shows
+    /// it; `None` while it is being made or when it cannot be.
+    pub estimate: Option<EstimateReport>,
+    /// Why there is no estimate (an unreadable model, an unknown shape).
+    pub estimate_error: Option<String>,
+}
+
+/// The estimate in `GET /status`: per device the same parts as
+/// `log_devices`, plus the backend's overhead.
+#[derive(Debug, Serialize)]
+pub struct EstimateReport {
+    pub total_bytes: u64,
+    #[serde(flatten)]
+    pub estimate: crate::memory::Estimate,
 }
 
 #[derive(Debug, Serialize)]
@@ -127,7 +141,20 @@ fn model_status(
         crate::supervisor::progress::read(std::path::Path::new("/proc"), pid, &run)
     });
     let usage = entry.handle.logs().memory();
+    let (estimate, estimate_error) = match entry.memory.get() {
+        Some(Ok(e)) => (
+            Some(EstimateReport {
+                total_bytes: e.total_bytes(),
+                estimate: e,
+            }),
+            None,
+        ),
+        Some(Err(e)) => (None, Some(e)),
+        None => (None, None),
+    };
     let memory = ModelMemory {
+        estimate,
+        estimate_error,
         log_total_bytes: usage.total(),
         log_devices: usage.devices,
         gpu_bytes: snap
@@ -317,6 +344,36 @@ pub fn metrics(state: &StatusState, probes: Probes) -> String {
         "gauge",
         "Buffers the model's llama-server reported at load, by device and part.",
         memory_rows,
+    );
+    let mut estimate_rows = Vec::new();
+    for (name, e) in &routes.models {
+        let Some(Ok(estimate)) = e.memory.get() else {
+            continue;
+        };
+        for (device, p) in &estimate.devices {
+            for (part, bytes) in [
+                ("weights", p.weights),
+                ("kv", p.kv),
+                ("compute", p.compute),
+                ("output", p.output),
+                ("overhead", p.overhead),
+            ] {
+                estimate_rows.push((
+                    format!(
+                        "{{model=\"{}\",device=\"{}\",part=\"{part}\"}}",
+                        escape_label(name),
+                        escape_label(device)
+                    ),
+                    bytes.to_string(),
+                ));
+            }
+        }
+    }
+    family(
+        "rocm_llm_model_memory_estimate_bytes",
+        "gauge",
+        "What rocm-llm estimates the model takes, by device and part (as `rocm-llm plan`).",
+        estimate_rows,
     );
     family(
         "rocm_llm_model_gpu_bytes",

@@ -18,6 +18,7 @@
 //! - [`tiny`]: the tiny llama model ([`TinyModel`], [`write_tiny_llama`]).
 
 pub mod check;
+pub mod mmproj;
 pub mod read;
 pub mod shapes;
 pub mod tiny;

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::log::LogUsage;
-use super::{Estimate, Parts, estimate_model};
+use super::{Estimate, Overheads, Parts, estimate_model};
 use crate::gguf::GgufHeader;
 use crate::gguf::shapes::{Shape, write_shape};
 use crate::spec::{CacheType, FlashAttn, LaunchOptions};
@@ -143,7 +143,7 @@ pub fn measure(
     port: u16,
 ) -> Result<LogUsage, String> {
     let mut cmd = Command::new(server);
-    cmd.arg("--model").arg(model);
+    cmd.envs(&options.env).arg("--model").arg(model);
     if let Some(c) = options.ctx_size {
         cmd.args(["--ctx-size", &c.to_string()]);
     }
@@ -163,7 +163,15 @@ pub fn measure(
         cmd.args(["--gpu-layers", &n.to_string()]);
     }
     cmd.args(&options.extra_args);
-    cmd.args(["-lv", "4", "--no-warmup", "--fit", "off", "--threads", "1"])
+    // A projector reserves its compute buffer in the warmup only.
+    if !options
+        .extra_args
+        .iter()
+        .any(|a| a == "--mmproj" || a == "-mm")
+    {
+        cmd.arg("--no-warmup");
+    }
+    cmd.args(["-lv", "4", "--fit", "off", "--threads", "1"])
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -215,7 +223,7 @@ pub fn estimate_file(
     gpus: &[super::Device],
 ) -> Result<Estimate, String> {
     let h = GgufHeader::read_path(model).map_err(|e| e.to_string())?;
-    estimate_model(&h, options, gpus)
+    estimate_model(&h, options, gpus, &Overheads::default())
 }
 
 /// Runs one case: writes the shape under `dir` (once), measures, estimates.
@@ -241,10 +249,26 @@ pub fn run_file_case(
     settings: &CaseSettings,
     port: u16,
 ) -> Result<CaseResult, String> {
-    let options = settings.options();
-    let gpus: Vec<super::Device> = super::plan::list_devices(server)
+    run_file_case_with_env(server, path, name, settings, &Default::default(), port)
+}
+
+/// [`run_file_case`] with llama-server (and its device list) run under
+/// `env` added, e.g. `GGML_VK_VISIBLE_DEVICES=0` for lavapipe.
+pub fn run_file_case_with_env(
+    server: &Path,
+    path: &Path,
+    name: &str,
+    settings: &CaseSettings,
+    env: &std::collections::BTreeMap<String, String>,
+    port: u16,
+) -> Result<CaseResult, String> {
+    let options = LaunchOptions {
+        env: env.clone(),
+        ..settings.options()
+    };
+    let gpus: Vec<super::Device> = super::plan::list_devices_with_env(server, env)
         .iter()
-        .map(|d| super::Device::new(&d.name, d.free))
+        .map(super::plan::ListedDevice::device)
         .collect();
     let measured = measure(server, path, &options, port)?;
     let mut estimate = estimate_file(path, &options, &gpus)?;

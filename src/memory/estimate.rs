@@ -18,6 +18,10 @@ use crate::spec::{CacheType, LaunchOptions};
 pub struct Device {
     pub name: String,
     pub free: u64,
+    /// The largest tensor the backend runs an operation on: a weight above
+    /// it stays on the host, and an operation whose result is above it runs
+    /// on the host (`None`: no such limit). See [`Device::tensor_limit`].
+    pub max_tensor: Option<u64>,
 }
 
 impl Device {
@@ -25,29 +29,161 @@ impl Device {
         Device {
             name: name.into(),
             free,
+            max_tensor: None,
         }
     }
 
-    /// The backend's fixed per-process overhead on the device: the runtime
-    /// context (HIP, CUDA) and its kernels. Conservative constants, not
-    /// measured here (no such GPU is available to this project's CI); see
-    /// docs/memory.md.
-    pub fn overhead(&self) -> u64 {
-        backend_overhead(&self.name)
+    /// A device as `llama-server --list-devices` describes it, with the
+    /// backend's tensor limit.
+    pub fn listed(name: impl Into<String>, description: &str, free: u64) -> Device {
+        let name = name.into();
+        Device {
+            max_tensor: Device::tensor_limit(&name, description),
+            name,
+            free,
+        }
+    }
+
+    /// b11434's Vulkan backend refuses an operation whose sources or result
+    /// exceed the device's `maxStorageBufferRange` (without
+    /// `VK_EXT_shader_64bit_indexing`; `ggml_backend_vk_device_supports_op`),
+    /// so the loader keeps such a weight on the host (`select_weight_buft`)
+    /// and the scheduler runs such an operation there. Mesa's lavapipe
+    /// (llvmpipe) reports 2^27 bytes (`LP_MAX_TGSI_SHADER_BUFFER_SIZE`);
+    /// another Vulkan driver's limit is at most what a `uint32_t` holds.
+    /// ROCm and CUDA have no such limit.
+    pub fn tensor_limit(name: &str, description: &str) -> Option<u64> {
+        if !name.starts_with("Vulkan") {
+            None
+        } else if description.contains("llvmpipe") {
+            Some(1 << 27)
+        } else {
+            Some(u64::from(u32::MAX))
+        }
     }
 }
 
-/// The fixed overhead of a backend, by device name prefix.
-pub fn backend_overhead(device: &str) -> u64 {
-    const MIB: u64 = 1 << 20;
-    if device.starts_with("ROCm") || device.starts_with("HIP") {
-        512 * MIB
-    } else if device.starts_with("CUDA") {
-        384 * MIB
-    } else if device.starts_with("Vulkan") {
-        64 * MIB
-    } else {
-        0
+/// A backend, as the per-process overhead is kept by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Rocm,
+    Cuda,
+    Vulkan,
+    Cpu,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 4] = [Backend::Rocm, Backend::Cuda, Backend::Vulkan, Backend::Cpu];
+
+    /// `rocm`, `cuda`, `vulkan`, `cpu` (any case; `hip` is ROCm).
+    pub fn parse(text: &str) -> Option<Backend> {
+        Some(match text.to_ascii_lowercase().as_str() {
+            "rocm" | "hip" => Backend::Rocm,
+            "cuda" => Backend::Cuda,
+            "vulkan" => Backend::Vulkan,
+            "cpu" => Backend::Cpu,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Rocm => "rocm",
+            Backend::Cuda => "cuda",
+            Backend::Vulkan => "vulkan",
+            Backend::Cpu => "cpu",
+        }
+    }
+
+    /// The backend of a device llama.cpp names `ROCm0`, `CUDA1`, `Vulkan0`,
+    /// `CPU`.
+    pub fn of_device(device: &str) -> Backend {
+        if device.starts_with("ROCm") || device.starts_with("HIP") {
+            Backend::Rocm
+        } else if device.starts_with("CUDA") {
+            Backend::Cuda
+        } else if device.starts_with("Vulkan") {
+            Backend::Vulkan
+        } else {
+            Backend::Cpu
+        }
+    }
+}
+
+/// Each backend's fixed per-process overhead on a device it uses: the
+/// runtime context (HIP, CUDA, Vulkan) and its kernels, which llama-server
+/// does not print. The defaults are documented guesses (docs/memory.md),
+/// not measured here; the spec can override them per backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Overheads {
+    bytes: BTreeMap<Backend, u64>,
+}
+
+impl Default for Overheads {
+    /// ROCm/HIP 512 MiB, CUDA 384 MiB, Vulkan 64 MiB, CPU 0.
+    fn default() -> Overheads {
+        const MIB: u64 = 1 << 20;
+        Overheads {
+            bytes: BTreeMap::from([
+                (Backend::Rocm, 512 * MIB),
+                (Backend::Cuda, 384 * MIB),
+                (Backend::Vulkan, 64 * MIB),
+                (Backend::Cpu, 0),
+            ]),
+        }
+    }
+}
+
+impl Overheads {
+    /// The defaults with the spec's `memory.overhead` figures applied.
+    pub fn from_spec(spec: &crate::spec::BackendOverheads) -> Overheads {
+        let mut o = Overheads::default();
+        for (backend, bytes) in [
+            (Backend::Rocm, spec.rocm),
+            (Backend::Cuda, spec.cuda),
+            (Backend::Vulkan, spec.vulkan),
+            (Backend::Cpu, spec.cpu),
+        ] {
+            if let Some(bytes) = bytes {
+                o = o.with(backend, bytes);
+            }
+        }
+        o
+    }
+
+    /// These overheads with `backend`'s set to `bytes`.
+    pub fn with(mut self, backend: Backend, bytes: u64) -> Overheads {
+        self.bytes.insert(backend, bytes);
+        self
+    }
+
+    /// The defaults with each `(backend name, bytes)` applied, as a spec's
+    /// `overhead:` map gives them; an unknown name is an error that lists
+    /// the known ones.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> Result<Overheads, String> {
+        let mut o = Overheads::default();
+        for (name, bytes) in pairs {
+            let backend = Backend::parse(name).ok_or_else(|| {
+                format!(
+                    "unknown backend `{name}`: expected one of {}",
+                    Backend::ALL.map(Backend::as_str).join(", ")
+                )
+            })?;
+            o = o.with(backend, bytes);
+        }
+        Ok(o)
+    }
+
+    pub fn of(&self, backend: Backend) -> u64 {
+        self.bytes.get(&backend).copied().unwrap_or(0)
+    }
+
+    /// The overhead on a device, by its name's backend.
+    pub fn of_device(&self, device: &str) -> u64 {
+        self.of(Backend::of_device(device))
     }
 }
 
@@ -246,6 +382,7 @@ pub fn estimate_model(
     header: &GgufHeader,
     options: &LaunchOptions,
     gpus: &[Device],
+    overheads: &Overheads,
 ) -> Result<Estimate, String> {
     let h = Hparams::from_header(header)?;
     let s = Settings::resolve(options, h.n_ctx_train);
@@ -257,7 +394,7 @@ pub fn estimate_model(
         ),
         None => None,
     };
-    estimate(&h, &header.tensors, &s, gpus, mmproj.as_ref())
+    estimate(&h, &header.tensors, &s, gpus, mmproj.as_ref(), overheads)
 }
 
 /// The estimate from the parts.
@@ -267,6 +404,7 @@ pub fn estimate(
     s: &Settings,
     gpus: &[Device],
     mmproj: Option<&GgufHeader>,
+    overheads: &Overheads,
 ) -> Result<Estimate, String> {
     let mut devices: BTreeMap<String, Parts> = BTreeMap::new();
     devices.insert("CPU".to_owned(), Parts::default());
@@ -280,6 +418,8 @@ pub fn estimate(
     // llama-model-loader maps it.
     let mut host_range: Option<(u64, u64)> = None;
     let mut host_repack = 0u64;
+    let over_limit = |g: &Device, bytes: u64| g.max_tensor.is_some_and(|l| bytes > l);
+    let mut output_on_host = false;
     for t in tensors {
         let bytes = t.n_bytes().map_err(|e| e.to_string())?;
         let layer = tensor_layer(&t.name, h.n_layer);
@@ -289,6 +429,14 @@ pub fn estimate(
             && t.name.contains("_exps")
             && il < s.n_cpu_moe
         {
+            dev = None;
+        }
+        // A weight the device cannot run its operation on stays on the host
+        // (Vulkan's storage-buffer limit; see `Device::tensor_limit`).
+        if dev.is_some_and(|i| over_limit(&gpus[i], bytes)) {
+            if layer == Some(h.n_layer) && t.name.starts_with("output.") {
+                output_on_host = true;
+            }
             dev = None;
         }
         let mut name = dev_name(dev, gpus);
@@ -314,6 +462,12 @@ pub fn estimate(
         // Tied embeddings: the output layer loads its own copy of the token
         // embeddings where it is not on the host.
         if t.name == "token_embd.weight" && !h.has_output && output_dev.is_some() {
+            if output_dev.is_some_and(|i| over_limit(&gpus[i], bytes)) {
+                // Too large for the device: the output layer reads the
+                // host's copy, and its matrix multiplication runs there.
+                output_on_host = true;
+                continue;
+            }
             devices
                 .entry(dev_name(output_dev, gpus))
                 .or_default()
@@ -346,6 +500,8 @@ pub fn estimate(
         .map(|il| h.kv_elements(il).1)
         .max()
         .unwrap_or(0);
+    // The largest cache of one layer kept on the host.
+    let mut host_layer_kv = 0u64;
     for il in 0..h.n_layer {
         let cells = match h.layers[il as usize] {
             LayerCache::Full => kv_size,
@@ -366,6 +522,26 @@ pub fn estimate(
         }
         let bytes = (row_bytes(s.type_k, k) + row_bytes(s.type_v, v)) * cells * n_stream;
         let dev = if s.no_kv_offload { None } else { layer_dev(il) };
+        if dev.is_none() {
+            host_layer_kv = host_layer_kv.max(bytes);
+        }
+        // One layer's K (or V) cache is one tensor; a device that cannot run
+        // operations on it makes llama-server abort at load ("pre-allocated
+        // tensor (cache_k_l0) in a buffer (Vulkan0) that cannot run the
+        // operation").
+        if let Some(g) = dev.map(|i| &gpus[i]) {
+            let widest = row_bytes(s.type_k, k).max(row_bytes(s.type_v, v)) * cells * n_stream;
+            if over_limit(g, widest) {
+                return Err(format!(
+                    "layer {il}'s KV cache tensor ({}) exceeds {}'s largest tensor ({}): \
+                     llama-server aborts at load; lower ctx_size, quantize the cache, \
+                     or keep the cache on the host (--no-kv-offload)",
+                    super::human_bytes(widest),
+                    g.name,
+                    super::human_bytes(g.max_tensor.unwrap_or(0))
+                ));
+            }
+        }
         devices.entry(dev_name(dev, gpus)).or_default().kv += bytes;
     }
 
@@ -394,14 +570,56 @@ pub fn estimate(
     for il in 0..h.n_layer {
         runs.entry(dev_name(layer_dev(il), gpus)).or_default().0 = true;
     }
-    runs.entry(dev_name(output_dev, gpus)).or_default().1 = true;
+    let output_runs_on = if output_on_host { None } else { output_dev };
+    runs.entry(dev_name(output_runs_on, gpus)).or_default().1 = true;
+    // The scheduler offloads a ubatch of 32 tokens or more to a GPU even
+    // for layers whose weights are on the host (`offload_op`), copying the
+    // weights in as it goes: with no layer on a GPU the first one still
+    // computes, and the host computes only its inputs (and the logits,
+    // too few rows to offload).
+    let op_offload = !gpus.is_empty() && n_tokens >= 32;
+    if op_offload && placement.iter().all(Option::is_none) {
+        runs.entry(gpus[0].name.clone()).or_default().0 = true;
+    }
+    // Attention scores a device cannot hold (without flash attention, over
+    // its tensor limit) are computed on the host, from copies of Q, K and V.
+    let mut attention_on_host = false;
+    for (dev, (layers, _)) in &runs {
+        if let Some(g) = gpus.iter().find(|g| &g.name == dev) {
+            attention_on_host |= *layers && over_limit(g, graph.scores());
+        }
+    }
+    let gpu_kv = !s.no_kv_offload && placement[..h.n_layer as usize].iter().any(Option::is_some);
+    let host_runs_layers = !op_offload && placement.iter().any(Option::is_none);
+    // An offloaded ubatch of a host layer brings that layer's cache along
+    // (a copy in the GPU's compute buffer), unless its attention stays on
+    // the host.
+    let kv_copy_to = (op_offload && host_layer_kv > 0 && !attention_on_host).then(|| {
+        (0..=h.n_layer as usize)
+            .find_map(|il| placement.get(il).copied().flatten())
+            .unwrap_or(0)
+    });
     for (dev, (layers, output)) in &runs {
-        let bytes = graph.peak(*layers, *output);
+        let bytes = match gpus.iter().position(|g| &g.name == dev) {
+            Some(i) => {
+                let g = &gpus[i];
+                let copy = if kv_copy_to == Some(i) {
+                    host_layer_kv
+                } else {
+                    0
+                };
+                graph.peak(*layers, *output, !over_limit(g, graph.scores())) + copy
+            }
+            None if host_runs_layers => graph.peak(true, *output, true),
+            // The host runs no layer: its inputs, and the logits when the
+            // output matrix stayed there.
+            None => graph.host_input(attention_on_host, gpu_kv) + graph.logits(*output),
+        };
         devices.entry(dev.clone()).or_default().compute += bytes;
     }
     if !gpus.is_empty() && !runs.contains_key("CPU") {
-        // The host still embeds the input tokens.
-        devices.entry("CPU".to_owned()).or_default().compute += graph.host_input();
+        devices.entry("CPU".to_owned()).or_default().compute +=
+            graph.host_input(attention_on_host, gpu_kv);
     }
 
     // Multimodal projector: on the first GPU (or the host).
@@ -412,12 +630,14 @@ pub fn estimate(
         } else {
             Some(s.main_gpu.min(gpus.len() - 1))
         };
-        devices.entry(dev_name(dev, gpus)).or_default().weights += bytes;
+        let p = devices.entry(dev_name(dev, gpus)).or_default();
+        p.weights += bytes;
+        p.compute += projector_compute(mm, fa);
     }
 
     for g in gpus {
         if let Some(p) = devices.get_mut(&g.name) {
-            p.overhead = g.overhead();
+            p.overhead = overheads.of_device(&g.name);
         }
     }
     let gpu_layers = placement.iter().filter(|d| d.is_some()).count() as u64;
@@ -430,6 +650,42 @@ pub fn estimate(
         gpu_layers,
         n_layer: h.n_layer,
     })
+}
+
+/// The multimodal projector's compute buffer, reserved at load for one
+/// image of `clip.vision.image_size` (tools/mtmd: `reserve_compute_meta`
+/// over the warmup image). For a ViT encoder (llava's graph, measured on
+/// generated `mlp` projectors, docs/memory.md): the f32 image, plus the
+/// larger of the patch embedding (its f16 im2col and two f32 residual rows
+/// per patch) and an encoder layer (a feed-forward row and three residual
+/// rows per patch; without flash attention the `patches² x heads` f32
+/// scores and four residual rows). llava skips the last layer, so a
+/// one-layer encoder runs none. 0 without a vision encoder's keys (audio
+/// projectors are not estimated).
+pub fn projector_compute(mm: &GgufHeader, flash_attn: bool) -> u64 {
+    let get = |k: &str| mm.get_u64(&format!("clip.vision.{k}"));
+    let (Some(e), Some(image), Some(patch)) = (
+        get("embedding_length"),
+        get("image_size"),
+        get("patch_size").filter(|&p| p > 0),
+    ) else {
+        return 0;
+    };
+    let ff = get("feed_forward_length").unwrap_or(4 * e);
+    let heads = get("attention.head_count").unwrap_or(1);
+    let layers_run = get("block_count").unwrap_or(0).saturating_sub(1);
+    let n_pos = (image / patch).pow(2);
+    let raw = image * image * 3 * 4;
+    let row = n_pos * e * 4;
+    let embed = n_pos * patch * patch * 3 * 2 + 2 * row;
+    let layer = if layers_run == 0 {
+        0
+    } else if flash_attn {
+        n_pos * ff * 4 + 3 * row
+    } else {
+        (n_pos * ff * 4 + 3 * row).max(n_pos * n_pos * heads * 4 + 4 * row)
+    };
+    raw + embed.max(layer)
 }
 
 /// The compute graph's worst case, reserved by `sched_reserve` for a full
@@ -451,10 +707,45 @@ impl ComputeGraph<'_> {
         (self.full_kv + self.swa_kv) * self.n_tokens * el
     }
 
-    /// The host's share when every layer is on a GPU: the embedded tokens
-    /// and the small inputs.
-    fn host_input(&self) -> u64 {
-        self.h.n_embd * self.n_tokens * 4 + self.n_tokens * 8
+    /// The logits of the outputs, when `output` runs here.
+    fn logits(&self, output: bool) -> u64 {
+        if output {
+            self.h.n_vocab * self.n_outputs * 4
+        } else {
+            0
+        }
+    }
+
+    /// The attention scores of one layer without flash attention:
+    /// `cells x ubatch x heads` f32 (0 with flash attention).
+    fn scores(&self) -> u64 {
+        if self.fa {
+            0
+        } else {
+            self.full_kv.max(self.swa_kv) * self.n_tokens * self.h.n_head_max() * 4
+        }
+    }
+
+    /// The host's share when no layer runs there: the embedded tokens and
+    /// the masks, filled in f32 on the host (a GPU casts its own f16 copy);
+    /// with `attention` also the scores and the copy of Q they are computed
+    /// from, and with `copies` the copies of a GPU layer's K and V.
+    fn host_input(&self, attention: bool, copies: bool) -> u64 {
+        let h = self.h;
+        let t = self.n_tokens;
+        // Three residual-wide f32 rows per token: the embedded tokens, the
+        // mixed-input embedding (`inp_mixed_tokens`, a second GET_ROWS) and
+        // its input tensor, all on the host (GGML_SCHED_DEBUG=2 shows them).
+        let mut bytes = 3 * h.n_embd * t * 4 + t * 8 + (self.full_kv + self.swa_kv) * t * 4;
+        if attention {
+            let kvd = h.n_head_kv.iter().copied().max().unwrap_or(0) * h.head_k;
+            let cells = self.full_kv.max(self.swa_kv);
+            bytes += self.scores() + t * h.n_head_max() * h.head_k * 4;
+            if copies {
+                bytes += 2 * cells * kvd * 2;
+            }
+        }
+        bytes
     }
 
     /// The peak of the live tensors. The per-token coefficients come from
@@ -467,7 +758,10 @@ impl ComputeGraph<'_> {
     /// - feed-forward: 3 `n_ff`-wide and 5 residual-wide f32 rows per token
     ///   (a MoE: the used experts' rows, the router's logits and weights);
     /// - output: the logits of the outputs (one per slot) and a residual row.
-    fn peak(&self, layers: bool, output: bool) -> u64 {
+    ///
+    /// `scores_here`: the attention scores are computed on this device
+    /// (else on the host, see [`ComputeGraph::host_input`]).
+    fn peak(&self, layers: bool, output: bool, scores_here: bool) -> u64 {
         let h = self.h;
         let t = self.n_tokens;
         let e = h.n_embd;
@@ -477,11 +771,10 @@ impl ComputeGraph<'_> {
         let mut peak = 0;
         if layers {
             let rows = (3 * e + 3 * q + 2 * kvd) * t * 4;
-            let attn = if self.fa {
-                rows
+            let attn = if scores_here {
+                rows + self.scores()
             } else {
-                let kv_n = self.full_kv.max(self.swa_kv);
-                rows + kv_n * t * n_head * 4
+                rows
             };
             let ffn = if h.n_expert > 0 {
                 let k = h.n_expert_used.max(1);
@@ -557,7 +850,7 @@ mod tests {
     }
 
     fn run(shape: &Shape, o: &LaunchOptions, gpus: &[Device]) -> Estimate {
-        estimate_model(&header(shape), o, gpus).unwrap()
+        estimate_model(&header(shape), o, gpus, &Overheads::default()).unwrap()
     }
 
     fn opts(f: impl FnOnce(&mut LaunchOptions)) -> LaunchOptions {
@@ -745,7 +1038,7 @@ mod tests {
             o.ctx_size = Some(1024);
             o.parallel = Some(1);
         });
-        let e = estimate_model(&h, &o, &[]).unwrap();
+        let e = estimate_model(&h, &o, &[], &Overheads::default()).unwrap();
         assert_eq!(e.devices["CPU"].kv, 2 * 576 * 2 * 1024);
 
         let mut w = crate::gguf::GgufWriter::new();
@@ -759,9 +1052,138 @@ mod tests {
         let mut b = Vec::new();
         w.write_to(&mut b).unwrap();
         let h = GgufHeader::read(&b[..], 1 << 20).unwrap();
-        let e = estimate_model(&h, &opts(|o| o.parallel = Some(2)), &[]).unwrap();
+        let e = estimate_model(
+            &h,
+            &opts(|o| o.parallel = Some(2)),
+            &[],
+            &Overheads::default(),
+        )
+        .unwrap();
         // Per layer and sequence: conv (4-1) x 1536 and ssm 16 x 1536, f32.
         assert_eq!(e.devices["CPU"].kv, 3 * 2 * (3 * 1536 + 16 * 1536) * 4);
+    }
+
+    #[test]
+    fn overheads_default_to_the_documented_constants_and_can_be_overridden() {
+        let d = Overheads::default();
+        for (device, bytes) in [
+            ("ROCm0", 512 * MIB),
+            ("HIP1", 512 * MIB),
+            ("CUDA0", 384 * MIB),
+            ("Vulkan0", 64 * MIB),
+            ("CPU", 0),
+        ] {
+            assert_eq!(d.of_device(device), bytes, "{device}");
+        }
+        let o = Overheads::default()
+            .with(Backend::parse("ROCm").unwrap(), 300 * MIB)
+            .with(Backend::Cpu, 1);
+        assert_eq!(o.of_device("ROCm1"), 300 * MIB);
+        assert_eq!(o.of_device("CPU"), 1);
+        assert_eq!(o.of_device("CUDA0"), 384 * MIB, "the others keep theirs");
+        for b in Backend::ALL {
+            assert_eq!(Backend::parse(b.as_str()), Some(b));
+        }
+        assert_eq!(Backend::parse("metal"), None);
+        let spec = Overheads::from_pairs([("rocm", 300 * MIB), ("Vulkan", 0)]).unwrap();
+        assert_eq!(spec.of_device("ROCm0"), 300 * MIB);
+        assert_eq!(spec.of_device("Vulkan0"), 0);
+        assert_eq!(spec.of_device("CUDA0"), 384 * MIB);
+        assert_eq!(
+            Overheads::from_pairs([("metal", 1)]).unwrap_err(),
+            "unknown backend `metal`: expected one of rocm, cuda, vulkan, cpu"
+        );
+        // The estimate adds the overhead it is given, per GPU it uses.
+        let gpu = [Device::new("ROCm0", 16 << 30)];
+        let e = estimate_model(
+            &header(&small()),
+            &LaunchOptions::default(),
+            &gpu,
+            &Overheads::default().with(Backend::Rocm, 7),
+        )
+        .unwrap();
+        assert_eq!(e.devices["ROCm0"].overhead, 7);
+        assert_eq!(e.devices["CPU"].overhead, 0);
+    }
+
+    #[test]
+    fn vulkan_keeps_what_exceeds_the_devices_tensor_limit_on_the_host() {
+        for (name, description, limit) in [
+            ("Vulkan0", "llvmpipe (LLVM 22.1.8, 256 bits)", Some(1 << 27)),
+            (
+                "Vulkan0",
+                "AMD Radeon RX 7800 XT (RADV NAVI32)",
+                Some(u64::from(u32::MAX)),
+            ),
+            ("ROCm0", "AMD Radeon RX 7800 XT", None),
+            ("CUDA0", "NVIDIA GeForce RTX 4090", None),
+        ] {
+            assert_eq!(
+                Device::tensor_limit(name, description),
+                limit,
+                "{description}"
+            );
+        }
+        // small(): the output matrix is 500 KB, a layer's largest 256 KB.
+        let lavapipe = |limit: u64| Device {
+            max_tensor: Some(limit),
+            ..Device::new("Vulkan0", 16 << 30)
+        };
+        let o = opts(|o| {
+            o.ctx_size = Some(512);
+            o.parallel = Some(1);
+            o.flash_attn = Some(crate::spec::FlashAttn::Off);
+        });
+        let free = run(&small(), &o, &[Device::new("Vulkan0", 16 << 30)]);
+        let capped = run(&small(), &o, &[lavapipe(300_000)]);
+        let output = 256 * 1000 * 2;
+        assert_eq!(
+            free.devices["Vulkan0"].weights - capped.devices["Vulkan0"].weights,
+            output,
+            "the output matrix stays on the host"
+        );
+        // The host then computes the logits; and attention scores over the
+        // limit move there too (512 cells x 512 tokens x 4 heads f32 = 4 MiB), leaving the GPU
+        // its rows.
+        assert!(capped.devices["CPU"].compute > free.devices["CPU"].compute);
+        assert!(capped.devices["Vulkan0"].compute < free.devices["Vulkan0"].compute);
+        // The host maps the file from its first to its last tensor, so it
+        // holds at least the moved matrix more.
+        assert!(
+            capped.devices["CPU"].weights >= free.devices["CPU"].weights + output,
+            "{capped:?}"
+        );
+        // A layer's cache over the limit: llama-server aborts, so no estimate.
+        let long = opts(|o| {
+            o.ctx_size = Some(65536);
+            o.parallel = Some(1);
+        });
+        // 65536 cells x 2 heads x 64 x f16 = 16 MiB per K tensor.
+        let err = estimate_model(
+            &header(&small()),
+            &long,
+            &[lavapipe(8 << 20)],
+            &Overheads::default(),
+        )
+        .unwrap_err();
+        assert!(err.contains("exceeds Vulkan0's largest tensor"), "{err}");
+        assert!(
+            estimate_model(
+                &header(&small()),
+                &long,
+                &[lavapipe(16 << 20)],
+                &Overheads::default()
+            )
+            .is_ok()
+        );
+        // Tied embeddings over the limit: no second copy on the device.
+        let tied = Shape {
+            tied: true,
+            ..small()
+        };
+        let t = run(&tied, &o, &[lavapipe(300_000)]);
+        let file = header(&tied).total_tensor_bytes().unwrap();
+        assert_eq!(t.total().weights, file, "one copy of the embeddings");
     }
 
     #[test]

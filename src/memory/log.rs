@@ -74,6 +74,19 @@ pub struct LogUsage {
     pub offloaded: Option<(u32, u32)>,
     last_compute: BTreeMap<String, u64>,
     last_output: BTreeMap<String, u64>,
+    /// The multimodal projector's (`--mmproj`, tools/mtmd/clip.cpp):
+    /// where it runs ("CLIP using Vulkan0 backend") and its compute buffers
+    /// (`reserve_compute_meta:` lines), counted beside the model's.
+    projector_device: Option<String>,
+    last_projector_compute: BTreeMap<String, u64>,
+}
+
+/// The projector's weights: `load_hparams: model size:   50.47 MiB`.
+fn projector_model_size(line: &str) -> Option<u64> {
+    let rest = line.split_once("load_hparams: model size:")?.1;
+    let mut words = rest.split_whitespace();
+    let n: f64 = words.next()?.parse().ok()?;
+    (words.next()? == "MiB").then(|| (n * 1024.0 * 1024.0).round() as u64)
 }
 
 impl LogUsage {
@@ -87,9 +100,28 @@ impl LogUsage {
             self.offloaded = Some(o);
             return false;
         }
+        if let Some(rest) = line.split_once("CLIP using ").map(|(_, r)| r) {
+            if let Some(name) = rest.strip_suffix(" backend") {
+                self.projector_device = Some(buffer_device(name.trim()));
+            }
+            return false;
+        }
+        if let Some(bytes) = projector_model_size(line) {
+            let dev = self
+                .projector_device
+                .clone()
+                .unwrap_or_else(|| "CPU".into());
+            self.devices.entry(dev).or_default().weights += bytes;
+            return true;
+        }
         let Some((name, kind, bytes)) = parse_buffer_line(line) else {
             return false;
         };
+        if kind == "compute" && line.contains("reserve_compute_meta:") {
+            self.last_projector_compute.insert(name, bytes);
+            self.sum_compute_and_output();
+            return true;
+        }
         // A model buffer after the compute buffers: a new process loading
         // (a restart writes into the same model's log).
         if kind == "weights" && !self.last_compute.is_empty() {
@@ -111,6 +143,11 @@ impl LogUsage {
                 self.last_output.insert(name, bytes);
             }
         }
+        self.sum_compute_and_output();
+        true
+    }
+
+    fn sum_compute_and_output(&mut self) {
         for p in self.devices.values_mut() {
             p.compute = 0;
             p.output = 0;
@@ -121,7 +158,9 @@ impl LogUsage {
         for (name, b) in &self.last_output {
             self.devices.entry(buffer_device(name)).or_default().output += b;
         }
-        true
+        for (name, b) in &self.last_projector_compute {
+            self.devices.entry(buffer_device(name)).or_default().compute += b;
+        }
     }
 
     pub fn from_log(text: &str) -> LogUsage {
@@ -130,6 +169,12 @@ impl LogUsage {
             u.feed(line);
         }
         u
+    }
+
+    /// The projector's compute buffers (`--mmproj`), all devices; they are
+    /// also in `devices`.
+    pub fn projector_compute(&self) -> u64 {
+        self.last_projector_compute.values().sum()
     }
 
     /// The sum over devices.
@@ -197,6 +242,33 @@ srv  load_model: something else = 12.00 MiB
         assert_eq!(gpu.kv, 80 * MIB);
         assert_eq!(gpu.compute, 301 * MIB);
         assert_eq!(u.devices.len(), 2);
+    }
+
+    #[test]
+    fn the_projector_counts_beside_the_model() {
+        // llama-server b11434 with --mmproj at -lv 4: the projector's
+        // compute line must add to the model's, not replace it.
+        let log = "\
+0.00.009 I sched_reserve:        CPU compute buffer size =     0.70 MiB
+0.00.053 I clip_ctx: CLIP using Vulkan0 backend
+0.00.334 I load_hparams: model size:         50.47 MiB
+0.00.337 I reserve_compute_meta:    Vulkan0 compute buffer size =     2.86 MiB
+0.00.337 I reserve_compute_meta: Vulkan_Host compute buffer size =     0.25 MiB
+";
+        let u = LogUsage::from_log(log);
+        assert_eq!(
+            u.devices["Vulkan0"].weights,
+            (50.47 * MIB as f64).round() as u64
+        );
+        assert_eq!(
+            u.devices["Vulkan0"].compute,
+            (2.86 * MIB as f64).round() as u64
+        );
+        assert_eq!(u.devices["CPU"].compute, (0.95 * MIB as f64).round() as u64);
+        assert_eq!(
+            projector_model_size("load_hparams: model size: 1.5 GiB"),
+            None
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod settings;
 
 use serde::Serialize;
 
-pub use estimate::{Device, Estimate, estimate, estimate_model};
+pub use estimate::{Backend, Device, Estimate, Overheads, estimate, estimate_model};
 pub use hparams::Hparams;
 pub use settings::Settings;
 

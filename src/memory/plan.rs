@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Device, Estimate, Parts, estimate_model};
+use super::{Device, Estimate, Overheads, Parts, estimate_model};
 use crate::spec::ModelConfig;
 
 /// A device as `llama-server --list-devices` prints it.
@@ -19,6 +19,13 @@ pub struct ListedDevice {
     pub description: String,
     pub total: u64,
     pub free: u64,
+}
+
+impl ListedDevice {
+    /// The device the estimate plans on.
+    pub fn device(&self) -> Device {
+        Device::listed(&self.name, &self.description, self.free)
+    }
 }
 
 /// Parses `llama-server --list-devices`:
@@ -50,13 +57,32 @@ pub fn parse_list_devices(text: &str) -> Vec<ListedDevice> {
 /// Asks `server --list-devices`, bounded to 15 s; no devices when it
 /// cannot run (then everything is planned on the host).
 pub fn list_devices(server: &Path) -> Vec<ListedDevice> {
-    let Ok(mut child) = Command::new(server)
-        .arg("--list-devices")
+    list_devices_with_env(server, &BTreeMap::new())
+}
+
+/// [`list_devices`] with a model's `env:` added (`HIP_VISIBLE_DEVICES`,
+/// `GGML_VK_VISIBLE_DEVICES` change what llama-server sees).
+pub fn list_devices_with_env(server: &Path, env: &BTreeMap<String, String>) -> Vec<ListedDevice> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(server);
+    cmd.arg("--list-devices")
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-    else {
+        .stderr(Stdio::null());
+    #[allow(unsafe_code)]
+    // SAFETY: `pre_exec` runs in the forked child before exec; it makes one
+    // raw syscall (prctl) and touches no locks or shared memory. The child
+    // dies with the thread that waits for it (here, or the daemon's
+    // estimate thread), so a program that hangs on `--list-devices` never
+    // outlives the daemon.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+    let Ok(mut child) = cmd.spawn() else {
         return Vec::new();
     };
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -78,10 +104,90 @@ pub fn list_devices(server: &Path) -> Vec<ListedDevice> {
     parse_list_devices(&out)
 }
 
-/// The estimate of one model on these GPUs.
-pub fn model_estimate(m: &ModelConfig, gpus: &[Device]) -> Result<Estimate, String> {
+/// The estimate of one model on these GPUs, with these per-backend
+/// overheads (the spec's, else [`Overheads::default`]).
+pub fn model_estimate(
+    m: &ModelConfig,
+    gpus: &[Device],
+    overheads: &Overheads,
+) -> Result<Estimate, String> {
     let checked = crate::gguf::check_model(&m.model).map_err(|e| e.to_string())?;
-    estimate_model(&checked.header, &m.launch, gpus)
+    estimate_model(&checked.header, &m.launch, gpus, overheads)
+}
+
+/// A model's estimate as the running daemon shows it beside the measured
+/// usage: made once per published spec, off the caller's thread (it reads
+/// the model's header and asks its llama-server for the devices, which a
+/// hung program would hold for 15 s), so `GET /status` never waits on it.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    state: std::sync::Arc<std::sync::Mutex<Option<Result<Estimate, String>>>>,
+}
+
+impl Planned {
+    /// Starts the estimate of `m` as `server` will run it. The device list
+    /// is asked once per program and environment for the daemon's life.
+    pub fn start(m: &ModelConfig, server: &Path, overheads: Overheads) -> Planned {
+        let planned = Planned {
+            state: Default::default(),
+        };
+        let state = planned.state.clone();
+        let (m, server) = (m.clone(), server.to_owned());
+        let spawned = std::thread::Builder::new()
+            .name("memory-estimate".into())
+            .spawn(move || {
+                let gpus: Vec<Device> = cached_devices(&server, &m.launch.env)
+                    .iter()
+                    .map(ListedDevice::device)
+                    .collect();
+                let e = model_estimate(&m, &gpus, &overheads);
+                *state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+            });
+        if let Err(e) = spawned {
+            *planned
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(Err(format!("cannot start the estimate: {e}")));
+        }
+        planned
+    }
+
+    /// A finished estimate (computed here, for tests and callers that have
+    /// one already).
+    pub fn ready(e: Result<Estimate, String>) -> Planned {
+        Planned {
+            state: std::sync::Arc::new(std::sync::Mutex::new(Some(e))),
+        }
+    }
+
+    /// The estimate, its error, or `None` while it is being made.
+    pub fn get(&self) -> Option<Result<Estimate, String>> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+type DeviceCache = BTreeMap<
+    (std::path::PathBuf, BTreeMap<String, String>),
+    std::sync::Arc<std::sync::OnceLock<Vec<ListedDevice>>>,
+>;
+
+/// `list_devices_with_env`, once per program and environment.
+fn cached_devices(server: &Path, env: &BTreeMap<String, String>) -> Vec<ListedDevice> {
+    static CACHE: std::sync::Mutex<DeviceCache> = std::sync::Mutex::new(BTreeMap::new());
+    let cell = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry((server.to_owned(), env.clone()))
+        .or_default()
+        .clone();
+    cell.get_or_init(|| list_devices_with_env(server, env))
+        .clone()
 }
 
 /// Per-device sums.

@@ -30,6 +30,8 @@ pub struct RouteEntry {
     pub on_demand: bool,
     /// An on-demand model stops after this long without requests.
     pub idle_timeout: Option<std::time::Duration>,
+    /// What the model is estimated to take per device (`GET /status`).
+    pub memory: crate::memory::plan::Planned,
 }
 
 impl Routes {

@@ -68,7 +68,8 @@ impl FileProbe for Disk {
         crate::schedule::detect::machine(llama_server, &crate::memory::probe::ProbeRoots::default())
     }
     fn estimate(&self, model: &ModelConfig, gpus: &[Device]) -> Result<Estimate, String> {
-        crate::memory::plan::model_estimate(model, gpus)
+        // The built-in overheads: admission puts the spec's in their place.
+        crate::memory::plan::model_estimate(model, gpus, &crate::memory::Overheads::default())
     }
     fn check_gguf(&self, path: &Path) -> Result<(), String> {
         // Missing, unreadable and non-regular files (a FIFO would block the
