@@ -106,10 +106,10 @@ fn through_daemon(server: &Path, dir: &Path, swap: &str) -> Measured {
         .spawn()
         .expect("spawn rocm-llm");
     let ready_with = |ctx_marker: &str| loop {
-        if let Some(body) = get(&control, "/status")
-            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
-            && v["models"]["a"]["state"] == "ready"
-            && v["models"]["a"]["launch_id"] == ctx_marker
+        if let Ok(status) = rocm_llm::daemon::client::status(&control, None)
+            && let Some(a) = status.models.get("a")
+            && a.state == rocm_llm::supervisor::State::Ready
+            && a.launch_id == ctx_marker
         {
             return;
         }

@@ -687,7 +687,7 @@ fn load_progress_reads_a_real_llama_server() {
         readings.len(),
         readings
             .iter()
-            .map(|r| (r.stage, r.bytes_done))
+            .map(|r| (r.stage.clone(), r.bytes_done))
             .collect::<std::collections::BTreeSet<_>>()
     );
     // Every reading on the way stayed within the file. One taken before

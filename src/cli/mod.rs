@@ -731,23 +731,14 @@ pub fn fit_json(fit: &Fit) -> serde_json::Value {
 /// would do with this spec, or what a fresh daemon would.
 pub fn render_diff(desired: &Desired) -> String {
     let control = desired.control.to_string();
-    let (observed, header) = match status::get(&control, "/status")
-        .ok()
-        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
-    {
+    let (observed, header) = match status::status(&control).ok() {
         Some(status) => {
-            let observed: plan::Observed = status["models"]
-                .as_object()
+            let observed: plan::Observed = status
+                .models
                 .into_iter()
-                .flatten()
-                .filter_map(|(name, m)| {
-                    Some((
-                        name.clone(),
-                        plan::LaunchId(m["launch_id"].as_str()?.to_owned()),
-                    ))
-                })
+                .map(|(name, m)| (name, plan::LaunchId(m.launch_id)))
                 .collect();
-            let generation = status["generation"].as_u64().unwrap_or(0);
+            let generation = status.daemon.generation;
             (
                 observed,
                 format!("# against the daemon at {control} (spec generation {generation}):\n"),

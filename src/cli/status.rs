@@ -3,46 +3,59 @@
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use serde_json::Value;
+use rocm_llm::daemon::client::{self, GetError};
+use rocm_llm::daemon::status::StatusReport;
+use rocm_llm::supervisor::State;
+
+/// `$ROCM_LLM_API_KEY`, when it is set.
+fn api_key() -> Option<String> {
+    std::env::var("ROCM_LLM_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())
+}
+
+fn explain(e: GetError) -> String {
+    match e {
+        GetError::Connect { .. } => format!("{e} (is `rocm-llm serve` running?)"),
+        e => e.to_string(),
+    }
+}
 
 /// `GET path` on the daemon's control address, with `$ROCM_LLM_API_KEY`
 /// when it is set.
 pub fn get(control: &str, path: &str) -> Result<String, String> {
-    let key = std::env::var("ROCM_LLM_API_KEY")
-        .ok()
-        .filter(|k| !k.is_empty());
-    rocm_llm::daemon::client::get(control, path, key.as_deref()).map_err(|e| match e {
-        rocm_llm::daemon::client::GetError::Connect { .. } => {
-            format!("{e} (is `rocm-llm serve` running?)")
-        }
-        e => e.to_string(),
-    })
+    client::get(control, path, api_key().as_deref()).map_err(explain)
+}
+
+/// The daemon's typed `GET /status`, with `$ROCM_LLM_API_KEY` when it is
+/// set.
+pub fn status(control: &str) -> Result<StatusReport, String> {
+    client::status(control, api_key().as_deref()).map_err(explain)
 }
 
 pub fn run(control: &str, json: bool) -> ExitCode {
-    let body = match get(control, "/status") {
-        Ok(b) => b,
+    if json {
+        return match get(control, "/status") {
+            Ok(body) => {
+                super::emit(&format!("{body}\n"));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(super::EXIT_FAILURE)
+            }
+        };
+    }
+    let status = match status(control) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(super::EXIT_FAILURE);
         }
     };
-    if json {
-        super::emit(&format!("{body}\n"));
-        return ExitCode::SUCCESS;
-    }
-    let status: Value = match serde_json::from_str(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: the daemon's status is not JSON: {e}");
-            return ExitCode::from(super::EXIT_FAILURE);
-        }
-    };
     super::emit(&render(&status, SystemTime::now()));
-    let reload_ok = status["last_reload"]["ok"].as_bool().unwrap_or(true);
-    let any_failed = status["models"]
-        .as_object()
-        .is_some_and(|m| m.values().any(|v| v["state"] == "failed"));
+    let reload_ok = status.daemon.last_reload.as_ref().is_none_or(|r| r.ok);
+    let any_failed = status.models.values().any(|m| m.state == State::Failed);
     if reload_ok && !any_failed {
         ExitCode::SUCCESS
     } else {
@@ -65,7 +78,7 @@ fn ago(secs: f64, now: SystemTime) -> String {
 }
 
 /// The table a person reads at a glance, then the reload result.
-pub fn render(status: &Value, now: SystemTime) -> String {
+pub fn render(status: &StatusReport, now: SystemTime) -> String {
     let mut rows = vec![
         [
             "MODEL",
@@ -82,42 +95,35 @@ pub fn render(status: &Value, now: SystemTime) -> String {
         .to_vec(),
     ];
     let mut errors = Vec::new();
-    if let Some(models) = status["models"].as_object() {
-        for (name, m) in models {
-            let dash = || "-".to_owned();
-            rows.push(vec![
-                name.clone(),
-                m["state"].as_str().unwrap_or("?").to_owned(),
-                m["pid"].as_i64().map_or_else(dash, |p| p.to_string()),
-                m["port"].as_u64().map_or_else(dash, |p| p.to_string()),
-                m["ready_ms"]
-                    .as_f64()
-                    .map_or_else(dash, |ms| format!("{ms:.0}ms")),
-                m["started_at"]
-                    .as_f64()
-                    .filter(|_| m["state"] == "ready")
-                    .map_or_else(dash, |t| ago(t, now)),
-                m["restarts"].as_u64().unwrap_or(0).to_string(),
-                m["in_flight"].as_u64().unwrap_or(0).to_string(),
-                m["launch_id"].as_str().unwrap_or("-").to_owned(),
-            ]);
-            if let Some(e) = m["last_error"].as_str() {
-                errors.push(format!("error  {name}: {}", e.lines().next().unwrap_or(e)));
-            } else if let (Some(why), Some(at)) = (
-                m["last_restart"]["reason"].as_str(),
-                m["last_restart"]["at"].as_f64(),
-            ) {
-                let why = why.lines().next().unwrap_or(why);
-                errors.push(format!("restarted {} ago  {name}: {why}", ago(at, now)));
-            }
-            if let Some(p) = m["progress"].as_object() {
-                errors.push(format!("loading  {name}: {}", describe_progress(p)));
-            }
-            for w in m["warnings"].as_array().into_iter().flatten() {
-                if let Some(w) = w.as_str() {
-                    errors.push(format!("warning  {name}: {w}"));
-                }
-            }
+    for (name, m) in &status.models {
+        let dash = || "-".to_owned();
+        rows.push(vec![
+            name.clone(),
+            m.state.as_str().to_owned(),
+            m.pid.map_or_else(dash, |p| p.to_string()),
+            m.port.map_or_else(dash, |p| p.to_string()),
+            m.ready_ms.map_or_else(dash, |ms| format!("{ms:.0}ms")),
+            m.started_at
+                .filter(|_| m.state == State::Ready)
+                .map_or_else(dash, |t| ago(t, now)),
+            m.restarts.to_string(),
+            m.in_flight.to_string(),
+            m.launch_id.clone(),
+        ]);
+        if let Some(e) = &m.last_error {
+            errors.push(format!("error  {name}: {}", e.lines().next().unwrap_or(e)));
+        } else if let Some(r) = &m.last_restart {
+            let why = r.reason.lines().next().unwrap_or(&r.reason);
+            errors.push(format!("restarted {} ago  {name}: {why}", ago(r.at, now)));
+        }
+        if let Some(p) = &m.progress {
+            errors.push(format!(
+                "loading  {name}: {}",
+                rocm_llm::supervisor::progress::describe(p)
+            ));
+        }
+        for w in &m.warnings {
+            errors.push(format!("warning  {name}: {w}"));
         }
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -141,18 +147,13 @@ pub fn render(status: &Value, now: SystemTime) -> String {
         out.push('\n');
     }
     out.push_str(&render_memory(status));
-    let spec = status["spec"].as_str().unwrap_or("?");
-    let generation = status["generation"].as_u64().unwrap_or(0);
-    match status["last_reload"].as_object() {
-        Some(r) if r.get("ok").and_then(Value::as_bool) == Some(false) => {
+    let spec = status.daemon.spec.display();
+    let generation = status.daemon.generation;
+    match &status.daemon.last_reload {
+        Some(r) if !r.ok => {
             out.push_str(&format!("\nspec {spec} (generation {generation}): the last edit was REJECTED, nothing changed:\n"));
-            for e in r
-                .get("errors")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                out.push_str(&format!("  {}\n", e.as_str().unwrap_or_default()));
+            for e in &r.errors {
+                out.push_str(&format!("  {e}\n"));
             }
         }
         _ => out.push_str(&format!(
@@ -162,81 +163,54 @@ pub fn render(status: &Value, now: SystemTime) -> String {
     out
 }
 
-/// "reading tensors 2.1/4.9 GB (43%)", as `supervisor::progress::describe`.
-fn describe_progress(p: &serde_json::Map<String, Value>) -> String {
-    let stage = p.get("stage").and_then(Value::as_str).unwrap_or("loading");
-    let gb = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0) as f64 / 1e9;
-    match p.get("percent").and_then(Value::as_f64) {
-        Some(pct) => format!(
-            "{stage} {:.1}/{:.1} GB ({pct:.0}%)",
-            gb("bytes_done"),
-            gb("bytes_total")
-        ),
-        None => stage.to_owned(),
-    }
-}
-
 /// Measured memory: per model what llama-server reported per device and
 /// what the GPU drivers see; per GPU total, used and free.
-fn render_memory(status: &Value) -> String {
+fn render_memory(status: &StatusReport) -> String {
     use rocm_llm::memory::human_bytes;
     let mut out = String::new();
-    if let Some(models) = status["models"].as_object() {
-        for (name, m) in models {
-            let mem = &m["memory"];
-            let mut parts = Vec::new();
-            if let Some(devs) = mem["log_devices"].as_object() {
-                for (dev, p) in devs {
-                    let total = ["weights", "kv", "compute", "output"]
-                        .iter()
-                        .filter_map(|k| p[*k].as_u64())
-                        .sum::<u64>();
-                    parts.push(format!("{dev} {}", human_bytes(total)));
-                }
-            }
-            let mut line = String::new();
-            if !parts.is_empty() {
-                line.push_str(&format!("{} (llama-server)", parts.join(", ")));
-            }
-            if let Some(g) = mem["gpu_bytes"].as_u64().filter(|&g| g > 0) {
-                if !line.is_empty() {
-                    line.push_str("; ");
-                }
-                line.push_str(&format!("GPU {} (driver)", human_bytes(g)));
-            }
+    for (name, m) in &status.models {
+        let mem = &m.memory;
+        // The log's parts carry no overhead; the estimate's do.
+        let parts: Vec<String> = mem
+            .log_devices
+            .iter()
+            .map(|(dev, p)| format!("{dev} {}", human_bytes(p.total())))
+            .collect();
+        let mut line = String::new();
+        if !parts.is_empty() {
+            line.push_str(&format!("{} (llama-server)", parts.join(", ")));
+        }
+        if let Some(g) = mem.gpu_bytes.filter(|&g| g > 0) {
             if !line.is_empty() {
-                out.push_str(&format!("memory {name}: {line}\n"));
+                line.push_str("; ");
             }
-            if let Some(devs) = mem["estimate"]["devices"].as_object() {
-                let parts: Vec<String> = devs
-                    .iter()
-                    .map(|(dev, p)| {
-                        let total = ["weights", "kv", "compute", "output", "overhead"]
-                            .iter()
-                            .filter_map(|k| p[*k].as_u64())
-                            .sum::<u64>();
-                        format!("{dev} {}", human_bytes(total))
-                    })
-                    .collect();
-                out.push_str(&format!(
-                    "estimate {name}: {} (rocm-llm, overhead included)\n",
-                    parts.join(", ")
-                ));
-            } else if let Some(e) = mem["estimate_error"].as_str() {
-                out.push_str(&format!("estimate {name}: none: {e}\n"));
-            }
+            line.push_str(&format!("GPU {} (driver)", human_bytes(g)));
+        }
+        if !line.is_empty() {
+            out.push_str(&format!("memory {name}: {line}\n"));
+        }
+        if let Some(estimate) = &mem.estimate {
+            let parts: Vec<String> = estimate
+                .estimate
+                .devices
+                .iter()
+                .map(|(dev, p)| format!("{dev} {}", human_bytes(p.total())))
+                .collect();
+            out.push_str(&format!(
+                "estimate {name}: {} (rocm-llm, overhead included)\n",
+                parts.join(", ")
+            ));
+        } else if let Some(e) = &mem.estimate_error {
+            out.push_str(&format!("estimate {name}: none: {e}\n"));
         }
     }
-    for d in status["devices"].as_array().into_iter().flatten() {
-        let (Some(total), Some(used)) = (d["total"].as_u64(), d["used"].as_u64()) else {
-            continue;
-        };
+    for d in &status.devices {
         out.push_str(&format!(
             "device {}: {} used of {}, {} free\n",
-            d["name"].as_str().unwrap_or("?"),
-            human_bytes(used),
-            human_bytes(total),
-            human_bytes(total.saturating_sub(used))
+            d.name,
+            human_bytes(d.used),
+            human_bytes(d.total),
+            human_bytes(d.free())
         ));
     }
     out
@@ -246,6 +220,24 @@ fn render_memory(status: &Value) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    /// A report with one model `m` starting, with `progress`.
+    fn starting_with(progress: serde_json::Value) -> StatusReport {
+        serde_json::from_value(serde_json::json!({
+            "spec": "/specs/models.yaml", "generation": 1, "last_reload": null,
+            "reloads": 1, "reload_errors": 0, "api_key_file": null,
+            "listen": "127.0.0.1:8080", "control": "127.0.0.1:8081",
+            "devices": [], "reload_history": [],
+            "models": {"m": {
+                "state": "starting", "pid": 7, "port": 9000, "launch_id": "l",
+                "target_launch_id": "l", "restarts": 0, "aliases": [],
+                "on_demand": false, "in_flight": 0, "waiting": 0, "drained": 0,
+                "cut": 0, "warnings": [], "log": [], "progress": progress,
+                "memory": {"log_devices": {}, "log_total_bytes": 0},
+            }},
+        }))
+        .expect("a status report")
+    }
 
     #[test]
     fn a_loading_model_shows_its_progress() {
@@ -258,11 +250,9 @@ mod tests {
                 serde_json::json!({"stage": "starting", "bytes_done": 0, "bytes_total": 0, "percent": null}),
                 Some("loading  m: starting"),
             ),
-            (Value::Null, None),
+            (serde_json::Value::Null, None),
         ] {
-            let status =
-                serde_json::json!({"models": {"m": {"state": "starting", "progress": progress}}});
-            let text = render(&status, SystemTime::UNIX_EPOCH);
+            let text = render(&starting_with(progress), SystemTime::UNIX_EPOCH);
             let line = text.lines().find(|l| l.starts_with("loading"));
             assert_eq!(line, expected, "{text}");
         }

@@ -112,9 +112,7 @@ pub fn run(control: &str, interval: Duration) -> ExitCode {
     let terminal = RawTerminal::enter();
     loop {
         let now = SystemTime::now();
-        let body = match super::status::get(control, "/status")
-            .and_then(|b| serde_json::from_str(&b).map_err(|e| format!("not JSON: {e}")))
-        {
+        let body = match super::status::status(control) {
             Ok(status) => super::status::render(&status, now),
             Err(e) => format!("error: {e}\n"),
         };

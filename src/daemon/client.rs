@@ -1,6 +1,7 @@
 //! A blocking HTTP/1.0 GET, enough to ask the status API (or a
-//! llama-server's `/health`) one question without an async runtime: the
-//! CLI, the tests and the benchmarks use it.
+//! llama-server's `/health`) one question without an async runtime, and
+//! the typed `GET /status` on it: the CLI, the tests and the benchmarks use
+//! them.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -22,6 +23,20 @@ pub enum GetError {
     Malformed { addr: String },
     #[error("{addr} answered: {status_line}")]
     Status { addr: String, status_line: String },
+    #[error("{addr} sent a status this client cannot read: {source}")]
+    Decode {
+        addr: String,
+        source: serde_json::Error,
+    },
+}
+
+/// `GET /status` on the control address `addr`, read into its type.
+pub fn status(addr: &str, bearer: Option<&str>) -> Result<super::status::StatusReport, GetError> {
+    let body = get(addr, "/status", bearer)?;
+    serde_json::from_str(&body).map_err(|source| GetError::Decode {
+        addr: addr.to_owned(),
+        source,
+    })
 }
 
 /// The body of `GET path` on `addr`, which must answer 200 within 10 s.

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +54,7 @@ pub struct ServeOptions {
 }
 
 /// The result of the latest reload, as the status API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReloadReport {
     pub ok: bool,
     pub at: SystemTime,
@@ -66,7 +66,7 @@ pub struct ReloadReport {
 }
 
 /// What the status API shows besides the models.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DaemonInfo {
     pub spec: PathBuf,
     /// Applied spec versions; 1 after the first successful load.

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -31,16 +31,16 @@ pub struct StatusState {
     pub page: Arc<crate::status_page::Observer>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LastRestart {
     pub at: f64,
     pub reason: String,
 }
 
 /// One model in `GET /status`.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelStatus {
-    pub state: &'static str,
+    pub state: crate::supervisor::State,
     pub pid: Option<i32>,
     pub port: Option<u16>,
     /// The launch the running process was started with.
@@ -80,7 +80,7 @@ pub struct ModelStatus {
 }
 
 /// Measured memory of one model's instance.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelMemory {
     /// The buffer sizes llama-server printed at load, per device (`CPU` is
     /// the host); empty until they arrive, or when its log verbosity is
@@ -100,14 +100,14 @@ pub struct ModelMemory {
 
 /// The estimate in `GET /status`: per device the same parts as
 /// `log_devices`, plus the backend's overhead.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EstimateReport {
     pub total_bytes: u64,
     #[serde(flatten)]
     pub estimate: crate::memory::Estimate,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     #[serde(flatten)]
     pub daemon: DaemonInfo,
@@ -119,6 +119,33 @@ pub struct StatusReport {
     /// spec's source.
     pub reload_history: Vec<crate::status_page::ReloadRecord>,
 }
+
+/// `State` is read back as it is written (`snake_case`, as
+/// [`State::as_str`]); the derive stays off `supervisor`, which has no use
+/// for reading it.
+impl<'de> Deserialize<'de> for crate::supervisor::State {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        ALL_STATES
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown model state `{text}`")))
+    }
+}
+
+/// Every [`crate::supervisor::State`], for reading one back by name.
+const ALL_STATES: [crate::supervisor::State; 8] = {
+    use crate::supervisor::State::*;
+    [Idle, Starting, Ready, Swapping, Backoff, Failed, Stopping, Stopped]
+};
+
+/// Fails to compile when `State` gains a variant that [`ALL_STATES`] lacks.
+const _: fn(crate::supervisor::State) = |s| {
+    use crate::supervisor::State::*;
+    match s {
+        Idle | Starting | Ready | Swapping | Backoff | Failed | Stopping | Stopped => {}
+    }
+};
 
 fn epoch_secs(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -164,7 +191,7 @@ fn model_status(
     };
     ModelStatus {
         memory,
-        state: snap.state.as_str(),
+        state: snap.state,
         pid: snap.pid,
         port: snap.port,
         launch_id: snap.launch_id.to_string(),

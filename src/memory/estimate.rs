@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Parts;
 use super::hparams::{Hparams, LayerCache};
@@ -188,7 +188,7 @@ impl Overheads {
 }
 
 /// The estimate for one model.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
     /// Per device (`CPU` is the host).
     pub devices: BTreeMap<String, Parts>,

@@ -22,14 +22,14 @@ pub mod plan;
 pub mod probe;
 pub mod settings;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use estimate::{Backend, Device, Estimate, Overheads, estimate, estimate_model};
 pub use hparams::Hparams;
 pub use settings::Settings;
 
 /// Bytes on one device, by what holds them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Parts {
     pub weights: u64,
     pub kv: u64,

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{HeaderMap, Method, Response, StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +31,7 @@ use crate::supervisor::{OperatorAction, State};
 pub const HISTORY_LEN: usize = 20;
 
 /// One reload as the history shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReloadRecord {
     pub ok: bool,
     /// Seconds since the Unix epoch.

@@ -26,14 +26,16 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 /// One reading of a load in progress.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoadProgress {
     /// `starting`, `reading metadata`, `reading tensors`, `creating context`
     /// or `warming up`.
-    pub stage: &'static str,
+    pub stage: Cow<'static, str>,
     /// Bytes of the model file the process has brought in.
     pub bytes_done: u64,
     /// The model file's size; 0 when unknown.
@@ -107,7 +109,7 @@ pub fn combine(stage: &'static str, mapped: u64, read: u64, total: u64) -> LoadP
         .max(read)
         .min(if total > 0 { total } else { u64::MAX });
     LoadProgress {
-        stage,
+        stage: stage.into(),
         bytes_done: done,
         bytes_total: total,
         percent: (total > 0).then(|| (done as f64 * 100.0 / total as f64).min(100.0)),
@@ -160,7 +162,7 @@ pub fn describe(p: &LoadProgress) -> String {
             gb(p.bytes_done),
             gb(p.bytes_total)
         ),
-        None => p.stage.to_owned(),
+        None => p.stage.to_string(),
     }
 }
 
