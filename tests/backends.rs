@@ -19,6 +19,9 @@
 
 mod common;
 
+use common::daemon::state;
+use rocm_llm::supervisor::State;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -552,23 +555,21 @@ fn rocm_build_without_a_gpu_answers_on_the_cpu_and_status_warns() {
         eprintln!("SKIPPED: {test}: /dev/kfd exists (this machine has a ROCm GPU)");
         return;
     }
-    let mut d = Daemon::start(
+    let Some(mut d) = Daemon::start(
         &["seed"],
         "  seed:\n    model: seed.gguf\n    enabled: false\n",
-    );
+    ) else {
+        return;
+    };
     let spec = d.spec_text_with_server("  r:\n    model: r.gguf\n    gpu_layers: all\n", &server);
     tiny_model(d.dir.path(), "r", 2);
     common::daemon::write_by_rename(&d.spec, &spec);
     let s = d.wait_ready(&["r"]);
-    assert_eq!(
-        s["models"]["r"]["warnings"],
-        serde_json::json!([NO_GPU_WARNING]),
-        "{s:#}"
-    );
+    assert_eq!(s.models["r"].warnings, [NO_GPU_WARNING], "{s:#?}");
     let answer = chat(&d, "r");
     assert!(
         answer["choices"][0]["message"]["content"].is_string(),
-        "no answer from the CPU fallback: {answer:#}"
+        "no answer from the CPU fallback: {answer:#?}"
     );
     let table = rocm_llm_status_cli(&d);
     assert!(
@@ -596,10 +597,12 @@ fn vulkan_on_lavapipe_takes_the_gpu_layers_asked_for() {
     // last (gpu_layers 1 offloads only the output layer). The buffer lines
     // are printed at -lv 4 only (the default, 3, prints none of them).
     let cases: &[(&str, u32)] = &[("0", 0), ("4", 4), ("all", LAYERS + 1)];
-    let mut d = Daemon::start(
+    let Some(mut d) = Daemon::start(
         &["seed"],
         "  seed:\n    model: seed.gguf\n    enabled: false\n",
-    );
+    ) else {
+        return;
+    };
     tiny_model(d.dir.path(), "v", LAYERS);
     for &(gpu_layers, offloaded) in cases {
         let log = d.dir.path().join(format!("v-{gpu_layers}.log"));
@@ -611,12 +614,12 @@ fn vulkan_on_lavapipe_takes_the_gpu_layers_asked_for() {
         );
         common::daemon::write_by_rename(&d.spec, &d.spec_text_with_server(&models, &server));
         d.wait_status(&format!("v ready with gpu_layers {gpu_layers}"), |s| {
-            s["models"]["v"]["state"] == "ready" && log.is_file()
+            state(&s, "v") == Some(State::Ready) && log.is_file()
         });
         let answer = chat(&d, "v");
         assert!(
             answer["choices"][0]["message"]["content"].is_string(),
-            "gpu_layers {gpu_layers}: no answer: {answer:#}"
+            "gpu_layers {gpu_layers}: no answer: {answer:#?}"
         );
         let text = std::fs::read_to_string(&log).expect("llama-server's log file");
         assert!(

@@ -4,11 +4,13 @@
 //! ready (SIGSTOP), and children that are merely busy.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod proxy_support;
+mod common;
+
+use rocm_llm::supervisor::State;
 
 use std::time::Duration;
 
-use proxy_support::{Daemon, PATIENCE, chat, llama_server};
+use common::in_process::{Daemon, PATIENCE, chat, llama_server};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HOST, ORIGIN};
 use serde_json::Value;
@@ -63,13 +65,11 @@ fn port_of(url: &str) -> &str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn browsers_cannot_rebind_or_cause_side_effects_and_listed_origins_get_cors() {
-    let Some(server) =
-        llama_server("browsers_cannot_rebind_or_cause_side_effects_and_listed_origins_get_cors")
-    else {
+    let Some(server) = llama_server() else {
         return;
     };
     let d = Daemon::start(server, BROWSER_SPEC).await;
-    d.wait_state("a", "idle").await;
+    d.wait_state("a", State::Idle).await;
     let port = port_of(&d.base).to_owned();
     let control_port = port_of(&d.control).to_owned();
 
@@ -150,10 +150,11 @@ async fn browsers_cannot_rebind_or_cause_side_effects_and_listed_origins_get_cor
     );
     let s = d.status().await.unwrap();
     assert_eq!(
-        s["models"]["a"]["state"], "idle",
-        "a refused request started the model: {s:#}"
+        s.models["a"].state,
+        State::Idle,
+        "a refused request started the model: {s:#?}"
     );
-    assert!(s["models"]["a"]["pid"].is_null(), "{s:#}");
+    assert!(s.models["a"].pid.is_none(), "{s:#?}");
 
     // A listed origin: its preflight is answered, then its request is served
     // with CORS headers.
@@ -233,26 +234,24 @@ fn liveness_spec(ctx: u32) -> String {
     )
 }
 
-fn signal(pid: i64, sig: rustix::process::Signal) {
-    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+fn signal(pid: i32, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
     rustix::process::kill_process(pid, sig).expect("signal the child");
 }
 
-fn alive(pid: i64) -> bool {
+fn alive(pid: i32) -> bool {
     // A reaped child has no /proc entry; a zombie would still have one.
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_child_is_replaced_and_its_stream_ends_with_an_error() {
-    let Some(server) =
-        llama_server("a_stopped_child_is_replaced_and_its_stream_ends_with_an_error")
-    else {
+    let Some(server) = llama_server() else {
         return;
     };
     let d = Daemon::start(server, &liveness_spec(16384)).await;
-    let s = d.wait_state("a", "ready").await;
-    let pid = s["models"]["a"]["pid"].as_i64().unwrap();
+    let s = d.wait_state("a", State::Ready).await;
+    let pid = s.models["a"].pid.unwrap();
 
     // A stream in flight when the child freezes.
     let streaming = tokio::spawn({
@@ -283,7 +282,9 @@ async fn a_stopped_child_is_replaced_and_its_stream_ends_with_an_error() {
         .await
         .expect("the stream never ended")
         .unwrap();
-    let last = proxy_support::sse_events(&text).pop().unwrap_or_default();
+    let last = common::in_process::sse_events(&text)
+        .pop()
+        .unwrap_or_default();
     let event: Value = serde_json::from_str(&last).unwrap_or(Value::Null);
     assert_eq!(
         event["error"]["code"], "upstream_broke_off",
@@ -292,26 +293,24 @@ async fn a_stopped_child_is_replaced_and_its_stream_ends_with_an_error() {
 
     let s = d
         .wait_for("a replacement of the stopped child", |s| {
-            let a = &s["models"]["a"];
-            a["state"] == "ready" && a["pid"].as_i64().is_some_and(|p| p != pid)
+            let a = &s.models["a"];
+            a.state == State::Ready && a.pid.is_some_and(|p| p != pid)
         })
         .await;
-    let a = &s["models"]["a"];
-    let why = a["last_restart"]["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let a = &s.models["a"];
+    let why = a
+        .last_restart
+        .as_ref()
+        .map(|r| r.reason.clone())
+        .unwrap_or_default();
     assert!(
         why.contains(&format!(
             "llama-server (pid {pid}) stopped answering /health"
         )) && why.contains("it is stopped (SIGSTOP"),
-        "the status does not say why it was replaced: {a:#}"
+        "the status does not say why it was replaced: {a:#?}"
     );
-    assert!(a["restarts"].as_u64().unwrap() >= 1, "{a:#}");
-    assert!(
-        a["cut"].as_u64().unwrap() >= 1,
-        "the frozen stream was not counted: {a:#}"
-    );
+    assert!(a.restarts >= 1, "{a:#?}");
+    assert!(a.cut >= 1, "the frozen stream was not counted: {a:#?}");
     // The frozen process was reaped, not left stopped.
     let deadline = Instant::now() + PATIENCE;
     while alive(pid) {
@@ -328,14 +327,14 @@ async fn a_stopped_child_is_replaced_and_its_stream_ends_with_an_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_busy_child_answers_health_and_is_never_replaced() {
-    let Some(server) = llama_server("a_busy_child_answers_health_and_is_never_replaced") else {
+    let Some(server) = llama_server() else {
         return;
     };
     // Aggressive probes, and more concurrent long streams than slots.
     let d = Daemon::start(server, &liveness_spec(16384)).await;
-    let s = d.wait_state("a", "ready").await;
-    let pid = s["models"]["a"]["pid"].clone();
-    let port = s["models"]["a"]["port"].as_u64().unwrap();
+    let s = d.wait_state("a", State::Ready).await;
+    let pid = s.models["a"].pid.clone();
+    let port = s.models["a"].port.unwrap();
     let clients: Vec<_> = (0..8)
         .map(|_| {
             let client = d.client.clone();
@@ -372,7 +371,7 @@ async fn a_busy_child_answers_health_and_is_never_replaced() {
         let (status, text) = c.await.unwrap();
         assert_eq!(status, StatusCode::OK);
         // Whole: all 1000 tokens generated, and the stream closed properly.
-        let events = proxy_support::sse_events(&text);
+        let events = common::in_process::sse_events(&text);
         assert_eq!(
             events.last().map(String::as_str),
             Some("[DONE]"),
@@ -387,10 +386,10 @@ async fn a_busy_child_answers_health_and_is_never_replaced() {
     }
     assert!(answered > 0, "no /health answer while generating");
     let s = d.status().await.unwrap();
-    let a = &s["models"]["a"];
-    assert_eq!(a["pid"], pid, "a busy child was replaced: {a:#}");
-    assert_eq!(a["restarts"], 0, "{a:#}");
-    assert_eq!(a["cut"], 0, "{a:#}");
+    let a = &s.models["a"];
+    assert_eq!(a.pid, pid, "a busy child was replaced: {a:#?}");
+    assert_eq!(a.restarts, 0, "{a:#?}");
+    assert_eq!(a.cut, 0, "{a:#?}");
     d.stop().await;
 }
 
@@ -412,57 +411,47 @@ fn faulty(mode: &str, real: &std::path::Path, counter: &std::path::Path) -> Stri
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_port_taken_at_spawn_is_retried_on_another_without_backoff() {
-    let Some(real) = llama_server("a_port_taken_at_spawn_is_retried_on_another_without_backoff")
-    else {
+    let Some(real) = llama_server() else {
         return;
     };
     let counter = tempfile::NamedTempFile::new().unwrap();
     let d = Daemon::start(FAKE.into(), &faulty("bind-busy", &real, counter.path())).await;
-    let s = d.wait_state("a", "ready").await;
-    let a = &s["models"]["a"];
+    let s = d.wait_state("a", State::Ready).await;
+    let a = &s.models["a"];
     assert_eq!(
         std::fs::read_to_string(counter.path()).unwrap().trim(),
         "2",
         "two bind failures first"
     );
-    let retries = a["log"]
-        .as_array()
-        .unwrap()
+    let retries = a
+        .log
         .iter()
-        .filter(|l| {
-            l.as_str()
-                .unwrap()
-                .contains("port taken before llama-server bound it; retrying on another")
-        })
+        .filter(|l| l.contains("port taken before llama-server bound it; retrying on another"))
         .count();
-    assert_eq!(retries, 2, "{a:#}");
-    assert_eq!(a["restarts"], 0, "a taken port is not a failure: {a:#}");
+    assert_eq!(retries, 2, "{a:#?}");
+    assert_eq!(a.restarts, 0, "a taken port is not a failure: {a:#?}");
     assert_serves(&d).await;
     d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn huge_lines_and_binary_garbage_on_stderr_are_capped_and_harmless() {
-    let Some(real) =
-        llama_server("huge_lines_and_binary_garbage_on_stderr_are_capped_and_harmless")
-    else {
+    let Some(real) = llama_server() else {
         return;
     };
     let counter = tempfile::NamedTempFile::new().unwrap();
     let d = Daemon::start(FAKE.into(), &faulty("garbage", &real, counter.path())).await;
-    d.wait_state("a", "ready").await;
+    d.wait_state("a", State::Ready).await;
     // The daemon reads stderr on its own task, which may still be working
     // through the 8 MiB when the child answers /health: wait for its end.
     let s = d
         .wait_for("the end of the garbage in the log", |s| {
-            s["models"]["a"]["log"]
-                .to_string()
-                .contains("fake: garbage done")
+            s.models["a"].log.join("\n").contains("fake: garbage done")
         })
         .await;
-    let log = s["models"]["a"]["log"].as_array().unwrap().clone();
+    let log = s.models["a"].log.clone();
     for line in &log {
-        let line = line.as_str().unwrap();
+        let line = line.as_str();
         // The ring buffer caps each line at 2 KiB plus the truncation mark.
         assert!(
             line.len() <= 2048 + 64,
@@ -489,14 +478,12 @@ async fn huge_lines_and_binary_garbage_on_stderr_are_capped_and_harmless() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_model_file_deleted_while_running_keeps_serving_and_a_restart_says_why() {
-    let Some(server) =
-        llama_server("a_model_file_deleted_while_running_keeps_serving_and_a_restart_says_why")
-    else {
+    let Some(server) = llama_server() else {
         return;
     };
     let d = Daemon::start(server, ONE_TINY).await;
-    let s = d.wait_state("a", "ready").await;
-    let pid = s["models"]["a"]["pid"].as_i64().unwrap();
+    let s = d.wait_state("a", State::Ready).await;
+    let pid = s.models["a"].pid.unwrap();
     let model = d.dir.path().join("a.gguf");
     let kept = d.dir.path().join("a.gguf.kept");
     std::fs::rename(&model, &kept).unwrap();
@@ -506,33 +493,29 @@ async fn a_model_file_deleted_while_running_keeps_serving_and_a_restart_says_why
     signal(pid, rustix::process::Signal::KILL);
     let s = d
         .wait_for("a failed restart naming the missing file", |s| {
-            s["models"]["a"]["last_error"]
-                .as_str()
+            s.models["a"]
+                .last_error
+                .as_deref()
                 .is_some_and(|e| e.contains("a.gguf") && e.contains("does not exist"))
         })
         .await;
-    assert!(
-        s["models"]["a"]["pid"].is_null(),
-        "nothing should run: {s:#}"
-    );
+    assert!(s.models["a"].pid.is_none(), "nothing should run: {s:#?}");
     // The file is back: the next retry serves.
     std::fs::rename(&kept, &model).unwrap();
-    d.wait_state("a", "ready").await;
+    d.wait_state("a", State::Ready).await;
     d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unwritable_state_directory_is_reported_and_serving_goes_on() {
-    let Some(server) =
-        llama_server("an_unwritable_state_directory_is_reported_and_serving_goes_on")
-    else {
+    let Some(server) = llama_server() else {
         return;
     };
     // Quiet llama-server, so the daemon's warning stays in the last 20 lines.
     let quiet = format!("{ONE_TINY}    extra_args: [-lv, '1']\n");
     let d = Daemon::start(server, &quiet).await;
-    let s = d.wait_state("a", "ready").await;
-    let pid = s["models"]["a"]["pid"].as_i64().unwrap();
+    let s = d.wait_state("a", State::Ready).await;
+    let pid = s.models["a"].pid.unwrap();
     // A file where the directory was: no write can succeed, even as root.
     let state = d.dir.path().join("state");
     std::fs::remove_dir_all(&state).unwrap();
@@ -540,25 +523,25 @@ async fn an_unwritable_state_directory_is_reported_and_serving_goes_on() {
     signal(pid, rustix::process::Signal::KILL);
     let s = d
         .wait_for("a restart that reports the state file", |s| {
-            let a = &s["models"]["a"];
-            a["state"] == "ready"
-                && a["pid"].as_i64() != Some(pid)
-                && a["log"].to_string().contains("could not record")
+            let a = &s.models["a"];
+            a.state == State::Ready
+                && a.pid != Some(pid)
+                && a.log.join("\n").contains("could not record")
         })
         .await;
-    let log = s["models"]["a"]["log"].to_string();
+    let log = s.models["a"].log.join("\n");
     assert!(log.contains("is not reaped"), "{log}");
     d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreadable_spec_changes_nothing_and_says_so() {
-    let Some(server) = llama_server("an_unreadable_spec_changes_nothing_and_says_so") else {
+    let Some(server) = llama_server() else {
         return;
     };
     let d = Daemon::start(server, ONE_TINY).await;
-    let s = d.wait_state("a", "ready").await;
-    let pid = s["models"]["a"]["pid"].clone();
+    let s = d.wait_state("a", State::Ready).await;
+    let pid = s.models["a"].pid.clone();
     let original = std::fs::read(&d.spec_path).unwrap();
     // Root reads any file whatever its mode, so the unreadable spec here is
     // a directory in its place: the same read error path as EACCES.
@@ -566,14 +549,18 @@ async fn an_unreadable_spec_changes_nothing_and_says_so() {
     std::fs::create_dir(&d.spec_path).unwrap();
     let s = d
         .wait_for("the rejected read", |s| {
-            s["last_reload"]["ok"] == false
-                && s["last_reload"]["errors"]
-                    .to_string()
+            s.daemon.last_reload.as_ref().is_some_and(|r| !r.ok)
+                && s.daemon
+                    .last_reload
+                    .as_ref()
+                    .unwrap()
+                    .errors
+                    .join("\n")
                     .contains("cannot read the spec")
         })
         .await;
-    assert_eq!(s["models"]["a"]["pid"], pid, "{s:#}");
-    assert_eq!(s["models"]["a"]["state"], "ready", "{s:#}");
+    assert_eq!(s.models["a"].pid, pid, "{s:#?}");
+    assert_eq!(s.models["a"].state, State::Ready, "{s:#?}");
     // A spec that is not UTF-8 is rejected at its first bad byte.
     std::fs::remove_dir(&d.spec_path).unwrap();
     let mut bad = original;
@@ -581,11 +568,15 @@ async fn an_unreadable_spec_changes_nothing_and_says_so() {
     std::fs::write(&d.spec_path, &bad).unwrap();
     let s = d
         .wait_for("the rejected non-UTF-8 spec", |s| {
-            s["last_reload"]["errors"]
-                .to_string()
+            s.daemon
+                .last_reload
+                .as_ref()
+                .unwrap()
+                .errors
+                .join("\n")
                 .contains("is not UTF-8 text")
         })
         .await;
-    assert_eq!(s["models"]["a"]["pid"], pid, "{s:#}");
+    assert_eq!(s.models["a"].pid, pid, "{s:#?}");
     d.stop().await;
 }

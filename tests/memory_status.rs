@@ -14,15 +14,15 @@ use rocm_llm::spec::LaunchOptions;
 
 #[test]
 fn status_shows_what_llama_server_reported_and_it_matches_the_estimate() {
-    let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
+    let Some(d) = Daemon::start(&["a"], "  a:\n    model: a.gguf\n") else {
+        return;
+    };
     let status = d.wait_status("a's buffer sizes and estimate", |s| {
-        s["models"]["a"]["memory"]["log_devices"]["CPU"]["compute"]
-            .as_u64()
-            .is_some_and(|c| c > 0)
-            && s["models"]["a"]["memory"]["estimate"].is_object()
+        let m = &s.models["a"].memory;
+        m.log_devices.get("CPU").is_some_and(|c| c.compute > 0) && m.estimate.is_some()
     });
-    let mem = &status["models"]["a"]["memory"];
-    let cpu = &mem["log_devices"]["CPU"];
+    let mem = &status.models["a"].memory;
+    let cpu = &mem.log_devices["CPU"];
     // The daemon's spec (tests/common): ctx 256, 1 slot, defaults otherwise.
     let header = GgufHeader::read_path(d.dir.path().join("a.gguf")).unwrap();
     let options = LaunchOptions {
@@ -34,49 +34,44 @@ fn status_shows_what_llama_server_reported_and_it_matches_the_estimate() {
     let p = &e.devices["CPU"];
     // The daemon shows the same estimate (the CPU build lists no GPU), and
     // beside it what llama-server reported.
-    let shown = &mem["estimate"];
-    assert_eq!(mem["estimate_error"], serde_json::Value::Null, "{mem}");
+    let shown = mem.estimate.as_ref().unwrap();
+    assert_eq!(mem.estimate_error, None, "{mem:#?}");
+    assert_eq!(shown.total_bytes, e.total_bytes(), "{mem:#?}");
+    assert_eq!(shown.estimate.gpu_layers, 0, "{mem:#?}");
     assert_eq!(
-        shown["total_bytes"].as_u64(),
-        Some(e.total_bytes()),
-        "{mem}"
+        shown.estimate.devices,
+        [(
+            "CPU".to_owned(),
+            rocm_llm::memory::Parts { overhead: 0, ..*p }
+        )]
+        .into(),
+        "{mem:#?}"
     );
-    assert_eq!(shown["gpu_layers"].as_u64(), Some(0), "{mem}");
-    assert_eq!(
-        shown["devices"],
-        serde_json::json!({"CPU": {"weights": p.weights, "kv": p.kv, "compute": p.compute,
-                                   "output": p.output, "overhead": 0}}),
-        "{mem}"
-    );
-    let mib = |v: &serde_json::Value| v.as_u64().unwrap() as f64 / 1048576.0;
-    let close =
-        |got: &serde_json::Value, want: u64| (mib(got) - want as f64 / 1048576.0).abs() <= 0.006;
-    assert!(close(&cpu["weights"], p.weights), "{mem} vs {p:?}");
-    assert!(close(&cpu["kv"], p.kv), "{mem} vs {p:?}");
-    assert!(close(&cpu["output"], p.output), "{mem} vs {p:?}");
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let close = |got: u64, want: u64| (mib(got) - mib(want)).abs() <= 0.006;
+    assert!(close(cpu.weights, p.weights), "{mem:#?} vs {p:?}");
+    assert!(close(cpu.kv, p.kv), "{mem:#?} vs {p:?}");
+    assert!(close(cpu.output, p.output), "{mem:#?} vs {p:?}");
     // The compute buffer of this 64-wide toy is not an accuracy case (those
     // are in tests/memory.rs, with real widths); the estimate's rows are
     // sized for real widths and come out some 16 % over here.
-    let compute = cpu["compute"].as_u64().unwrap() as f64;
+    let compute = cpu.compute as f64;
     assert!(
         (0.9..1.25).contains(&(p.compute as f64 / compute)),
-        "{mem} vs {p:?}"
+        "{mem:#?} vs {p:?}"
     );
     assert_eq!(
-        mem["log_total_bytes"].as_u64().unwrap(),
-        ["weights", "kv", "compute", "output"]
-            .iter()
-            .map(|k| cpu[*k].as_u64().unwrap())
-            .sum::<u64>()
+        mem.log_total_bytes,
+        cpu.weights + cpu.kv + cpu.compute + cpu.output
     );
     // No GPU here: the process holds none, and no device is listed.
-    assert_eq!(mem["gpu_bytes"].as_u64(), Some(0));
-    assert_eq!(status["devices"], serde_json::json!([]));
+    assert_eq!(mem.gpu_bytes, Some(0));
+    assert_eq!(status.devices, []);
 
     let metrics = common::daemon::get(&d.control, "/metrics").unwrap();
     let line = format!(
         "rocm_llm_model_memory_bytes{{model=\"a\",device=\"CPU\",part=\"kv\"}} {}",
-        cpu["kv"].as_u64().unwrap()
+        cpu.kv
     );
     assert!(metrics.contains(&line), "{line} not in\n{metrics}");
     for (part, bytes) in [
@@ -143,57 +138,52 @@ fn status_shows_the_estimate_per_device_on_vulkan() {
         );
         return;
     };
-    let mut d = Daemon::start(
+    let Some(mut d) = Daemon::start(
         &["seed"],
         "  seed:\n    model: seed.gguf\n    enabled: false\n",
-    );
+    ) else {
+        return;
+    };
     let path = d.dir.path().join("v.gguf");
     rocm_llm::gguf::write_tiny_llama(&path, &rocm_llm::gguf::TinyModel::with_seed(3, "v")).unwrap();
     let models = "  v:\n    model: v.gguf\n    gpu_layers: all\n    \
                   env: { GGML_VK_VISIBLE_DEVICES: \"0\" }\n";
     common::daemon::write_by_rename(&d.spec, &d.spec_text_with_server(models, &server));
     let status = d.wait_status("v's buffers on Vulkan0 and its estimate", |s| {
-        let m = &s["models"]["v"]["memory"];
-        m["log_devices"]["Vulkan0"]["compute"]
-            .as_u64()
-            .is_some_and(|c| c > 0)
-            && m["estimate"].is_object()
+        let m = &s.models["v"].memory;
+        m.log_devices.get("Vulkan0").is_some_and(|c| c.compute > 0) && m.estimate.is_some()
     });
-    let mem = &status["models"]["v"]["memory"];
-    let shown = &mem["estimate"]["devices"];
-    let measured = &mem["log_devices"];
-    let names = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
-    assert_eq!(names(shown), vec!["CPU", "Vulkan0"], "{mem:#}");
-    assert_eq!(names(measured), names(shown), "{mem:#}");
-    assert_eq!(
-        mem["estimate"]["gpu_layers"],
-        mem["estimate"]["n_layer"].as_u64().unwrap() + 1
-    );
-    let close = |a: &serde_json::Value, b: &serde_json::Value| {
-        (a.as_u64().unwrap() as f64 - b.as_u64().unwrap() as f64).abs() <= 0.006 * 1048576.0
+    let mem = &status.models["v"].memory;
+    let estimate = &mem.estimate.as_ref().unwrap().estimate;
+    let shown = &estimate.devices;
+    let measured = &mem.log_devices;
+    let names = |m: &std::collections::BTreeMap<String, rocm_llm::memory::Parts>| {
+        m.keys().cloned().collect::<Vec<_>>()
     };
+    assert_eq!(names(shown), vec!["CPU", "Vulkan0"], "{mem:#?}");
+    assert_eq!(names(measured), names(shown), "{mem:#?}");
+    assert_eq!(estimate.gpu_layers, estimate.n_layer + 1);
+    let close = |a: u64, b: u64| (a as f64 - b as f64).abs() <= 0.006 * 1048576.0;
     for dev in ["CPU", "Vulkan0"] {
-        for part in ["weights", "kv", "output"] {
+        for (part, est, real) in [
+            ("weights", shown[dev].weights, measured[dev].weights),
+            ("kv", shown[dev].kv, measured[dev].kv),
+            ("output", shown[dev].output, measured[dev].output),
+        ] {
             assert!(
-                close(&shown[dev][part], &measured[dev][part]),
-                "{dev} {part}: estimate {} vs llama-server {}\n{mem:#}",
-                shown[dev][part],
-                measured[dev][part]
+                close(est, real),
+                "{dev} {part}: estimate {est} vs llama-server {real}\n{mem:#?}",
             );
         }
     }
-    assert_eq!(
-        shown["Vulkan0"]["overhead"].as_u64(),
-        Some(64 << 20),
-        "{mem:#}"
-    );
-    assert_eq!(shown["CPU"]["overhead"].as_u64(), Some(0), "{mem:#}");
+    assert_eq!(shown["Vulkan0"].overhead, 64 << 20, "{mem:#?}");
+    assert_eq!(shown["CPU"].overhead, 0, "{mem:#?}");
     eprintln!(
         "compute est/real: CPU {}/{}, Vulkan0 {}/{}",
-        shown["CPU"]["compute"],
-        measured["CPU"]["compute"],
-        shown["Vulkan0"]["compute"],
-        measured["Vulkan0"]["compute"]
+        shown["CPU"].compute,
+        measured["CPU"].compute,
+        shown["Vulkan0"].compute,
+        measured["Vulkan0"].compute
     );
     d.signal("TERM");
     d.wait_exit(std::time::Duration::from_secs(30));

@@ -9,11 +9,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod proxy_support;
+mod common;
+
+use common::eventually_async;
+use common::in_process::{pretty, state};
+use rocm_llm::daemon::status::StatusReport;
+use rocm_llm::supervisor::State;
 
 use std::time::Duration;
 
-use proxy_support::{Daemon, PATIENCE, chat, check_complete_stream, llama_server, sse_events};
+use common::in_process::{Daemon, PATIENCE, chat, check_complete_stream, llama_server, sse_events};
 use reqwest::StatusCode;
 use rocm_llm::supervisor::BackoffPolicy;
 use serde_json::Value;
@@ -75,7 +80,7 @@ async fn metrics(d: &Daemon) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn routes_by_name_and_alias_and_answers_in_openai_format() {
-    let Some(server) = llama_server("routes_by_name_and_alias_and_answers_in_openai_format") else {
+    let Some(server) = llama_server() else {
         return;
     };
     let d = Daemon::start(server, TWO_MODELS).await;
@@ -239,7 +244,8 @@ async fn routes_by_name_and_alias_and_answers_in_openai_format() {
         "    model: b.gguf\n",
         "    model: b.gguf\n    default: true\n",
     ));
-    d.wait_for("generation 2", |s| s["generation"] == 2).await;
+    d.wait_for("generation 2", |s| s.daemon.generation == 2)
+        .await;
     let r = post(&d, "/v1/chat/completions", &chat(None, 4, false)).await;
     assert_eq!((r.status(), served_by(&r)), (StatusCode::OK, "b".into()));
 
@@ -283,9 +289,7 @@ async fn slots_processing(d: &Daemon, model: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streams_chunk_by_chunk_and_a_client_disconnect_cancels_upstream() {
-    let Some(server) =
-        llama_server("streams_chunk_by_chunk_and_a_client_disconnect_cancels_upstream")
-    else {
+    let Some(server) = llama_server() else {
         return;
     };
     // One slot with the tiny model's whole context: a long generation.
@@ -350,19 +354,13 @@ async fn streams_chunk_by_chunk_and_a_client_disconnect_cancels_upstream() {
     }
     let s = d
         .wait_for("llama-server to log the cancellation", |s| {
-            s["models"]["a"]["log"]
-                .as_array()
-                .unwrap()
+            s.models["a"]
+                .log
                 .iter()
-                .any(|l| l.as_str().unwrap().contains("cancel task"))
+                .any(|l| l.as_str().contains("cancel task"))
         })
         .await;
-    let log: Vec<&str> = s["models"]["a"]["log"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l.as_str().unwrap())
-        .collect();
+    let log: Vec<&str> = s.models["a"].log.iter().map(|l| l.as_str()).collect();
     eprintln!("llama-server after the disconnect:\n{}", log.join("\n"));
     let released = log
         .iter()
@@ -399,18 +397,18 @@ async fn streams_chunk_by_chunk_and_a_client_disconnect_cancels_upstream() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let s = d.status().await.unwrap();
-    assert_eq!(s["models"]["a"]["in_flight"], 0, "the lease was released");
+    assert_eq!(s.models["a"].in_flight, 0, "the lease was released");
     d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn starts_on_demand_and_stops_when_idle() {
-    let Some(server) = llama_server("starts_on_demand_and_stops_when_idle") else {
+    let Some(server) = llama_server() else {
         return;
     };
     let spec = "defaults:\n  threads: 1\n  ctx_size: 512\n  parallel: 2\nmodels:\n  a:\n    model: a.gguf\n    on_demand: true\n    idle_timeout: 1s\n";
     let d = Daemon::start(server, spec).await;
-    d.wait_state("a", "idle").await;
+    d.wait_state("a", State::Idle).await;
     let models: Value = d
         .client
         .get(d.url("/v1/models"))
@@ -438,8 +436,8 @@ async fn starts_on_demand_and_stops_when_idle() {
         assert_eq!(status, StatusCode::OK, "{text}");
     }
     let s = d.status().await.unwrap();
-    assert_eq!(s["models"]["a"]["state"], "ready");
-    assert_eq!(s["models"]["a"]["restarts"], 0);
+    assert_eq!(s.models["a"].state, State::Ready);
+    assert_eq!(s.models["a"].restarts, 0);
     let m = metrics(&d).await;
     assert!(
         m.contains("rocm_llm_proxy_queue_wait_seconds_count{model=\"a\"} 4"),
@@ -447,7 +445,7 @@ async fn starts_on_demand_and_stops_when_idle() {
     );
 
     // A second without requests: stopped.
-    d.wait_state("a", "idle").await;
+    d.wait_state("a", State::Idle).await;
     // And started again by the next request.
     let r = post(&d, "/v1/chat/completions", &chat(Some("a"), 4, false)).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -456,7 +454,7 @@ async fn starts_on_demand_and_stops_when_idle() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unavailable_models_get_503_with_retry_after() {
-    let Some(server) = llama_server("unavailable_models_get_503_with_retry_after") else {
+    let Some(server) = llama_server() else {
         return;
     };
     // One failed start makes a model `failed` (retried a minute later).
@@ -486,7 +484,7 @@ models:
     wait_timeout: 1ms
 ";
     let d = Daemon::start_with(server, spec, backoff).await;
-    d.wait_state("broken", "failed").await;
+    d.wait_state("broken", State::Failed).await;
 
     let check = |r: &reqwest::Response| {
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -552,7 +550,7 @@ models:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_api_key_guards_the_proxy_and_the_status_api() {
-    let Some(server) = llama_server("the_api_key_guards_the_proxy_and_the_status_api") else {
+    let Some(server) = llama_server() else {
         return;
     };
     let keys = tempfile::tempdir().unwrap();
@@ -621,15 +619,15 @@ async fn the_api_key_guards_the_proxy_and_the_status_api() {
         let (client, url) = (d.client.clone(), format!("{}/status", d.control));
         async move { client.get(url).bearer_auth(key).send().await.unwrap() }
     };
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let s: Value = status("first-key").await.json().await.unwrap();
-        if s["models"]["a"]["state"] == "ready" {
-            break;
+    eventually_async(PATIENCE, "a is ready", || async {
+        let s: StatusReport = status("first-key").await.json().await.unwrap();
+        if state(&s, "a") == Some(State::Ready) {
+            Ok(())
+        } else {
+            Err(pretty(&s))
         }
-        assert!(Instant::now() < deadline, "a never became ready: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let r = with(
         "first-key",
         d.client
@@ -676,14 +674,12 @@ async fn the_api_key_guards_the_proxy_and_the_status_api() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_official_openai_python_client_works() {
-    let Some(server) = llama_server("the_official_openai_python_client_works") else {
+    let Some(server) = llama_server() else {
         return;
     };
-    let Some(python) = proxy_support::needs_path(
-        "the_official_openai_python_client_works",
-        "ROCM_LLM_TEST_PYTHON",
-        "a python with the openai package",
-    ) else {
+    let Some(python) =
+        common::in_process::needs_env("ROCM_LLM_TEST_PYTHON", "a python with the openai package")
+    else {
         return;
     };
     let d = Daemon::start(server, TWO_MODELS).await;

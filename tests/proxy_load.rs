@@ -7,14 +7,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod proxy_support;
+mod common;
+
+use rocm_llm::supervisor::State;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use proxy_support::{Daemon, chat, check_complete_stream, llama_server};
-use serde_json::Value;
+use common::in_process::{Daemon, chat, check_complete_stream, llama_server};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -57,7 +58,7 @@ async fn one_request(client: &reqwest::Client, base: &str, model: &str) -> Resul
 }
 
 async fn load_during_swaps(mode: &str) {
-    let Some(server) = llama_server(&format!("load_during_swaps({mode})")) else {
+    let Some(server) = llama_server() else {
         return;
     };
     let d = Daemon::start(server, &spec(mode, 0)).await;
@@ -102,26 +103,26 @@ async fn load_during_swaps(mode: &str) {
     let start = Instant::now();
     while tally.ok.load(Ordering::Relaxed) < CLIENTS {
         assert!(
-            start.elapsed() < proxy_support::PATIENCE,
+            start.elapsed() < common::in_process::PATIENCE,
             "the load never got going"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut previous = d.status().await.unwrap()["models"]["a"].clone();
+    let mut previous = d.status().await.unwrap().models["a"].clone();
     for generation in 1..=SWAPS {
         let before = tally.ok_a.load(Ordering::Relaxed);
         d.write_spec(&spec(mode, generation));
-        let old_pid = previous["pid"].clone();
-        let old_launch = previous["launch_id"].clone();
+        let old_pid = previous.pid.clone();
+        let old_launch = previous.launch_id.clone();
         let s = d
             .wait_for(&format!("swap {generation} ({mode}) of a"), |s| {
-                let a = &s["models"]["a"];
-                a["state"] == "ready" && a["launch_id"] != old_launch && a["pid"] != old_pid
+                let a = &s.models["a"];
+                a.state == State::Ready && a.launch_id != old_launch && a.pid != old_pid
             })
             .await;
-        previous = s["models"]["a"].clone();
+        previous = s.models["a"].clone();
         // Traffic flows through the new instance before the next swap.
-        let deadline = Instant::now() + proxy_support::PATIENCE;
+        let deadline = Instant::now() + common::in_process::PATIENCE;
         while tally.ok_a.load(Ordering::Relaxed) < before + 50 {
             assert!(
                 Instant::now() < deadline,
@@ -142,14 +143,14 @@ async fn load_during_swaps(mode: &str) {
 
     let failures = tally.failures.lock().await;
     let ok = tally.ok.load(Ordering::Relaxed);
-    let s: Value = d.status().await.unwrap();
-    let a = &s["models"]["a"];
+    let s = d.status().await.unwrap();
+    let a = &s.models["a"];
     eprintln!(
         "{mode}: {ok} complete streams ({} on a), {} failed; a drained {} and cut {} in-flight requests over {SWAPS} swaps in {:?}",
         tally.ok_a.load(Ordering::Relaxed),
         failures.len(),
-        a["drained"],
-        a["cut"],
+        a.drained,
+        a.cut,
         start.elapsed()
     );
     assert!(
@@ -159,9 +160,9 @@ async fn load_during_swaps(mode: &str) {
         ok + failures.len(),
         failures[..failures.len().min(10)].join("\n")
     );
-    assert_eq!(a["cut"], 0, "a drain cut requests: {a}");
-    assert_eq!(s["models"]["b"]["cut"], 0);
-    assert_eq!(a["restarts"], 0, "a swap is not a crash: {a}");
+    assert_eq!(a.cut, 0, "a drain cut requests: {a:#?}");
+    assert_eq!(s.models["b"].cut, 0);
+    assert_eq!(a.restarts, 0, "a swap is not a crash: {a:#?}");
     d.stop().await;
 }
 

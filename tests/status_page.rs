@@ -13,13 +13,17 @@
 
 mod common;
 
+use common::daemon::state;
+use rocm_llm::supervisor::State;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::daemon::{Daemon, llama_server, pid_alive, wait_until};
+use common::daemon::{Daemon, eventually, pid_alive};
+use common::llama_server;
 use serde_json::{Value, json};
 
 /// One test at a time under `cargo test` too (nextest runs this binary in
@@ -111,7 +115,7 @@ impl Browser {
                 .expect("spawn chromium"),
         );
         let port_file = profile.path().join("DevToolsActivePort");
-        let port: u16 = wait_until(Duration::from_secs(60), "chromium's DevTools port", || {
+        let port: u16 = eventually(Duration::from_secs(60), "chromium's DevTools port", || {
             std::fs::read_to_string(&port_file)
                 .ok()?
                 .lines()
@@ -120,7 +124,7 @@ impl Browser {
                 .ok()
         });
         let addr = format!("127.0.0.1:{port}");
-        let ws_url = wait_until(Duration::from_secs(30), "chromium's page target", || {
+        let ws_url = eventually(Duration::from_secs(30), "chromium's page target", || {
             // DevTools' HTTP answers HTTP/1.1 only.
             let (code, body) = request(&addr, "GET", "/json/list", &[], "");
             let list: Value = serde_json::from_str(&body).ok().filter(|_| code == 200)?;
@@ -276,9 +280,7 @@ fn request(addr: &str, method: &str, path: &str, headers: &[&str], body: &str) -
 /// model (its routes are published after the first reload).
 fn post_action(d: &Daemon, model: &str, action: &str) -> (u16, String) {
     if model != "nosuch" && model != "secretmodel" {
-        d.wait_status(&format!("{model} listed"), |s| {
-            s["models"][model].is_object()
-        });
+        d.wait_status(&format!("{model} listed"), |s| s.models.contains_key(model));
     }
     request(
         &d.control,
@@ -305,7 +307,9 @@ fn the_page_lists_models_and_shows_a_state_change_within_a_second_without_reload
     let Some(chromium) = chromium(test) else {
         return;
     };
-    let d = Daemon::start(&["always", "lazy"], TWO_MODELS);
+    let Some(d) = Daemon::start(&["always", "lazy"], TWO_MODELS) else {
+        return;
+    };
     d.wait_ready(&["always"]);
     let mut b = Browser::launch(&chromium);
     b.goto(&format!("http://{}/", d.control));
@@ -365,7 +369,9 @@ fn the_stop_button_stops_an_on_demand_model() {
     let Some(chromium) = chromium(test) else {
         return;
     };
-    let d = Daemon::start(&["always", "lazy"], TWO_MODELS);
+    let Some(d) = Daemon::start(&["always", "lazy"], TWO_MODELS) else {
+        return;
+    };
     let mut b = Browser::launch(&chromium);
     b.goto(&format!("http://{}/", d.control));
     b.wait_js(
@@ -384,9 +390,9 @@ fn the_stop_button_stops_an_on_demand_model() {
     );
     b.eval("document.querySelector('tr[data-model=\"lazy\"] button[data-action=stop]').click()");
     d.wait_status("lazy stopped", |s| {
-        s["models"]["lazy"]["state"] == "idle" && s["models"]["lazy"]["pid"].is_null()
+        state(&s, "lazy") == Some(State::Idle) && s.models["lazy"].pid.is_none()
     });
-    wait_until(Duration::from_secs(30), "its llama-server exits", || {
+    eventually(Duration::from_secs(30), "its llama-server exits", || {
         (!pid_alive(pid)).then_some(())
     });
     b.wait_js(
@@ -403,7 +409,9 @@ fn an_invalid_spec_save_shows_its_error_with_line_and_column() {
     let Some(chromium) = chromium(test) else {
         return;
     };
-    let d = Daemon::start(&["always"], "  always:\n    model: always.gguf\n");
+    let Some(d) = Daemon::start(&["always"], "  always:\n    model: always.gguf\n") else {
+        return;
+    };
     let mut b = Browser::launch(&chromium);
     b.goto(&format!("http://{}/", d.control));
     b.wait_js(
@@ -455,7 +463,9 @@ fn with_an_api_key_a_visitor_without_it_sees_only_the_prompt() {
         "  secretmodel:\n    model: secretmodel.gguf\n    on_demand: true\napi_key_file: {}\n",
         key_file.display()
     );
-    let d = Daemon::start(&["secretmodel"], &models);
+    let Some(d) = Daemon::start(&["secretmodel"], &models) else {
+        return;
+    };
     let mut b = Browser::launch(&chromium);
     b.goto(&format!("http://{}/", d.control));
     b.wait_js(
@@ -518,10 +528,12 @@ fn with_an_api_key_a_visitor_without_it_sees_only_the_prompt() {
 #[test]
 fn actions_refuse_other_origins_and_simple_requests() {
     let _serial = serial();
-    let d = Daemon::start(
+    let Some(d) = Daemon::start(
         &["lazy"],
         "  lazy:\n    model: lazy.gguf\n    on_demand: true\n",
-    );
+    ) else {
+        return;
+    };
     let host = format!("Origin: http://{}", d.control);
     for (headers, body, expected) in [
         // A cross-site form or fetch: refused by Origin before anything runs.
@@ -554,7 +566,7 @@ fn actions_refuse_other_origins_and_simple_requests() {
     ] {
         let (code, text) = request(&d.control, "POST", "/models/lazy/start", &headers, body);
         assert_eq!(code, expected, "{headers:?}: {text}");
-        assert_eq!(d.status()["models"]["lazy"]["state"], "idle", "{headers:?}");
+        assert_eq!(d.status().models["lazy"].state, State::Idle, "{headers:?}");
     }
     // GET does nothing either.
     assert_eq!(
@@ -591,10 +603,12 @@ fn actions_refuse_other_origins_and_simple_requests() {
 #[test]
 fn events_stream_a_status_at_once_and_on_each_change() {
     let _serial = serial();
-    let d = Daemon::start(
+    let Some(d) = Daemon::start(
         &["lazy"],
         "  lazy:\n    model: lazy.gguf\n    on_demand: true\n",
-    );
+    ) else {
+        return;
+    };
     let mut s = TcpStream::connect(&d.control).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
@@ -639,7 +653,10 @@ fn load_progress_reads_a_real_llama_server() {
     };
     let log_path = dir.path().join("stderr.log");
     let port = common::daemon::free_port();
-    let mut child = Command::new(llama_server())
+    let Some(server) = llama_server() else {
+        return;
+    };
+    let mut child = Command::new(server)
         .arg("-m")
         .arg(&model)
         .args([
@@ -659,7 +676,7 @@ fn load_progress_reads_a_real_llama_server() {
         .unwrap();
     let pid = i32::try_from(child.id()).unwrap();
     let mut readings = Vec::new();
-    let lines = wait_until(Duration::from_secs(60), "the warm-up line", || {
+    let lines = eventually(Duration::from_secs(60), "the warm-up line", || {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         let lines: Vec<String> = text.lines().map(str::to_owned).collect();
         readings.push(rocm_llm::supervisor::progress::read(
@@ -707,25 +724,27 @@ fn load_progress_reads_a_real_llama_server() {
 #[test]
 fn status_shows_load_progress_while_starting() {
     let _serial = serial();
-    let d = Daemon::start(
+    let Some(d) = Daemon::start(
         &["lazy"],
         "  lazy:\n    model: lazy.gguf\n    on_demand: true\n",
-    );
+    ) else {
+        return;
+    };
     assert_eq!(post_action(&d, "lazy", "start").0, 200);
     let status = d.wait_ready(&["lazy"]);
-    assert!(status["models"]["lazy"]["progress"].is_null(), "{status:#}");
+    assert!(status.models["lazy"].progress.is_none(), "{status:#?}");
     let mut seen = None;
     // Catch one in flight: restart and poll quickly.
     assert_eq!(post_action(&d, "lazy", "restart").0, 200);
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let s = d.status();
-        let m = &s["models"]["lazy"];
-        if m["progress"].is_object() {
-            seen = Some(m["progress"].clone());
+        let m = &s.models["lazy"];
+        if m.progress.is_some() {
+            seen = Some(m.progress.clone());
             break;
         }
-        if m["state"] == "ready" && m["ready_ms"].is_number() {
+        if m.state == State::Ready && m.ready_ms.is_some() {
             // Loaded before a poll saw it; try again.
             assert_eq!(post_action(&d, "lazy", "restart").0, 200);
         }
@@ -734,8 +753,9 @@ fn status_shows_load_progress_while_starting() {
     let size = std::fs::metadata(d.dir.path().join("lazy.gguf"))
         .unwrap()
         .len();
-    assert_eq!(p["bytes_total"], size, "{p}");
-    assert!(p["stage"].is_string(), "{p}");
+    let p = p.expect("a progress reading");
+    assert_eq!(p.bytes_total, size, "{p:?}");
+    assert!(!p.stage.is_empty(), "{p:?}");
 }
 
 fn metric_names(expr: &str) -> Vec<String> {
@@ -791,7 +811,9 @@ fn the_grafana_dashboard_queries_only_metrics_the_daemon_exports() {
     ] {
         assert!(names.contains(needed), "the dashboard covers {needed}");
     }
-    let d = Daemon::start(&["a"], "  a:\n    model: a.gguf\n");
+    let Some(d) = Daemon::start(&["a"], "  a:\n    model: a.gguf\n") else {
+        return;
+    };
     d.wait_ready(&["a"]);
     let metrics = common::daemon::get(&d.control, "/metrics").unwrap();
     let families: std::collections::BTreeSet<&str> = metrics
@@ -833,7 +855,9 @@ fn screenshot_of_a_realistic_state() {
     let models = format!(
         "{chat}  coder:\n    model: coder.gguf\n    on_demand: true\n    idle_timeout: 5m\n"
     );
-    let d = Daemon::start(&["chat", "coder"], &models);
+    let Some(d) = Daemon::start(&["chat", "coder"], &models) else {
+        return;
+    };
     let first = if real.is_some() { "smollm2" } else { "chat" };
     d.wait_ready(&[first]);
     let mut b = Browser::launch(&chromium);
@@ -909,24 +933,26 @@ fn watch(d: &Daemon) -> (Child, std::sync::Arc<std::sync::Mutex<String>>) {
 }
 
 fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    wait_until(Duration::from_secs(10), what, || child.try_wait().unwrap())
+    eventually(Duration::from_secs(10), what, || child.try_wait().unwrap())
 }
 
 #[test]
 fn status_watch_redraws_in_place_and_quits_on_q_or_ctrl_c() {
     let _serial = serial();
-    let d = Daemon::start(
+    let Some(d) = Daemon::start(
         &["lazy"],
         "  lazy:\n    model: lazy.gguf\n    on_demand: true\n",
-    );
-    d.wait_status("lazy listed", |s| s["models"]["lazy"].is_object());
+    ) else {
+        return;
+    };
+    d.wait_status("lazy listed", |s| s.models.contains_key("lazy"));
     let (mut child, out) = watch(&d);
-    wait_until(Duration::from_secs(30), "a frame with lazy idle", || {
+    eventually(Duration::from_secs(30), "a frame with lazy idle", || {
         let o = out.lock().unwrap();
         (o.contains("\x1b[H") && o.contains("lazy") && o.contains("idle")).then_some(())
     });
     assert_eq!(post_action(&d, "lazy", "start").0, 200);
-    wait_until(
+    eventually(
         Duration::from_secs(60),
         "a later frame with lazy ready",
         || {
@@ -945,7 +971,7 @@ fn status_watch_redraws_in_place_and_quits_on_q_or_ctrl_c() {
     assert!(o.contains("\x1b[K"), "erases line ends in place");
 
     let (mut child, out) = watch(&d);
-    wait_until(Duration::from_secs(30), "a frame", || {
+    eventually(Duration::from_secs(30), "a frame", || {
         out.lock().unwrap().contains("lazy").then_some(())
     });
     common::daemon::kill("INT", i64::from(child.id()));

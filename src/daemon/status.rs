@@ -136,7 +136,9 @@ impl<'de> Deserialize<'de> for crate::supervisor::State {
 /// Every [`crate::supervisor::State`], for reading one back by name.
 const ALL_STATES: [crate::supervisor::State; 8] = {
     use crate::supervisor::State::*;
-    [Idle, Starting, Ready, Swapping, Backoff, Failed, Stopping, Stopped]
+    [
+        Idle, Starting, Ready, Swapping, Backoff, Failed, Stopping, Stopped,
+    ]
 };
 
 /// Fails to compile when `State` gains a variant that [`ALL_STATES`] lacks.

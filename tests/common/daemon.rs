@@ -1,4 +1,5 @@
-//! Running the real `rocm-llm serve` binary against a real llama-server.
+//! The daemon harness: the real `rocm-llm serve` binary against a real
+//! llama-server, in a temporary directory of its own.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -6,29 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use rocm_llm::daemon::status::StatusReport;
+use rocm_llm::supervisor::State;
 
-/// The pinned llama-server; the test command builds it and sets the variable.
-pub fn llama_server() -> PathBuf {
-    match std::env::var_os("ROCM_LLM_LLAMA_SERVER") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => panic!(
-            "ROCM_LLM_LLAMA_SERVER is not set. These tests run the real llama-server: \
-             run `scripts/test.sh`, or `export ROCM_LLM_LLAMA_SERVER=$(scripts/llama-server.sh)`"
-        ),
-    }
-}
-
-pub fn fake_llama_server() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-llama-server.sh")
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+pub use super::{PATIENCE, eventually, fake_llama_server, free_port};
 
 /// A daemon in a temporary directory of its own.
 pub struct Daemon {
@@ -37,14 +19,16 @@ pub struct Daemon {
     pub control: String,
     pub listen: String,
     pub child: Option<Child>,
+    /// The real llama-server the spec names.
+    pub llama_server: PathBuf,
     env: Vec<(String, std::ffi::OsString)>,
 }
 
 impl Daemon {
     /// Writes the tiny models `names` (seeded by position) and `models`
     /// (the `models:` section, indented by two) into a spec, and starts the
-    /// daemon on it.
-    pub fn start(model_files: &[&str], models: &str) -> Daemon {
+    /// daemon on it; `None` after [`super::skip`] without a llama-server.
+    pub fn start(model_files: &[&str], models: &str) -> Option<Daemon> {
         Daemon::start_with_env(model_files, models, &[])
     }
 
@@ -52,16 +36,10 @@ impl Daemon {
         model_files: &[&str],
         models: &str,
         env: &[(&str, &std::ffi::OsStr)],
-    ) -> Daemon {
+    ) -> Option<Daemon> {
+        let llama_server = super::llama_server()?;
         let dir = tempfile::tempdir().expect("tempdir");
-        for (i, name) in model_files.iter().enumerate() {
-            let path = dir.path().join(format!("{name}.gguf"));
-            rocm_llm::gguf::write_tiny_llama(
-                &path,
-                &rocm_llm::gguf::TinyModel::with_seed(i as u64 + 1, *name),
-            )
-            .expect("model");
-        }
+        super::write_tiny_models(dir.path(), model_files);
         let listen = format!("127.0.0.1:{}", free_port());
         let control = format!("127.0.0.1:{}", free_port());
         let spec = dir.path().join("models.yaml");
@@ -71,6 +49,7 @@ impl Daemon {
             control,
             listen,
             child: None,
+            llama_server,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_os_string()))
@@ -78,7 +57,7 @@ impl Daemon {
         };
         d.write_spec(models);
         d.spawn();
-        d
+        Some(d)
     }
 
     /// The full spec text for a `models:` section.
@@ -87,7 +66,7 @@ impl Daemon {
             "listen: {}\ncontrol: {}\nllama_server: {}\ndefaults:\n  threads: 1\n  ctx_size: 256\n  parallel: 1\n  stop_grace: 5s\nmodels:\n{models}",
             self.listen,
             self.control,
-            llama_server().display()
+            self.llama_server.display()
         )
     }
 
@@ -101,7 +80,7 @@ impl Daemon {
             format!(
                 "#!/bin/sh\nif [ -n \"$FAKE_LLAMA_MODE\" ]; then exec {} \"$@\"; fi\nexec {} \"$@\"\n",
                 fake_llama_server().display(),
-                llama_server().display()
+                self.llama_server.display()
             ),
         )
         .expect("write wrapper");
@@ -118,7 +97,7 @@ impl Daemon {
     /// [`Daemon::spec_text`] with another llama-server binary.
     pub fn spec_text_with_server(&self, models: &str, server: &Path) -> String {
         self.spec_text(models).replace(
-            &format!("llama_server: {}", llama_server().display()),
+            &format!("llama_server: {}", self.llama_server.display()),
             &format!("llama_server: {}", server.display()),
         )
     }
@@ -144,8 +123,8 @@ impl Daemon {
             .spawn()
             .expect("spawn rocm-llm serve");
         self.child = Some(child);
-        wait_until(Duration::from_secs(20), "the status API answers", || {
-            get(&self.control, "/healthz").ok()
+        eventually(PATIENCE, "the status API answers", || {
+            get(&self.control, "/healthz")
         });
     }
 
@@ -153,40 +132,39 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
-    pub fn status(&self) -> Value {
+    /// `GET /status`, typed.
+    pub fn status(&self) -> StatusReport {
+        rocm_llm::daemon::client::status(&self.control, None)
+            .unwrap_or_else(|e| panic!("GET /status: {e}\n{}", self.log()))
+    }
+
+    /// `GET /status` as the wire has it, for checks of the JSON itself.
+    pub fn status_json(&self) -> serde_json::Value {
         let body = get(&self.control, "/status")
             .unwrap_or_else(|e| panic!("GET /status: {e}\n{}", self.log()));
         serde_json::from_str(&body).expect("status JSON")
     }
 
     /// Waits until `cond` holds for the status, returning that status.
-    pub fn wait_status(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+    pub fn wait_status(&self, what: &str, cond: impl Fn(&StatusReport) -> bool) -> StatusReport {
+        eventually(PATIENCE, what, || {
             let s = self.status();
             if cond(&s) {
-                return s;
+                Ok(s)
+            } else {
+                Err(format!("status:\n{}\nlog:\n{}", pretty(&s), self.log()))
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out waiting for {what}; status:\n{s:#}\nlog:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn wait_ready(&self, models: &[&str]) -> Value {
-        self.wait_status(&format!("{models:?} ready"), |s| {
-            models.iter().all(|m| s["models"][m]["state"] == "ready")
         })
     }
 
-    pub fn pid(status: &Value, model: &str) -> i64 {
-        status["models"][model]["pid"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("{model} has no pid: {status:#}"))
+    pub fn wait_ready(&self, models: &[&str]) -> StatusReport {
+        self.wait_status(&format!("{models:?} ready"), |s| {
+            models.iter().all(|m| state(s, m) == Some(State::Ready))
+        })
+    }
+
+    pub fn pid(status: &StatusReport, model: &str) -> i32 {
+        pid(status, model)
     }
 
     pub fn signal(&self, sig: &str) {
@@ -213,19 +191,15 @@ impl Daemon {
     /// Waits for the daemon to exit and returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let child = self.child.as_mut().expect("running");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not exit within {timeout:?}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = self.dir.path().join("daemon.log");
+        let status = eventually(timeout, "the daemon exits", || {
+            child
+                .try_wait()
+                .expect("try_wait")
+                .ok_or_else(|| std::fs::read_to_string(&log).unwrap_or_default())
+        });
+        self.child = None;
+        status.code()
     }
 
     /// Live (not zombie) processes whose command line mentions this
@@ -262,7 +236,8 @@ impl Drop for Daemon {
 }
 
 /// `kill -SIG pid`, which must succeed.
-pub fn kill(sig: &str, pid: i64) {
+pub fn kill(sig: &str, pid: impl Into<i64>) {
+    let pid: i64 = pid.into();
     let ok = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
@@ -290,6 +265,7 @@ pub fn write_by_truncate(path: &Path, text: &str) {
     let (head, tail) = text.split_at(text.len() / 2);
     f.write_all(head.as_bytes()).expect("write");
     f.flush().expect("flush");
+    // The behaviour under test: a reader may see the half-written file.
     std::thread::sleep(Duration::from_millis(20));
     f.write_all(tail.as_bytes()).expect("write");
 }
@@ -324,26 +300,32 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     found
 }
 
-pub fn pid_alive(pid: i64) -> bool {
+pub fn pid_alive(pid: impl Into<i64>) -> bool {
+    let pid: i64 = pid.into();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     matches!(stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()), Some(c) if c != 'Z' && c != 'X')
-}
-
-pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A plain GET that must answer 200.
 pub fn get(addr: &str, path: &str) -> Result<String, String> {
     rocm_llm::daemon::client::get(addr, path, None).map_err(|e| e.to_string())
+}
+
+/// A model's state in `status`; `None` while the model is not listed.
+pub fn state(status: &StatusReport, model: &str) -> Option<State> {
+    status.models.get(model).map(|m| m.state)
+}
+
+/// A model's pid, which it must have.
+pub fn pid(status: &StatusReport, model: &str) -> i32 {
+    status
+        .models
+        .get(model)
+        .and_then(|m| m.pid)
+        .unwrap_or_else(|| panic!("{model} has no pid: {}", pretty(status)))
+}
+
+/// The report as the wire has it, for messages.
+pub fn pretty(status: &StatusReport) -> String {
+    serde_json::to_string_pretty(status).unwrap_or_else(|e| e.to_string())
 }

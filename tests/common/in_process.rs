@@ -1,49 +1,24 @@
-//! A real daemon (in-process `rocm_llm::daemon::serve`) with real
-//! llama-server children and tiny models, for the proxy tests.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! The in-process daemon harness: `rocm_llm::daemon::serve` on the test's
+//! runtime, with real llama-server children and tiny models. The proxy
+//! tests use it for what the binary cannot be given (a backoff policy of
+//! milliseconds) and for an async HTTP client with a connection pool.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rocm_llm::daemon::status::StatusReport;
 use rocm_llm::daemon::{self, ServeOptions, watch::WatchTiming};
-use rocm_llm::gguf::{TinyModel, write_tiny_llama};
-use rocm_llm::supervisor::BackoffPolicy;
+use rocm_llm::supervisor::{BackoffPolicy, State};
 use serde_json::{Value, json};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Bounds every wait in these tests: far beyond what a tiny model needs,
-/// short enough that a hang fails the test instead of the suite.
-pub const PATIENCE: Duration = Duration::from_secs(90);
-
-pub fn llama_server(test: &str) -> Option<PathBuf> {
-    needs_path(
-        test,
-        "ROCM_LLM_LLAMA_SERVER",
-        "the path of llama-server; ROCM_LLM_LLAMA_SERVER=$(scripts/llama-server.sh)",
-    )
-}
-
-/// The path that the environment variable `name` holds, or `None` after
-/// printing why `test` is skipped. Under CI a skip is a failure: there
-/// scripts/test.sh provides everything the tests need.
-pub fn needs_path(test: &str, name: &str, what: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(name) {
-        return Some(PathBuf::from(p));
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: a skip is a failure in CI (scripts/test.sh sets {name})"
-    );
-    eprintln!("SKIPPED: {test} needs {name}=<{what}> (scripts/test.sh sets it)");
-    None
-}
-
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
+pub use super::PATIENCE;
+use super::{eventually_async, free_port};
+// What the tests of this harness use besides it, in one import.
+#[allow(unused_imports)]
+pub use super::daemon::{pretty, state};
+#[allow(unused_imports)]
+pub use super::{llama_server, needs_env};
 
 pub struct Daemon {
     pub dir: tempfile::TempDir,
@@ -72,13 +47,7 @@ impl Daemon {
             .with_test_writer()
             .try_init();
         let dir = tempfile::tempdir().expect("tempdir");
-        for (i, name) in ["a", "b", "c"].iter().enumerate() {
-            write_tiny_llama(
-                &dir.path().join(format!("{name}.gguf")),
-                &TinyModel::with_seed(i as u64 + 1, *name),
-            )
-            .expect("tiny model");
-        }
+        super::write_tiny_models(dir.path(), &["a", "b", "c"]);
         let (listen, control) = (free_port(), free_port());
         let header = format!(
             "listen: 127.0.0.1:{listen}\ncontrol: 127.0.0.1:{control}\nllama_server: {}\n",
@@ -113,18 +82,15 @@ impl Daemon {
             shutdown,
             task: Some(task),
         };
-        let deadline = Instant::now() + PATIENCE;
         for url in [format!("{}/healthz", d.control), d.url("/healthz")] {
-            while !d
-                .client
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                assert!(Instant::now() < deadline, "{url} never answered");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            eventually_async(PATIENCE, &format!("{url} answers"), || async {
+                match d.client.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(r.status().to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await;
         }
         d
     }
@@ -136,46 +102,38 @@ impl Daemon {
         std::fs::rename(&tmp, &self.spec_path).expect("rename the spec");
     }
 
-    pub async fn status(&self) -> Option<Value> {
+    /// `GET /status`, typed; `Err` says why there is none.
+    pub async fn status(&self) -> Result<StatusReport, String> {
         let r = self
             .client
             .get(format!("{}/status", self.control))
             .send()
             .await
-            .ok()?;
-        r.json().await.ok()
+            .map_err(|e| e.to_string())?;
+        let body = r.text().await.map_err(|e| e.to_string())?;
+        serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
     }
 
     /// Polls `/status` until `ok` holds (panics with the last status after
     /// [`PATIENCE`]).
-    pub async fn wait_for(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + PATIENCE;
-        let mut last = Value::Null;
-        loop {
-            if let Some(s) = self.status().await {
-                if ok(&s) {
-                    return s;
-                }
-                last = s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; last status:\n{last:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    pub async fn wait_for(&self, what: &str, ok: impl Fn(&StatusReport) -> bool) -> StatusReport {
+        eventually_async(PATIENCE, what, || async {
+            let s = self.status().await?;
+            if ok(&s) { Ok(s) } else { Err(pretty(&s)) }
+        })
+        .await
     }
 
-    pub async fn wait_state(&self, model: &str, state: &str) -> Value {
-        self.wait_for(&format!("model {model} to be {state}"), |s| {
-            s["models"][model]["state"] == state
+    pub async fn wait_state(&self, model: &str, want: State) -> StatusReport {
+        self.wait_for(&format!("model {model} to be {}", want.as_str()), |s| {
+            state(s, model) == Some(want)
         })
         .await
     }
 
     pub async fn wait_ready(&self, models: &[&str]) {
         for m in models {
-            self.wait_state(m, "ready").await;
+            self.wait_state(m, State::Ready).await;
         }
     }
 
