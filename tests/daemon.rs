@@ -6,18 +6,47 @@
 
 mod common;
 
-use common::daemon::state;
-use rocm_llm::supervisor::State;
-
 use std::os::unix::process::CommandExt;
-
 use std::time::Duration;
 
 use common::daemon::{
-    Daemon, eventually, pid_alive, processes_mentioning, write_by_rename, write_by_truncate,
+    Daemon, eventually, pid_alive, processes_mentioning, state, write_by_rename, write_by_truncate,
 };
+use rocm_llm::daemon::status::StatusReport;
+use rocm_llm::supervisor::State;
 
 const TWO: &str = "  a:\n    model: a.gguf\n  b:\n    model: b.gguf\n    aliases: [bee]\n";
+
+/// The typed report reads every field the daemon writes and writes back
+/// the same JSON: the CLI, the tests and the status page see one format.
+#[test]
+fn the_status_report_round_trips_through_its_type() {
+    let Some(d) = Daemon::start(&["a", "b"], TWO) else {
+        return;
+    };
+    d.wait_ready(&["a", "b"]);
+    // A rejected edit, so the reload report and history carry errors too.
+    write_by_rename(
+        &d.spec,
+        &d.spec_text("  a:\n    model: a.gguf\n    ctx_size: lots\n"),
+    );
+    d.wait_status("the edit rejected", |s| {
+        s.daemon.last_reload.as_ref().is_some_and(|r| !r.ok)
+    });
+    let wire: serde_json::Value = d.status_json();
+    let typed: StatusReport = serde_json::from_value(wire.clone()).expect("the report reads");
+    assert_eq!(
+        serde_json::to_value(&typed).unwrap(),
+        wire,
+        "the type drops or changes a field"
+    );
+    let again: StatusReport =
+        serde_json::from_str(&serde_json::to_string(&typed).unwrap()).unwrap();
+    assert_eq!(again, typed);
+    assert_eq!(typed.models["b"].aliases, ["bee"]);
+    assert_eq!(state(&typed, "a"), Some(State::Ready));
+    assert!(!typed.reload_history.is_empty(), "{wire:#}");
+}
 
 #[test]
 fn starts_every_model_and_the_status_shows_it() {
