@@ -577,7 +577,7 @@ fn rocm_build_without_a_gpu_answers_on_the_cpu_and_status_warns() {
         "rocm-llm status:\n{table}"
     );
     d.signal("TERM");
-    d.wait_exit(std::time::Duration::from_secs(30));
+    d.wait_exit(common::PATIENCE);
 }
 
 // ---- the Vulkan build on lavapipe -------------------------------------------------------
@@ -614,7 +614,7 @@ fn vulkan_on_lavapipe_takes_the_gpu_layers_asked_for() {
         );
         common::daemon::write_by_rename(&d.spec, &d.spec_text_with_server(&models, &server));
         d.wait_status(&format!("v ready with gpu_layers {gpu_layers}"), |s| {
-            state(&s, "v") == Some(State::Ready) && log.is_file()
+            state(s, "v") == Some(State::Ready) && log.is_file()
         });
         let answer = chat(&d, "v");
         assert!(
@@ -653,5 +653,5 @@ fn vulkan_on_lavapipe_takes_the_gpu_layers_asked_for() {
         );
     }
     d.signal("TERM");
-    d.wait_exit(std::time::Duration::from_secs(30));
+    d.wait_exit(common::PATIENCE);
 }

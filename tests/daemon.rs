@@ -67,7 +67,7 @@ fn starts_every_model_and_the_status_shows_it() {
     }
     assert_eq!(s.models["b"].aliases[0], "bee");
     assert_eq!(s.daemon.generation, 1);
-    assert_eq!(s.daemon.last_reload.as_ref().unwrap().ok, true);
+    assert!(s.daemon.last_reload.as_ref().unwrap().ok);
     assert!(s.daemon.spec.ends_with("models.yaml"));
     // The child really serves on the port the status names.
     let port = s.models["a"].port.unwrap();
@@ -117,7 +117,7 @@ fn rename_save_and_truncate_save_restart_only_the_changed_model() {
     write_by_rename(&d.spec, &d.spec_text("  a:\n    model: a.gguf\n  b:\n    model: b.gguf\n    aliases: [bee]\n    ctx_size: 128\n"));
     let s = d.wait_status("b restarted", |s| {
         s.daemon.generation == 2
-            && state(&s, "b") == Some(State::Ready)
+            && state(s, "b") == Some(State::Ready)
             && s.models["b"].pid != Some(b0)
     });
     assert_eq!(Daemon::pid(&s, "a"), a0, "a was not touched");
@@ -133,7 +133,7 @@ fn rename_save_and_truncate_save_restart_only_the_changed_model() {
     write_by_truncate(&d.spec, &d.spec_text("  a:\n    model: a.gguf\n    ctx_size: 128\n  b:\n    model: b.gguf\n    aliases: [bee]\n    ctx_size: 128\n"));
     let s = d.wait_status("a restarted", |s| {
         s.daemon.generation == 3
-            && state(&s, "a") == Some(State::Ready)
+            && state(s, "a") == Some(State::Ready)
             && s.models["a"].pid != Some(a0)
     });
     assert_eq!(
@@ -212,14 +212,14 @@ fn a_child_killed_with_sigkill_is_restarted() {
     let pid = Daemon::pid(&s, "a");
     common::daemon::kill("KILL", pid);
     let s = d.wait_status("a restarted", |s| {
-        state(&s, "a") == Some(State::Ready) && s.models["a"].pid != Some(pid)
+        state(s, "a") == Some(State::Ready) && s.models["a"].pid != Some(pid)
     });
     assert_eq!(s.models["a"].restarts, 1);
     assert!(
         s.models["a"].last_error.is_none(),
         "a healthy restart clears the error"
     );
-    eventually(Duration::from_secs(5), "the crash is logged", || {
+    eventually(common::PATIENCE, "the crash is logged", || {
         d.log().contains("exited unexpectedly").then_some(())
     });
 }
@@ -237,14 +237,12 @@ fn a_child_that_never_becomes_ready_times_out_fails_and_backs_off() {
     write_by_rename(&d.spec, &spec);
     // First a timeout and a backoff...
     let s = d.wait_status("stuck backing off", |s| {
-        state(&s, "stuck") == Some(State::Backoff)
+        state(s, "stuck") == Some(State::Backoff)
     });
     let e = s.models["stuck"].last_error.as_deref().unwrap();
     assert!(e.contains("not ready within 1s"), "{e}");
     // ...then, after repeated failures, `failed` (the default policy: 5 in a row).
-    let s = d.wait_status("stuck failed", |s| {
-        state(&s, "stuck") == Some(State::Failed)
-    });
+    let s = d.wait_status("stuck failed", |s| state(s, "stuck") == Some(State::Failed));
     assert!(s.models["stuck"].restarts >= 5);
     // a was restarted by the binary change but is otherwise unaffected.
     assert_eq!(s.models["a"].state, State::Ready);
@@ -262,21 +260,17 @@ fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
     );
     write_by_rename(&d.spec, &spec);
     let s = d.wait_status("the stubborn fake starting", |s| {
-        state(&s, "a") == Some(State::Starting) && s.daemon.generation == 2
+        state(s, "a") == Some(State::Starting) && s.daemon.generation == 2
     });
     let stubborn = Daemon::pid(&s, "a");
     // Remove it: SIGTERM is ignored, so SIGKILL must follow after 1 s.
     write_by_rename(&d.spec, &d.spec_text("  b:\n    model: a.gguf\n"));
-    eventually(
-        Duration::from_secs(15),
-        "the stubborn process is gone",
-        || (!pid_alive(stubborn)).then_some(()),
-    );
-    eventually(
-        Duration::from_secs(15),
-        "the daemon reports the SIGKILL",
-        || d.log().contains("ignored SIGTERM").then_some(()),
-    );
+    eventually(common::PATIENCE, "the stubborn process is gone", || {
+        (!pid_alive(stubborn)).then_some(())
+    });
+    eventually(common::PATIENCE, "the daemon reports the SIGKILL", || {
+        d.log().contains("ignored SIGTERM").then_some(())
+    });
 }
 
 #[test]
@@ -288,7 +282,7 @@ fn sigterm_to_the_daemon_leaves_no_llama_server_behind() {
     let pids = [Daemon::pid(&s, "a"), Daemon::pid(&s, "b")];
     d.signal("TERM");
     assert_eq!(
-        d.wait_exit(Duration::from_secs(30)),
+        d.wait_exit(common::PATIENCE),
         Some(0),
         "exits 0 after a graceful stop"
     );
@@ -306,10 +300,10 @@ fn sigkill_to_the_daemon_leaves_nothing_and_the_next_start_cleans_up() {
     let s = d.wait_ready(&["a", "b"]);
     let pids = [Daemon::pid(&s, "a"), Daemon::pid(&s, "b")];
     d.signal("KILL");
-    d.wait_exit(Duration::from_secs(5));
+    d.wait_exit(common::PATIENCE);
     // The parent-death signal stops the children.
     eventually(
-        Duration::from_secs(2),
+        common::PATIENCE,
         "no llama-server is left within 2 s",
         || d.children().is_empty().then_some(()),
     );
@@ -335,7 +329,7 @@ fn a_leftover_from_a_crashed_run_is_stopped_at_the_next_start() {
     d.wait_ready(&["a"]);
     let mut d = d;
     d.signal("TERM");
-    d.wait_exit(Duration::from_secs(30));
+    d.wait_exit(common::PATIENCE);
     let port = common::daemon::free_port();
     let mut orphan =
         std::process::Command::new(common::llama_server().expect("ROCM_LLM_LLAMA_SERVER"))
@@ -370,7 +364,7 @@ fn a_leftover_from_a_crashed_run_is_stopped_at_the_next_start() {
         .unwrap();
     d.spawn();
     d.wait_ready(&["a"]);
-    eventually(Duration::from_secs(10), "the orphan is reaped", || {
+    eventually(common::PATIENCE, "the orphan is reaped", || {
         orphan.try_wait().unwrap().map(|_| ())
     });
     assert!(
@@ -409,7 +403,7 @@ fn fifty_rapid_edits_converge_to_the_last_with_never_two_instances_of_a_model() 
         cmdline.contains(&format!("--ctx-size {last_ctx} "))
     };
     let s = d.wait_status("converged on the last edit", |s| {
-        state(&s, "a") == Some(State::Ready) && s.models["a"].pid.is_some_and(has_last)
+        state(s, "a") == Some(State::Ready) && s.models["a"].pid.is_some_and(has_last)
     });
     assert!(
         s.daemon.generation > 2,
@@ -460,7 +454,7 @@ fn systemd_hears_ready_reloading_and_stopping_and_sighup_reloads() {
         d.signal("TERM");
         let stopping = recv();
         assert!(stopping.contains("STOPPING=1"), "{stopping}");
-        assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
+        assert_eq!(d.wait_exit(common::PATIENCE), Some(0));
     });
 }
 
@@ -530,7 +524,7 @@ fn an_invalid_spec_at_start_runs_nothing_until_a_valid_save() {
     d.write_spec("  a:\n    model: a.gguf\n");
     d.wait_ready(&["a"]);
     d.signal("TERM");
-    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(d.wait_exit(common::PATIENCE), Some(0));
 }
 
 #[test]
@@ -547,7 +541,7 @@ fn a_client_that_hangs_up_while_waiting_leaves_the_queue() {
     );
     write_by_rename(&d.spec, &spec);
     d.wait_status("stuck starting", |s| {
-        state(&s, "stuck") == Some(State::Starting)
+        state(s, "stuck") == Some(State::Starting)
     });
     let client = d.send_chat("stuck");
     d.wait_status("the request queued", |s| s.models["stuck"].waiting == 1);
@@ -564,7 +558,7 @@ fn restart_never_keeps_a_dead_model_down_and_requests_hear_why() {
     let s = d.wait_ready(&["a"]);
     let pid = Daemon::pid(&s, "a");
     common::daemon::kill("KILL", pid);
-    let s = d.wait_status("a down", |s| state(&s, "a") == Some(State::Idle));
+    let s = d.wait_status("a down", |s| state(s, "a") == Some(State::Idle));
     assert!(
         s.models["a"]
             .last_error
@@ -611,7 +605,7 @@ fn a_blue_green_replacement_that_fails_leaves_the_old_instance_serving_and_is_re
     // Fixing the spec replaces it.
     d.write_spec("  a:\n    model: a.gguf\n    swap: blue_green\n    ctx_size: 128\n");
     let s = d.wait_status("the fixed replacement serving", |s| {
-        state(&s, "a") == Some(State::Ready) && s.models["a"].pid != Some(pid)
+        state(s, "a") == Some(State::Ready) && s.models["a"].pid != Some(pid)
     });
     assert_eq!(s.models["a"].launch_id, s.models["a"].target_launch_id);
     assert!(s.models["a"].last_error.is_none());

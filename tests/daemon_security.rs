@@ -89,7 +89,7 @@ fn leftover_reaping_never_stops_a_process_that_is_not_a_llama_server() {
     };
     d.wait_ready(&["a"]);
     d.signal("TERM");
-    d.wait_exit(Duration::from_secs(30));
+    d.wait_exit(common::PATIENCE);
     // Anyone who can write the state directory can name any process: its
     // pid and start time are public in /proc.
     let mut bystander = std::process::Command::new("sleep")

@@ -312,14 +312,12 @@ async fn a_stopped_child_is_replaced_and_its_stream_ends_with_an_error() {
     assert!(a.restarts >= 1, "{a:#?}");
     assert!(a.cut >= 1, "the frozen stream was not counted: {a:#?}");
     // The frozen process was reaped, not left stopped.
-    let deadline = Instant::now() + PATIENCE;
-    while alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "the stopped child {pid} is still there"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually_async(
+        PATIENCE,
+        &format!("the stopped child {pid} is gone"),
+        || async { !alive(pid) },
+    )
+    .await;
     // The replacement serves.
     assert_serves(&d).await;
     d.stop().await;
@@ -333,7 +331,7 @@ async fn a_busy_child_answers_health_and_is_never_replaced() {
     // Aggressive probes, and more concurrent long streams than slots.
     let d = Daemon::start(server, &liveness_spec(16384)).await;
     let s = d.wait_state("a", State::Ready).await;
-    let pid = s.models["a"].pid.clone();
+    let pid = s.models["a"].pid;
     let port = s.models["a"].port.unwrap();
     let clients: Vec<_> = (0..8)
         .map(|_| {
@@ -365,6 +363,7 @@ async fn a_busy_child_answers_health_and_is_never_replaced() {
         if h.is_ok_and(|r| r.status() == StatusCode::OK) {
             answered += 1;
         }
+        // The sampling rate of the probe, not a wait for anything.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for c in clients {
@@ -541,7 +540,7 @@ async fn an_unreadable_spec_changes_nothing_and_says_so() {
     };
     let d = Daemon::start(server, ONE_TINY).await;
     let s = d.wait_state("a", State::Ready).await;
-    let pid = s.models["a"].pid.clone();
+    let pid = s.models["a"].pid;
     let original = std::fs::read(&d.spec_path).unwrap();
     // Root reads any file whatever its mode, so the unreadable spec here is
     // a directory in its place: the same read error path as EACCES.

@@ -95,13 +95,13 @@ fn across_reload(
     // Let the hammer succeed a while under the old table, so a test that
     // never reached the endpoint cannot pass.
     eventually(
-        Duration::from_secs(20),
+        common::PATIENCE,
         "a request succeeds before the edit",
         || (status_of(&d.listen, "/v1/models", bearer) == 200).then_some(()),
     );
     edit();
     eventually(
-        Duration::from_secs(30),
+        common::PATIENCE,
         "the status API takes the new key and refuses the hammer's",
         || {
             (status_of(&d.control, "/status", Some(new_key)) == 200
@@ -189,7 +189,7 @@ fn no_request_succeeds_with_the_old_key_once_a_reload_changes_it() {
         )
     };
     write_by_rename(&d.spec, &with_key(&old));
-    eventually(Duration::from_secs(30), "the old key is in force", || {
+    eventually(common::PATIENCE, "the old key is in force", || {
         (status_of(&d.control, "/status", Some("old-key")) == 200
             && status_of(&d.control, "/status", None) == 401)
             .then_some(())

@@ -40,6 +40,8 @@ fn used_file(roots: &ProbeRoots) -> PathBuf {
 /// Writes `text` to `path` after `delay`, atomically (as sysfs changes).
 fn later(path: PathBuf, text: String, delay: Duration) -> std::thread::JoinHandle<Instant> {
     std::thread::spawn(move || {
+        // The behaviour under test: the figure changes while the waiter
+        // polls, not before it starts.
         std::thread::sleep(delay);
         let tmp = path.with_extension("new");
         std::fs::write(&tmp, text).unwrap();
@@ -128,6 +130,7 @@ async fn without_a_device_reading_the_kfd_entry_decides() {
     let gone = {
         let kfd = kfd.clone();
         std::thread::spawn(move || {
+            // The behaviour under test: KFD lets go while the waiter polls.
             std::thread::sleep(Duration::from_millis(200));
             // Taken before the removal begins: the waiter cannot see it
             // gone any earlier.

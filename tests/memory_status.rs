@@ -186,5 +186,5 @@ fn status_shows_the_estimate_per_device_on_vulkan() {
         measured["Vulkan0"].compute
     );
     d.signal("TERM");
-    d.wait_exit(std::time::Duration::from_secs(30));
+    d.wait_exit(common::PATIENCE);
 }

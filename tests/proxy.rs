@@ -344,14 +344,10 @@ async fn streams_chunk_by_chunk_and_a_client_disconnect_cancels_upstream() {
 
     // llama-server notices and cancels the task: its slot goes idle long
     // before 1900 tokens would be done, and it logs the cancellation.
-    let deadline = Instant::now() + PATIENCE;
-    while slots_processing(&d, "a").await {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream generation was not cancelled"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_async(PATIENCE, "the upstream generation is cancelled", || async {
+        !slots_processing(&d, "a").await
+    })
+    .await;
     let s = d
         .wait_for("llama-server to log the cancellation", |s| {
             s.models["a"]
@@ -382,20 +378,17 @@ async fn streams_chunk_by_chunk_and_a_client_disconnect_cancels_upstream() {
         "the slot was released after {n} tokens: it ran to the end"
     );
 
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually_async(PATIENCE, "the disconnect is counted", || async {
         let m = metrics(&d).await;
         if m.contains("rocm_llm_proxy_client_disconnects_total{model=\"a\"} 1")
             && m.contains("rocm_llm_proxy_in_flight{model=\"a\"} 0")
         {
-            break;
+            Ok(())
+        } else {
+            Err(m)
         }
-        assert!(
-            Instant::now() < deadline,
-            "the disconnect was not counted:\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let s = d.status().await.unwrap();
     assert_eq!(s.models["a"].in_flight, 0, "the lease was released");
     d.stop().await;
@@ -653,11 +646,10 @@ async fn the_api_key_guards_the_proxy_and_the_status_api() {
         "parallel: 1\nmodels",
         "parallel: 1\n  queue_length: 10\nmodels",
     ));
-    let deadline = Instant::now() + PATIENCE;
-    while status("second-key").await.status() != StatusCode::OK {
-        assert!(Instant::now() < deadline, "the new key was never read");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_async(PATIENCE, "the new key is read", || async {
+        status("second-key").await.status() == StatusCode::OK
+    })
+    .await;
     assert_eq!(status("first-key").await.status(), StatusCode::UNAUTHORIZED);
     let r = with(
         "second-key",

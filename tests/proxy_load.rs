@@ -101,18 +101,15 @@ async fn load_during_swaps(mode: &str) {
 
     // Let the load build up, then replace `a` again and again under it.
     let start = Instant::now();
-    while tally.ok.load(Ordering::Relaxed) < CLIENTS {
-        assert!(
-            start.elapsed() < common::in_process::PATIENCE,
-            "the load never got going"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually_async(common::PATIENCE, "the load gets going", || async {
+        tally.ok.load(Ordering::Relaxed) >= CLIENTS
+    })
+    .await;
     let mut previous = d.status().await.unwrap().models["a"].clone();
     for generation in 1..=SWAPS {
         let before = tally.ok_a.load(Ordering::Relaxed);
         d.write_spec(&spec(mode, generation));
-        let old_pid = previous.pid.clone();
+        let old_pid = previous.pid;
         let old_launch = previous.launch_id.clone();
         let s = d
             .wait_for(&format!("swap {generation} ({mode}) of a"), |s| {
@@ -122,14 +119,12 @@ async fn load_during_swaps(mode: &str) {
             .await;
         previous = s.models["a"].clone();
         // Traffic flows through the new instance before the next swap.
-        let deadline = Instant::now() + common::in_process::PATIENCE;
-        while tally.ok_a.load(Ordering::Relaxed) < before + 50 {
-            assert!(
-                Instant::now() < deadline,
-                "no traffic reached a after swap {generation}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        common::eventually_async(
+            common::PATIENCE,
+            &format!("traffic reaches a after swap {generation}"),
+            || async { tally.ok_a.load(Ordering::Relaxed) >= before + 50 },
+        )
+        .await;
         eprintln!(
             "{mode}: swap {generation} done after {:?}, {} requests ok so far",
             start.elapsed(),

@@ -115,7 +115,7 @@ impl Browser {
                 .expect("spawn chromium"),
         );
         let port_file = profile.path().join("DevToolsActivePort");
-        let port: u16 = eventually(Duration::from_secs(60), "chromium's DevTools port", || {
+        let port: u16 = eventually(common::PATIENCE, "chromium's DevTools port", || {
             std::fs::read_to_string(&port_file)
                 .ok()?
                 .lines()
@@ -124,7 +124,7 @@ impl Browser {
                 .ok()
         });
         let addr = format!("127.0.0.1:{port}");
-        let ws_url = eventually(Duration::from_secs(30), "chromium's page target", || {
+        let ws_url = eventually(common::PATIENCE, "chromium's page target", || {
             // DevTools' HTTP answers HTTP/1.1 only.
             let (code, body) = request(&addr, "GET", "/json/list", &[], "");
             let list: Value = serde_json::from_str(&body).ok().filter(|_| code == 200)?;
@@ -195,18 +195,17 @@ impl Browser {
 
     /// Polls `expression` until it is truthy; returns its value.
     fn wait_js(&mut self, within: Duration, what: &str, expression: &str) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
+        eventually(within, what, || {
             let v = self.eval(expression);
             if !(v.is_null() || v == false || v == "" || v == 0) {
-                return v;
+                Ok(v)
+            } else {
+                Err(format!(
+                    "page text:\n{}",
+                    self.eval("document.body.innerText")
+                ))
             }
-            if Instant::now() > deadline {
-                let body = self.eval("document.body.innerText");
-                panic!("not within {within:?}: {what}\npage text:\n{body}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 
     fn screenshot(&mut self) -> Vec<u8> {
@@ -390,9 +389,9 @@ fn the_stop_button_stops_an_on_demand_model() {
     );
     b.eval("document.querySelector('tr[data-model=\"lazy\"] button[data-action=stop]').click()");
     d.wait_status("lazy stopped", |s| {
-        state(&s, "lazy") == Some(State::Idle) && s.models["lazy"].pid.is_none()
+        state(s, "lazy") == Some(State::Idle) && s.models["lazy"].pid.is_none()
     });
-    eventually(Duration::from_secs(30), "its llama-server exits", || {
+    eventually(common::PATIENCE, "its llama-server exits", || {
         (!pid_alive(pid)).then_some(())
     });
     b.wait_js(
@@ -676,7 +675,7 @@ fn load_progress_reads_a_real_llama_server() {
         .unwrap();
     let pid = i32::try_from(child.id()).unwrap();
     let mut readings = Vec::new();
-    let lines = eventually(Duration::from_secs(60), "the warm-up line", || {
+    let lines = eventually(common::PATIENCE, "the warm-up line", || {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         let lines: Vec<String> = text.lines().map(str::to_owned).collect();
         readings.push(rocm_llm::supervisor::progress::read(
@@ -933,7 +932,7 @@ fn watch(d: &Daemon) -> (Child, std::sync::Arc<std::sync::Mutex<String>>) {
 }
 
 fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    eventually(Duration::from_secs(10), what, || child.try_wait().unwrap())
+    eventually(common::PATIENCE, what, || child.try_wait().unwrap())
 }
 
 #[test]
@@ -947,20 +946,16 @@ fn status_watch_redraws_in_place_and_quits_on_q_or_ctrl_c() {
     };
     d.wait_status("lazy listed", |s| s.models.contains_key("lazy"));
     let (mut child, out) = watch(&d);
-    eventually(Duration::from_secs(30), "a frame with lazy idle", || {
+    eventually(common::PATIENCE, "a frame with lazy idle", || {
         let o = out.lock().unwrap();
         (o.contains("\x1b[H") && o.contains("lazy") && o.contains("idle")).then_some(())
     });
     assert_eq!(post_action(&d, "lazy", "start").0, 200);
-    eventually(
-        Duration::from_secs(60),
-        "a later frame with lazy ready",
-        || {
-            let o = out.lock().unwrap();
-            let last = o.rsplit("\x1b[H").next().unwrap_or("");
-            last.contains("ready").then_some(())
-        },
-    );
+    eventually(common::PATIENCE, "a later frame with lazy ready", || {
+        let o = out.lock().unwrap();
+        let last = o.rsplit("\x1b[H").next().unwrap_or("");
+        last.contains("ready").then_some(())
+    });
     child.stdin.as_mut().unwrap().write_all(b"q").unwrap();
     assert!(wait_exit(&mut child, "q quits").success());
     let o = out.lock().unwrap().clone();
@@ -971,7 +966,7 @@ fn status_watch_redraws_in_place_and_quits_on_q_or_ctrl_c() {
     assert!(o.contains("\x1b[K"), "erases line ends in place");
 
     let (mut child, out) = watch(&d);
-    eventually(Duration::from_secs(30), "a frame", || {
+    eventually(common::PATIENCE, "a frame", || {
         out.lock().unwrap().contains("lazy").then_some(())
     });
     common::daemon::kill("INT", i64::from(child.id()));
