@@ -17,6 +17,7 @@ pub mod gate;
 pub mod instance;
 pub mod leftovers;
 pub mod liveness;
+pub(crate) mod owner;
 pub mod logs;
 pub mod ports;
 pub mod process;
