@@ -67,6 +67,9 @@ pub struct ModelStatus {
     /// What the instance holds: as llama-server reported it, and as the
     /// GPU drivers see its process.
     pub memory: ModelMemory,
+    /// The processes the owner started (the last 32), with spawn and exit
+    /// times in seconds since the epoch.
+    pub launches: Vec<crate::supervisor::LaunchRecord>,
 }
 
 /// Measured memory of one model's instance.
@@ -136,6 +139,7 @@ fn model_status(
         cut: snap.cut,
         warnings: entry.handle.logs().warnings(),
         log: entry.handle.logs().tail_text(20),
+        launches: entry.handle.launches(),
     }
 }
 

@@ -25,7 +25,10 @@ pub mod readiness;
 
 pub use backoff::{Backoff, BackoffError, BackoffPolicy, Decision};
 pub use gate::{DrainOutcome, Gate, Lease};
-pub use instance::{AcquireError, InstanceHandle, InstanceSpec, Snapshot, State, start_instance};
+pub use instance::{
+    AcquireError, InstanceHandle, InstanceSpec, LaunchRecord, OperateError, OperatorAction, Snapshot,
+    State, start_instance,
+};
 pub use leftovers::{
     InstanceRecord, Leftover, LeftoverError, LeftoverOutcome, STATE_FILE_NAME, StateFile,
     reap_leftovers,

@@ -278,6 +278,7 @@ impl Core {
         &self.target
     }
 
+    #[cfg(test)]
     pub fn leaving(&self) -> &[Leaving] {
         &self.leaving
     }
@@ -324,6 +325,7 @@ impl Core {
     }
 
     /// Every process the phase holds (not those leaving).
+    #[cfg(test)]
     pub fn procs(&self) -> Vec<ProcId> {
         match &self.phase {
             Phase::Starting(p) => vec![p.id],
