@@ -32,8 +32,7 @@ use crate::proxy;
 use crate::spec::validate::{self, Context, Disk};
 use crate::spec::{DEFAULT_CONTROL, DEFAULT_LISTEN, Desired};
 use crate::supervisor::{
-    Backoff, BackoffPolicy, InstanceHandle, InstanceSpec, StateFile, reap_leftovers,
-    start_instance,
+    Backoff, BackoffPolicy, InstanceHandle, InstanceSpec, StateFile, reap_leftovers, start_instance,
 };
 use routes::{RouteEntry, Routes};
 use sdnotify::SdNotify;
@@ -407,7 +406,11 @@ impl Daemon {
     fn apply(&mut self, desired: &Desired) -> Vec<String> {
         // What each owner works towards is what was last applied, so a
         // replacement still loading is not planned a second time.
-        let observed = self.applied.as_ref().map(plan::observed).unwrap_or_default();
+        let observed = self
+            .applied
+            .as_ref()
+            .map(plan::observed)
+            .unwrap_or_default();
         let mut done = Vec::new();
         for action in plan::plan(desired, &observed) {
             let name = action.model.clone();

@@ -351,8 +351,9 @@ impl InstanceHandle {
                     }
                     State::Idle if s.stopped_by_operator => Some(AcquireError::Failed {
                         model: self.name.to_string(),
-                        reason: "it was stopped by the operator; start it again from the status page"
-                            .into(),
+                        reason:
+                            "it was stopped by the operator; start it again from the status page"
+                                .into(),
                     }),
                     // Down by its restart policy: say so instead of waiting.
                     State::Idle => Some(AcquireError::Failed {
@@ -644,7 +645,16 @@ impl Executor {
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
             let retired = match &event {
-                Event::Retired { proc, .. } => Some(*proc),
+                Event::Retired { proc, reaped, .. } => {
+                    if *reaped {
+                        self.record_exit(*proc);
+                    }
+                    Some(*proc)
+                }
+                Event::Exited { proc, .. } => {
+                    self.record_exit(*proc);
+                    None
+                }
                 _ => None,
             };
             let effects = self.core.step(event, Instant::now());
@@ -676,7 +686,7 @@ impl Executor {
                     Ok(child) => {
                         let pid = child.pid();
                         tracing::info!(model = %self.name, pid, port = child.port(), "starting llama-server");
-                        self.record_launch(pid, launch, spawned_at, &child);
+                        self.record_launch(pid, launch, spawned_at);
                         self.children.insert(
                             proc,
                             Running {
@@ -799,15 +809,8 @@ impl Executor {
         }
     }
 
-    /// Notes the spawn in the launch history, and its exit once the reaper
-    /// has seen it.
-    fn record_launch(
-        &self,
-        pid: i32,
-        launch_id: LaunchId,
-        spawned_at: SystemTime,
-        child: &Arc<dyn Child>,
-    ) {
+    /// Notes the spawn in the launch history.
+    fn record_launch(&self, pid: i32, launch_id: LaunchId, spawned_at: SystemTime) {
         {
             let mut history = self.launches.lock().unwrap_or_else(PoisonError::into_inner);
             if history.len() == LAUNCH_HISTORY {
@@ -820,20 +823,24 @@ impl Executor {
                 exited_at: None,
             });
         }
-        let exit = child.wait_exit();
-        let history = Arc::clone(&self.launches);
-        tokio::spawn(async move {
-            exit.await;
-            let at = epoch_secs(SystemTime::now());
-            let mut history = history.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(r) = history
-                .iter_mut()
-                .rev()
-                .find(|r| r.pid == pid && r.exited_at.is_none())
-            {
-                r.exited_at = Some(at);
-            }
-        });
+    }
+
+    /// Notes in the launch history that `proc` has been reaped. Called when
+    /// its exit or retirement is handled, before anything new can spawn, so
+    /// the record never shows a gap that was not there.
+    fn record_exit(&self, proc: ProcId) {
+        let Some(pid) = self.children.get(&proc).map(|r| r.child.pid()) else {
+            return;
+        };
+        let at = epoch_secs(SystemTime::now());
+        let mut history = self.launches.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(r) = history
+            .iter_mut()
+            .rev()
+            .find(|r| r.pid == pid && r.exited_at.is_none())
+        {
+            r.exited_at = Some(at);
+        }
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -851,7 +858,8 @@ impl Executor {
         Snapshot {
             state: State::of(core.phase()),
             serving,
-            launch_id: current.map_or_else(|| core.target().launch.clone(), |(p, _)| p.launch.clone()),
+            launch_id: current
+                .map_or_else(|| core.target().launch.clone(), |(p, _)| p.launch.clone()),
             target_launch_id: core.target().launch.clone(),
             pid: current.map(|(_, r)| r.child.pid()),
             port: current.map(|(_, r)| r.child.port()),

@@ -17,8 +17,8 @@ pub mod gate;
 pub mod instance;
 pub mod leftovers;
 pub mod liveness;
-pub(crate) mod owner;
 pub mod logs;
+pub(crate) mod owner;
 pub mod ports;
 pub mod process;
 pub mod readiness;
@@ -26,8 +26,8 @@ pub mod readiness;
 pub use backoff::{Backoff, BackoffError, BackoffPolicy, Decision};
 pub use gate::{DrainOutcome, Gate, Lease};
 pub use instance::{
-    AcquireError, InstanceHandle, InstanceSpec, LaunchRecord, OperateError, OperatorAction, Snapshot,
-    State, start_instance,
+    AcquireError, InstanceHandle, InstanceSpec, LaunchRecord, OperateError, OperatorAction,
+    Snapshot, State, start_instance,
 };
 pub use leftovers::{
     InstanceRecord, Leftover, LeftoverError, LeftoverOutcome, STATE_FILE_NAME, StateFile,

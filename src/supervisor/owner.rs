@@ -103,7 +103,10 @@ pub(crate) enum Event {
         result: Result<Duration, ReadyFailure>,
     },
     /// A watched process ([`Effect::Watch`]) exited by itself.
-    Exited { proc: ProcId, status: ExitStatus },
+    Exited {
+        proc: ProcId,
+        status: ExitStatus,
+    },
     /// A retired process ([`Effect::Retire`]) was drained and stopped.
     Retired {
         proc: ProcId,
@@ -118,7 +121,10 @@ pub(crate) enum Event {
         probe: liveness::Probe,
     },
     /// The answer to [`Effect::MeasureIdle`].
-    IdleFor { proc: ProcId, idle: Duration },
+    IdleFor {
+        proc: ProcId,
+        idle: Duration,
+    },
     /// [`Core::deadline`] has passed.
     Timeout,
 }
@@ -180,10 +186,14 @@ pub(crate) enum Down {
 pub(crate) enum Replacement {
     None,
     /// To be started once a stale replacement has gone.
-    Waiting { bind_retries: u32 },
+    Waiting {
+        bind_retries: u32,
+    },
     Loading(Proc),
     /// The last one failed; try again at `until`.
-    Backoff { until: Instant },
+    Backoff {
+        until: Instant,
+    },
 }
 
 /// What the owner is doing. Each phase carries the processes it is about.
@@ -192,7 +202,10 @@ pub(crate) enum Phase {
     Idle(Down),
     /// A start waits for this model's other processes to be gone. `swap`:
     /// it replaces an earlier one (shown as swapping, not starting).
-    Waiting { swap: bool, bind_retries: u32 },
+    Waiting {
+        swap: bool,
+        bind_retries: u32,
+    },
     Starting(Proc),
     Ready {
         serving: Proc,
@@ -203,7 +216,10 @@ pub(crate) enum Phase {
     },
     /// A start failed or the process died; start again at `until`.
     /// `failed`: it failed too often in a row.
-    Backoff { until: Instant, failed: bool },
+    Backoff {
+        until: Instant,
+        failed: bool,
+    },
     /// Shutting down: waiting for every process to be gone.
     Stopping,
     Stopped,
@@ -496,10 +512,7 @@ impl Core {
 
     fn retire_within(&mut self, p: Proc, drain: Duration, fx: &mut Vec<Effect>) {
         self.leaving.push(Leaving::Proc(p.id));
-        fx.push(Effect::Retire {
-            proc: p.id,
-            drain,
-        });
+        fx.push(Effect::Retire { proc: p.id, drain });
     }
 
     /// Retires every process `phase` holds.

@@ -139,7 +139,10 @@ async fn operator_stop_holds_an_always_on_model_down_until_start() {
     until(&h, "ready again", |s| s.state == State::Ready).await;
     assert!(h.acquire().await.is_ok());
     h.operate(OperatorAction::Restart).await.unwrap();
-    until(&h, "restarted", |s| s.state == State::Ready && s.pid == Some(102)).await;
+    until(&h, "restarted", |s| {
+        s.state == State::Ready && s.pid == Some(102)
+    })
+    .await;
     h.shutdown().await;
     assert_eq!(
         h.operate(OperatorAction::Start).await,
@@ -147,7 +150,10 @@ async fn operator_stop_holds_an_always_on_model_down_until_start() {
     );
     assert_eq!(fake.most.load(Ordering::SeqCst), 1, "never two at once");
     let launches = h.launches();
-    assert_eq!(launches.iter().map(|l| l.pid).collect::<Vec<_>>(), [100, 101, 102]);
+    assert_eq!(
+        launches.iter().map(|l| l.pid).collect::<Vec<_>>(),
+        [100, 101, 102]
+    );
     for pair in launches.windows(2) {
         let ended = pair[0].exited_at.expect("an earlier one has exited");
         assert!(ended <= pair[1].spawned_at, "{pair:?}");
@@ -162,7 +168,10 @@ async fn a_request_starts_an_on_demand_model_and_stop_returns_it_to_idle() {
     drop(lease);
     h.operate(OperatorAction::Stop).await.unwrap();
     let s = until(&h, "idle", |s| s.state == State::Idle).await;
-    assert!(!s.stopped_by_operator, "on demand: the next request starts it");
+    assert!(
+        !s.stopped_by_operator,
+        "on demand: the next request starts it"
+    );
     assert!(h.acquire().await.is_ok());
     assert_eq!(fake.next_pid.load(Ordering::SeqCst), 2);
     h.shutdown().await;
@@ -177,7 +186,10 @@ async fn an_edit_replaces_and_a_settings_change_restarts_nothing() {
     let s = until(&h, "new settings", |s| s.queue_length == 3).await;
     assert_eq!(s.pid, first.pid);
     h.replace(spec("    ctx_size: 64\n    queue_length: 3\n"));
-    let s = until(&h, "replaced", |s| s.state == State::Ready && s.pid != first.pid).await;
+    let s = until(&h, "replaced", |s| {
+        s.state == State::Ready && s.pid != first.pid
+    })
+    .await;
     assert_eq!(s.launch_id, s.target_launch_id);
     assert_ne!(s.launch_id, first.launch_id);
     assert_eq!(fake.most.load(Ordering::SeqCst), 1);

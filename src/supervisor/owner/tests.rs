@@ -194,7 +194,10 @@ fn render_phase(core: &Core, t0: Instant) -> String {
             until,
             failed: false,
         } => format!("backoff@{}", at(until)),
-        Phase::Backoff { until, failed: true } => format!("failed@{}", at(until)),
+        Phase::Backoff {
+            until,
+            failed: true,
+        } => format!("failed@{}", at(until)),
         Phase::Stopping => "stopping".into(),
         Phase::Stopped => "stopped".into(),
     };
@@ -259,7 +262,12 @@ thread_local! {
 
 fn assert_no_failures() {
     let failures = FAILURES.with(|f| std::mem::take(&mut *f.borrow_mut()));
-    assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 #[test]
@@ -269,82 +277,246 @@ fn transitions() {
     check("on_demand", "", " => idle");
     check("pred", "pred_gone", " | spawn 1@a => starting 1");
     check("pred", "shutdown; pred_gone", " |  | end => stopped");
-    check("", "spawned 1; ready 1", "spawn 1@a | record 1, wait 1 | watch 1 => ready 1");
+    check(
+        "",
+        "spawned 1; ready 1",
+        "spawn 1@a | record 1, wait 1 | watch 1 => ready 1",
+    );
     // A failed spawn (the file went away) backs off; the retry comes at 1 s.
-    check("", "spawn_failed 1; at 1", "spawn 1@a |  | spawn 2@a => starting 2");
+    check(
+        "",
+        "spawn_failed 1; at 1",
+        "spawn 1@a |  | spawn 2@a => starting 2",
+    );
     // Not ready in time: stop it, back off, start again only once it is gone.
-    check("", "spawned 1; not_ready 1; at 1; retired 1", "spawn 1@a | record 1, wait 1 | stop 1 |  | forget 1, spawn 2@a => starting 2");
+    check(
+        "",
+        "spawned 1; not_ready 1; at 1; retired 1",
+        "spawn 1@a | record 1, wait 1 | stop 1 |  | forget 1, spawn 2@a => starting 2",
+    );
     // The chosen port is taken: retried on another at once, no backoff, once the failed one is reaped.
-    check("", "spawned 1; port_taken 1; retired 1; spawned 2; ready 2", "spawn 1@a | record 1, wait 1 | stop 1 | forget 1, spawn 2@a | record 2, wait 2 | watch 2 => ready 2");
+    check(
+        "",
+        "spawned 1; port_taken 1; retired 1; spawned 2; ready 2",
+        "spawn 1@a | record 1, wait 1 | stop 1 | forget 1, spawn 2@a | record 2, wait 2 | watch 2 => ready 2",
+    );
     // Three port races in a row are retried; the fourth counts as a failure.
-    check("", "spawned 1; port_taken 1; retired 1; spawned 2; port_taken 2; retired 2; spawned 3; port_taken 3; retired 3; spawned 4; port_taken 4", "spawn 1@a | record 1, wait 1 | stop 1 | forget 1, spawn 2@a | record 2, wait 2 | stop 2 | forget 2, spawn 3@a | record 3, wait 3 | stop 3 | forget 3, spawn 4@a | record 4, wait 4 | stop 4 => backoff@1s leaving 4");
+    check(
+        "",
+        "spawned 1; port_taken 1; retired 1; spawned 2; port_taken 2; retired 2; spawned 3; port_taken 3; retired 3; spawned 4; port_taken 4",
+        "spawn 1@a | record 1, wait 1 | stop 1 | forget 1, spawn 2@a | record 2, wait 2 | stop 2 | forget 2, spawn 3@a | record 3, wait 3 | stop 3 | forget 3, spawn 4@a | record 4, wait 4 | stop 4 => backoff@1s leaving 4",
+    );
     // Crashes back off exponentially: 1 s, then 2 s.
-    check("", "spawned 1; ready 1; exit 1 9; at 1; spawned 2; ready 2; exit 2 9", "spawn 1@a | record 1, wait 1 | watch 1 | forget 1 | spawn 2@a | record 2, wait 2 | watch 2 | forget 2 => backoff@3s");
+    check(
+        "",
+        "spawned 1; ready 1; exit 1 9; at 1; spawned 2; ready 2; exit 2 9",
+        "spawn 1@a | record 1, wait 1 | watch 1 | forget 1 | spawn 2@a | record 2, wait 2 | watch 2 | forget 2 => backoff@3s",
+    );
     // Ready for the healthy period (60 s) forgets the earlier failures.
-    check("", "spawned 1; ready 1; exit 1 9; at 1; spawned 2; ready 2; at 70; exit 2 9", "spawn 1@a | record 1, wait 1 | watch 1 | forget 1 | spawn 2@a | record 2, wait 2 | watch 2 |  | forget 2 => backoff@71s");
+    check(
+        "",
+        "spawned 1; ready 1; exit 1 9; at 1; spawned 2; ready 2; at 70; exit 2 9",
+        "spawn 1@a | record 1, wait 1 | watch 1 | forget 1 | spawn 2@a | record 2, wait 2 | watch 2 |  | forget 2 => backoff@71s",
+    );
     // restart: never keeps it down; on_failure restarts only a failure.
-    check("never", "spawned 1; ready 1; exit 1 0", "spawn 1@a | record 1, wait 1 | watch 1 | forget 1 => down");
-    check("on_failure", "spawned 1; ready 1; exit 1 0", "spawn 1@a | record 1, wait 1 | watch 1 | forget 1 => down");
-    check("on_failure", "spawned 1; ready 1; exit 1 1", "spawn 1@a | record 1, wait 1 | watch 1 | forget 1 => backoff@1s");
+    check(
+        "never",
+        "spawned 1; ready 1; exit 1 0",
+        "spawn 1@a | record 1, wait 1 | watch 1 | forget 1 => down",
+    );
+    check(
+        "on_failure",
+        "spawned 1; ready 1; exit 1 0",
+        "spawn 1@a | record 1, wait 1 | watch 1 | forget 1 => down",
+    );
+    check(
+        "on_failure",
+        "spawned 1; ready 1; exit 1 1",
+        "spawn 1@a | record 1, wait 1 | watch 1 | forget 1 => backoff@1s",
+    );
     // A spec edit while down starts the new launch.
-    check("never", "spawned 1; ready 1; exit 1 0; replace b", "spawn 1@a | record 1, wait 1 | watch 1 | forget 1 | spawn 2@b => starting 2");
+    check(
+        "never",
+        "spawned 1; ready 1; exit 1 0; replace b",
+        "spawn 1@a | record 1, wait 1 | watch 1 | forget 1 | spawn 2@b => starting 2",
+    );
     // stop_first: the old one drains and goes before the new one starts.
-    check("", "spawned 1; ready 1; replace b; retired 1", "spawn 1@a | record 1, wait 1 | watch 1 | drain 1 | forget 1, spawn 2@b => starting 2");
+    check(
+        "",
+        "spawned 1; ready 1; replace b; retired 1",
+        "spawn 1@a | record 1, wait 1 | watch 1 | drain 1 | forget 1, spawn 2@b => starting 2",
+    );
     // An edit while the old launch still loads stops it at once.
-    check("", "spawned 1; replace b; retired 1", "spawn 1@a | record 1, wait 1 | stop 1 | forget 1, spawn 2@b => starting 2");
+    check(
+        "",
+        "spawned 1; replace b; retired 1",
+        "spawn 1@a | record 1, wait 1 | stop 1 | forget 1, spawn 2@b => starting 2",
+    );
     // A spec edit during backoff starts at once, with fresh failures.
-    check("", "spawned 1; ready 1; exit 1 9; replace b", "spawn 1@a | record 1, wait 1 | watch 1 | forget 1 | spawn 2@b => starting 2");
+    check(
+        "",
+        "spawned 1; ready 1; exit 1 9; replace b",
+        "spawn 1@a | record 1, wait 1 | watch 1 | forget 1 | spawn 2@b => starting 2",
+    );
     // A report about a process already let go changes nothing.
-    check("", "spawned 1; replace b; ready 1; exit 1 0; alive 1", "spawn 1@a | record 1, wait 1 | stop 1 |  |  |  => swapping leaving 1");
+    check(
+        "",
+        "spawned 1; replace b; ready 1; exit 1 0; alive 1",
+        "spawn 1@a | record 1, wait 1 | stop 1 |  |  |  => swapping leaving 1",
+    );
     // blue_green: the replacement loads beside the serving one, then takes over.
-    check("blue_green", "spawned 1; ready 1; replace b; spawned 2; ready 2; retired 1", "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | drain 1, watch 2 | forget 1 => ready 2");
+    check(
+        "blue_green",
+        "spawned 1; ready 1; replace b; spawned 2; ready 2; retired 1",
+        "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | drain 1, watch 2 | forget 1 => ready 2",
+    );
     // A failed replacement leaves the old one serving and is retried after its backoff.
-    check("blue_green", "spawned 1; ready 1; replace b; spawned 2; not_ready 2; retired 2; at 1", "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | stop 2 | forget 2 | spawn 3@b => ready 1 +3");
+    check(
+        "blue_green",
+        "spawned 1; ready 1; replace b; spawned 2; not_ready 2; retired 2; at 1",
+        "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | stop 2 | forget 2 | spawn 3@b => ready 1 +3",
+    );
     // ...and after the spec changed again, the retry is of the newest launch, at once.
-    check("blue_green", "spawned 1; ready 1; replace b; spawned 2; not_ready 2; retired 2; replace c", "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | stop 2 | forget 2 | spawn 3@c => ready 1 +3");
+    check(
+        "blue_green",
+        "spawned 1; ready 1; replace b; spawned 2; not_ready 2; retired 2; replace c",
+        "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | stop 2 | forget 2 | spawn 3@c => ready 1 +3",
+    );
     // An edit while a replacement loads: that one goes first, then the newest loads.
-    check("blue_green", "spawned 1; ready 1; replace b; spawned 2; replace c; retired 2", "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | stop 2 | forget 2, spawn 3@c => ready 1 +3");
+    check(
+        "blue_green",
+        "spawned 1; ready 1; replace b; spawned 2; replace c; retired 2",
+        "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | stop 2 | forget 2, spawn 3@c => ready 1 +3",
+    );
     // Edited back to what serves: the replacement stops, nothing else does.
-    check("blue_green", "spawned 1; ready 1; replace b; spawned 2; replace a", "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | stop 2 => ready 1 leaving 2");
+    check(
+        "blue_green",
+        "spawned 1; ready 1; replace b; spawned 2; replace a",
+        "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | stop 2 => ready 1 leaving 2",
+    );
     // The serving one crashes while its replacement loads: both go, and it backs off.
-    check("blue_green", "spawned 1; ready 1; replace b; spawned 2; exit 1 9", "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | forget 1, stop 2 => backoff@1s leaving 2");
+    check(
+        "blue_green",
+        "spawned 1; ready 1; replace b; spawned 2; exit 1 9",
+        "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | forget 1, stop 2 => backoff@1s leaving 2",
+    );
     // Shutdown during a stop_first swap: nothing new starts.
-    check("", "spawned 1; ready 1; replace b; shutdown; retired 1", "spawn 1@a | record 1, wait 1 | watch 1 | drain 1 |  | forget 1, end => stopped");
+    check(
+        "",
+        "spawned 1; ready 1; replace b; shutdown; retired 1",
+        "spawn 1@a | record 1, wait 1 | watch 1 | drain 1 |  | forget 1, end => stopped",
+    );
     // Shutdown during a blue_green swap stops both.
-    check("blue_green", "spawned 1; ready 1; replace b; spawned 2; shutdown; retired 2; retired 1", "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | stop 2, drain 1 | forget 2 | forget 1, end => stopped");
+    check(
+        "blue_green",
+        "spawned 1; ready 1; replace b; spawned 2; shutdown; retired 2; retired 1",
+        "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | stop 2, drain 1 | forget 2 | forget 1, end => stopped",
+    );
     // Shutdown during backoff ends at once; a later edit is ignored.
-    check("", "spawn_failed 1; shutdown; replace b", "spawn 1@a |  | end |  => stopped");
+    check(
+        "",
+        "spawn_failed 1; shutdown; replace b",
+        "spawn 1@a |  | end |  => stopped",
+    );
     // A process that outlived SIGKILL stays in the state file.
-    check("", "spawned 1; ready 1; shutdown; unreaped 1", "spawn 1@a | record 1, wait 1 | watch 1 | drain 1 | end => stopped");
+    check(
+        "",
+        "spawned 1; ready 1; shutdown; unreaped 1",
+        "spawn 1@a | record 1, wait 1 | watch 1 | drain 1 | end => stopped",
+    );
     // On demand: a request starts it.
-    check("on_demand", "demand; spawned 1; ready 1", " | spawn 1@a | record 1, wait 1 | watch 1 => ready 1");
+    check(
+        "on_demand",
+        "demand; spawned 1; ready 1",
+        " | spawn 1@a | record 1, wait 1 | watch 1 => ready 1",
+    );
     // Idle for idle_timeout: drained and stopped; the check comes idle_timeout after the spawn.
-    check("on_demand idle=60", "demand; spawned 1; ready 1; at 59; idle 1 60; retired 1", " | spawn 1@a | record 1, wait 1 | watch 1 | measure 1 | drain 1 | forget 1 => idle");
+    check(
+        "on_demand idle=60",
+        "demand; spawned 1; ready 1; at 59; idle 1 60; retired 1",
+        " | spawn 1@a | record 1, wait 1 | watch 1 | measure 1 | drain 1 | forget 1 => idle",
+    );
     // Used recently: looked at again when it could be idle.
-    check("on_demand idle=60", "demand; spawned 1; ready 1; at 59; idle 1 20", " | spawn 1@a | record 1, wait 1 | watch 1 | measure 1 |  => ready 1 idle?@99s");
+    check(
+        "on_demand idle=60",
+        "demand; spawned 1; ready 1; at 59; idle 1 20",
+        " | spawn 1@a | record 1, wait 1 | watch 1 | measure 1 |  => ready 1 idle?@99s",
+    );
     // Idle while a replacement loads: not stopped.
-    check("on_demand idle=60 blue_green", "demand; spawned 1; ready 1; replace b; spawned 2; at 59; idle 1 60", " | spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | measure 1 |  => ready 1 +2 idle?@119s");
+    check(
+        "on_demand idle=60 blue_green",
+        "demand; spawned 1; ready 1; replace b; spawned 2; at 59; idle 1 60",
+        " | spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | measure 1 |  => ready 1 +2 idle?@119s",
+    );
     // A demand while the idle one is still stopping waits for it to go.
-    check("on_demand idle=60", "demand; spawned 1; ready 1; at 59; idle 1 60; demand; retired 1", " | spawn 1@a | record 1, wait 1 | watch 1 | measure 1 | drain 1 |  | forget 1, spawn 2@a => starting 2");
+    check(
+        "on_demand idle=60",
+        "demand; spawned 1; ready 1; at 59; idle 1 60; demand; retired 1",
+        " | spawn 1@a | record 1, wait 1 | watch 1 | measure 1 | drain 1 |  | forget 1, spawn 2@a => starting 2",
+    );
     // Settings only: an on-demand model made always-on starts; an idle timeout is looked at at once.
-    check("on_demand", "settings_always_on", " | spawn 1@a => starting 1");
-    check("on_demand idle=60", "demand; spawned 1; ready 1; settings", " | spawn 1@a | record 1, wait 1 | watch 1 |  => ready 1 idle?@0s");
+    check(
+        "on_demand",
+        "settings_always_on",
+        " | spawn 1@a => starting 1",
+    );
+    check(
+        "on_demand idle=60",
+        "demand; spawned 1; ready 1; settings",
+        " | spawn 1@a | record 1, wait 1 | watch 1 |  => ready 1 idle?@0s",
+    );
     // Liveness: two failed probes with no CPU progress replace it, cutting its requests.
-    check("", "spawned 1; ready 1; hung 1; alive 1; hung 1; hung 1; at 1; retired 1", "spawn 1@a | record 1, wait 1 | watch 1 |  |  |  | stop 1 |  | forget 1, spawn 2@a => starting 2");
+    check(
+        "",
+        "spawned 1; ready 1; hung 1; alive 1; hung 1; hung 1; at 1; retired 1",
+        "spawn 1@a | record 1, wait 1 | watch 1 |  |  |  | stop 1 |  | forget 1, spawn 2@a => starting 2",
+    );
     // Operator: stop holds an always-on model down until start.
-    check("", "spawned 1; ready 1; op_stop; retired 1; op_start", "spawn 1@a | record 1, wait 1 | watch 1 | drain 1, ok | forget 1 | spawn 2@a, ok => starting 2");
-    check("", "spawned 1; ready 1; op_stop; demand", "spawn 1@a | record 1, wait 1 | watch 1 | drain 1, ok |  => held leaving 1");
+    check(
+        "",
+        "spawned 1; ready 1; op_stop; retired 1; op_start",
+        "spawn 1@a | record 1, wait 1 | watch 1 | drain 1, ok | forget 1 | spawn 2@a, ok => starting 2",
+    );
+    check(
+        "",
+        "spawned 1; ready 1; op_stop; demand",
+        "spawn 1@a | record 1, wait 1 | watch 1 | drain 1, ok |  => held leaving 1",
+    );
     // ...an on-demand one returns to idle, and its next request starts it.
-    check("on_demand", "demand; spawned 1; ready 1; op_stop; retired 1; demand", " | spawn 1@a | record 1, wait 1 | watch 1 | drain 1, ok | forget 1 | spawn 2@a => starting 2");
+    check(
+        "on_demand",
+        "demand; spawned 1; ready 1; op_stop; retired 1; demand",
+        " | spawn 1@a | record 1, wait 1 | watch 1 | drain 1, ok | forget 1 | spawn 2@a => starting 2",
+    );
     // Restart drains, then starts once the old one is gone.
-    check("", "spawned 1; ready 1; op_restart; retired 1", "spawn 1@a | record 1, wait 1 | watch 1 | drain 1, ok | forget 1, spawn 2@a => starting 2");
+    check(
+        "",
+        "spawned 1; ready 1; op_restart; retired 1",
+        "spawn 1@a | record 1, wait 1 | watch 1 | drain 1, ok | forget 1, spawn 2@a => starting 2",
+    );
     // Start skips the rest of a backoff; anything asked while stopping is refused.
-    check("", "spawn_failed 1; op_start", "spawn 1@a |  | spawn 2@a, ok => starting 2");
-    check("", "spawned 1; ready 1; shutdown; op_start", "spawn 1@a | record 1, wait 1 | watch 1 | drain 1 | gone => stopping leaving 1");
+    check(
+        "",
+        "spawn_failed 1; op_start",
+        "spawn 1@a |  | spawn 2@a, ok => starting 2",
+    );
+    check(
+        "",
+        "spawned 1; ready 1; shutdown; op_start",
+        "spawn 1@a | record 1, wait 1 | watch 1 | drain 1 | gone => stopping leaving 1",
+    );
     // Failed after five failures in a row, still retried at the longest delay.
-    check("", "spawn_failed 1; at 1; spawn_failed 2; at 3; spawn_failed 3; at 7; spawn_failed 4; at 15; spawn_failed 5", "spawn 1@a |  | spawn 2@a |  | spawn 3@a |  | spawn 4@a |  | spawn 5@a |  => failed@75s");
+    check(
+        "",
+        "spawn_failed 1; at 1; spawn_failed 2; at 3; spawn_failed 3; at 7; spawn_failed 4; at 15; spawn_failed 5",
+        "spawn 1@a |  | spawn 2@a |  | spawn 3@a |  | spawn 4@a |  | spawn 5@a |  => failed@75s",
+    );
     // swap edited to stop_first while a blue_green replacement waits to retry.
-    check("blue_green", "spawned 1; ready 1; replace b; spawned 2; not_ready 2; retired 2; replace_stop_first c; retired 1", "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | stop 2 | forget 2 | drain 1 | forget 1, spawn 3@c => starting 3");
+    check(
+        "blue_green",
+        "spawned 1; ready 1; replace b; spawned 2; not_ready 2; retired 2; replace_stop_first c; retired 1",
+        "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | record 2, wait 2 | stop 2 | forget 2 | drain 1 | forget 1, spawn 3@c => starting 3",
+    );
     assert_no_failures();
 }
 
@@ -447,35 +619,62 @@ struct World {
 }
 
 impl World {
-    fn perform(&mut self, effects: Vec<Effect>, core: &Core, swap: SwapStrategy) -> Result<(), String> {
+    fn perform(
+        &mut self,
+        effects: Vec<Effect>,
+        core: &Core,
+        swap: SwapStrategy,
+    ) -> Result<(), String> {
         for e in effects {
             match e {
                 Effect::Spawn { proc, launch } => {
                     if launch != core.target().launch {
-                        return Err(format!("spawned {launch}, not the target {}", core.target().launch));
+                        return Err(format!(
+                            "spawned {launch}, not the target {}",
+                            core.target().launch
+                        ));
                     }
-                    if self.live.len() >= match swap {
-                        SwapStrategy::BlueGreen => 2,
-                        SwapStrategy::StopFirst => 1,
-                    } {
-                        return Err(format!("spawned {proc} while {:?} live ({swap:?})", self.live));
+                    if self.live.len()
+                        >= match swap {
+                            SwapStrategy::BlueGreen => 2,
+                            SwapStrategy::StopFirst => 1,
+                        }
+                    {
+                        return Err(format!(
+                            "spawned {proc} while {:?} live ({swap:?})",
+                            self.live
+                        ));
                     }
                     if self.spawn_ok {
                         self.live.push(proc);
                         self.max_live = self.max_live.max(self.live.len());
-                        self.immediate.push(Event::Spawned { proc, result: Ok(1000 + i32::try_from(proc).unwrap()) });
+                        self.immediate.push(Event::Spawned {
+                            proc,
+                            result: Ok(1000 + i32::try_from(proc).unwrap()),
+                        });
                     } else {
-                        self.immediate.push(Event::Spawned { proc, result: Err("no".into()) });
+                        self.immediate.push(Event::Spawned {
+                            proc,
+                            result: Err("no".into()),
+                        });
                     }
                 }
                 Effect::WaitReady { proc, .. } => self.pending.push(Pending::Ready(proc)),
                 Effect::Watch { proc } => self.watched.push(proc),
                 Effect::Retire { proc, .. } => {
-                    self.pending.retain(|p| !matches!(p, Pending::Ready(r) if *r == proc));
+                    self.pending
+                        .retain(|p| !matches!(p, Pending::Ready(r) if *r == proc));
                     self.pending.push(Pending::Retired(proc));
                 }
-                Effect::MeasureIdle { proc } => self.immediate.push(Event::IdleFor { proc, idle: Duration::from_secs(3600) }),
-                Effect::Forget { .. } | Effect::Record { .. } | Effect::Reply(_) | Effect::Log(_) | Effect::Stopped => {}
+                Effect::MeasureIdle { proc } => self.immediate.push(Event::IdleFor {
+                    proc,
+                    idle: Duration::from_secs(3600),
+                }),
+                Effect::Forget { .. }
+                | Effect::Record { .. }
+                | Effect::Reply(_)
+                | Effect::Log(_)
+                | Effect::Stopped => {}
             }
         }
         Ok(())
@@ -487,7 +686,12 @@ impl World {
         let mut held = core.procs();
         held.sort_unstable();
         for p in &held {
-            if !self.live.contains(p) && !self.immediate.iter().any(|e| matches!(e, Event::Spawned { proc, .. } if proc == p)) {
+            if !self.live.contains(p)
+                && !self
+                    .immediate
+                    .iter()
+                    .any(|e| matches!(e, Event::Spawned { proc, .. } if proc == p))
+            {
                 return Err(format!("the phase holds {p}, which is not alive"));
             }
         }
@@ -504,15 +708,34 @@ fn run(steps: &[Step], opts: (bool, bool, bool, u8)) -> Result<(), String> {
     let mut lifecycle = Lifecycle {
         on_demand,
         idle_timeout: on_demand.then(|| Duration::from_secs(60)),
-        swap: if blue_green { SwapStrategy::BlueGreen } else { SwapStrategy::StopFirst },
-        restart: [RestartPolicy::Always, RestartPolicy::OnFailure, RestartPolicy::Never][usize::from(restart % 3)],
+        swap: if blue_green {
+            SwapStrategy::BlueGreen
+        } else {
+            SwapStrategy::StopFirst
+        },
+        restart: [
+            RestartPolicy::Always,
+            RestartPolicy::OnFailure,
+            RestartPolicy::Never,
+        ][usize::from(restart % 3)],
         ..Lifecycle::default()
     };
     lifecycle.liveness.failures = 1;
     let t0 = Instant::now();
     let mut now = t0;
-    let (mut core, first) = Core::new("m", Target { launch: LaunchId("l0".into()), lifecycle: lifecycle.clone() }, backoff(), predecessor);
-    let mut world = World { spawn_ok: true, ..World::default() };
+    let (mut core, first) = Core::new(
+        "m",
+        Target {
+            launch: LaunchId("l0".into()),
+            lifecycle: lifecycle.clone(),
+        },
+        backoff(),
+        predecessor,
+    );
+    let mut world = World {
+        spawn_ok: true,
+        ..World::default()
+    };
     if predecessor {
         world.pending.push(Pending::Predecessor);
     }
@@ -522,7 +745,12 @@ fn run(steps: &[Step], opts: (bool, bool, bool, u8)) -> Result<(), String> {
     let mut swap_bound = lifecycle.swap;
     world.perform(first, &core, swap_bound)?;
     let mut shut = false;
-    let deliver = |core: &mut Core, world: &mut World, ev: Event, now: Instant, bound: SwapStrategy| -> Result<(), String> {
+    let deliver = |core: &mut Core,
+                   world: &mut World,
+                   ev: Event,
+                   now: Instant,
+                   bound: SwapStrategy|
+     -> Result<(), String> {
         let fx = core.step(ev, now);
         world.perform(fx, core, bound)?;
         while !world.immediate.is_empty() {
@@ -532,22 +760,42 @@ fn run(steps: &[Step], opts: (bool, bool, bool, u8)) -> Result<(), String> {
         }
         world.check(core)
     };
-    for step in steps.iter().cloned().chain(std::iter::repeat_n(Step::Report(0, 0), 64)) {
+    for step in steps
+        .iter()
+        .cloned()
+        .chain(std::iter::repeat_n(Step::Report(0, 0), 64))
+    {
         let ev = match step {
             Step::Replace(l, bg) => {
-                lifecycle.swap = if bg { SwapStrategy::BlueGreen } else { SwapStrategy::StopFirst };
+                lifecycle.swap = if bg {
+                    SwapStrategy::BlueGreen
+                } else {
+                    SwapStrategy::StopFirst
+                };
                 if bg {
                     swap_bound = SwapStrategy::BlueGreen;
                 }
-                Event::Replace(Target { launch: LaunchId(format!("l{l}")), lifecycle: lifecycle.clone() })
+                Event::Replace(Target {
+                    launch: LaunchId(format!("l{l}")),
+                    lifecycle: lifecycle.clone(),
+                })
             }
             Step::Settings(od, idle) => {
                 lifecycle.on_demand = od;
                 lifecycle.idle_timeout = idle.then(|| Duration::from_secs(60));
-                Event::Settings(Target { launch: core.target().launch.clone(), lifecycle: lifecycle.clone() })
+                Event::Settings(Target {
+                    launch: core.target().launch.clone(),
+                    lifecycle: lifecycle.clone(),
+                })
             }
             Step::Demand => Event::Demand,
-            Step::Operate(n) => Event::Operate([OperatorAction::Start, OperatorAction::Stop, OperatorAction::Restart][usize::from(n % 3)]),
+            Step::Operate(n) => Event::Operate(
+                [
+                    OperatorAction::Start,
+                    OperatorAction::Stop,
+                    OperatorAction::Restart,
+                ][usize::from(n % 3)],
+            ),
             Step::Shutdown => {
                 shut = true;
                 Event::Shutdown
@@ -563,12 +811,23 @@ fn run(steps: &[Step], opts: (bool, bool, bool, u8)) -> Result<(), String> {
                     Pending::Predecessor => Event::PredecessorGone,
                     Pending::Retired(proc) => {
                         world.live.retain(|l| *l != proc);
-                        Event::Retired { proc, reaped: how % 7 != 0, drained: 1, cut: 0 }
+                        Event::Retired {
+                            proc,
+                            reaped: how % 7 != 0,
+                            drained: 1,
+                            cut: 0,
+                        }
                     }
                     Pending::Ready(proc) => {
                         let result = match how % 4 {
-                            0 => Err(ReadyFailure { message: "timed out".into(), bind_failure: false }),
-                            1 => Err(ReadyFailure { message: "port".into(), bind_failure: true }),
+                            0 => Err(ReadyFailure {
+                                message: "timed out".into(),
+                                bind_failure: false,
+                            }),
+                            1 => Err(ReadyFailure {
+                                message: "port".into(),
+                                bind_failure: true,
+                            }),
                             _ => Ok(Duration::from_millis(u64::from(how))),
                         };
                         Event::Ready { proc, result }
@@ -589,24 +848,41 @@ fn run(steps: &[Step], opts: (bool, bool, bool, u8)) -> Result<(), String> {
                 let proc = world.watched.remove(n % world.watched.len());
                 // A retired process leaves the live set when its
                 // retirement reports; this exit is the stop it caused.
-                if !world.pending.iter().any(|p| matches!(p, Pending::Retired(r) if *r == proc)) {
+                if !world
+                    .pending
+                    .iter()
+                    .any(|p| matches!(p, Pending::Retired(r) if *r == proc))
+                {
                     world.live.retain(|l| *l != proc);
                 }
-                Event::Exited { proc, status: exit(i32::from(!ok)) }
+                Event::Exited {
+                    proc,
+                    status: exit(i32::from(!ok)),
+                }
             }
             Step::Probe(n, ok) => {
                 if world.watched.is_empty() {
                     continue;
                 }
                 let proc = world.watched[n % world.watched.len()];
-                Event::Liveness { proc, probe: liveness::Probe { failure: (!ok).then(|| "hung".into()), stat: None } }
+                Event::Liveness {
+                    proc,
+                    probe: liveness::Probe {
+                        failure: (!ok).then(|| "hung".into()),
+                        stat: None,
+                    },
+                }
             }
         };
         now += Duration::from_millis(10);
         deliver(&mut core, &mut world, ev, now, swap_bound)?;
     }
     if shut && !core.is_stopped() {
-        return Err(format!("shut down but not stopped: {:?} leaving {:?}", core.phase(), core.leaving()));
+        return Err(format!(
+            "shut down but not stopped: {:?} leaving {:?}",
+            core.phase(),
+            core.leaving()
+        ));
     }
     if core.is_stopped() && !world.live.is_empty() {
         return Err(format!("stopped with {:?} alive", world.live));
