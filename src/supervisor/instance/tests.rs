@@ -118,12 +118,11 @@ fn owner(options: &str) -> (InstanceHandle, Arc<FakeSpawner>, tempfile::TempDir)
 
 async fn until(handle: &InstanceHandle, what: &str, f: impl Fn(&Snapshot) -> bool) -> Snapshot {
     let mut rx = handle.snapshot.clone();
-    let s = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| f(s)))
+    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| f(s)))
         .await
         .unwrap_or_else(|_| panic!("waited for {what}: {:?}", handle.snapshot()))
         .unwrap()
-        .clone();
-    s
+        .clone()
 }
 
 #[tokio::test]
