@@ -121,3 +121,47 @@ fn overlap_counting_sees_an_overlap() {
         3
     );
 }
+
+/// `rocm-llm plan FILE` against the daemon on FILE's control address.
+fn plan_against(d: &Daemon, models: &str) -> String {
+    let file = d.dir.path().join("candidate.yaml");
+    std::fs::write(&file, d.spec_text(models)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocm-llm"))
+        .arg("plan")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text[text.find("# against the daemon").unwrap_or(0)..].to_owned()
+}
+
+#[test]
+fn plan_and_the_daemon_agree_while_a_replacement_is_pending() {
+    let serving = "  a:\n    model: a.gguf\n    swap: blue_green\n";
+    let failing =
+        "  a:\n    model: a.gguf\n    swap: blue_green\n    extra_args: [--no-such-flag]\n";
+    let d = Daemon::start(&["a"], serving);
+    d.wait_ready(&["a"]);
+    // A replacement that cannot start: the old process keeps serving, so
+    // what runs (launch_id) and what the owner works towards differ.
+    d.write_spec(failing);
+    let s = d.wait_status("the replacement failed", |s| {
+        s["models"]["a"]["restarts"].as_u64().unwrap_or(0) >= 1
+    });
+    assert_ne!(
+        s["models"]["a"]["launch_id"],
+        s["models"]["a"]["target_launch_id"]
+    );
+    // The daemon would do nothing with the spec it has applied: nor does plan.
+    let same = plan_against(&d, failing);
+    assert!(same.contains("#   nothing to do\n"), "{same}");
+    let back = plan_against(&d, serving);
+    assert!(back.contains("#   restart a\n"), "{back}");
+    // Every model is in the plan, on-demand ones too.
+    let more = plan_against(
+        &d,
+        &format!("{failing}  b:\n    model: a.gguf\n    on_demand: true\n"),
+    );
+    assert!(more.contains("#   standby b\n"), "{more}");
+}
