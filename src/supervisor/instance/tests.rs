@@ -16,6 +16,23 @@ struct FakeSpawner {
     live: Mutex<Vec<i32>>,
     /// The most processes alive at once.
     most: AtomicUsize,
+    children: Mutex<Vec<Arc<FakeChild>>>,
+}
+
+impl FakeSpawner {
+    /// The process `pid` dies by itself.
+    fn crash(&self, pid: i32) {
+        self.live.lock().unwrap().retain(|p| *p != pid);
+        for c in self
+            .children
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.pid == pid)
+        {
+            c.exit.send_replace(Some(ExitStatus::from_raw(9)));
+        }
+    }
 }
 
 struct FakeChild {
@@ -66,11 +83,13 @@ impl Spawner for Shared {
         let mut live = self.0.live.lock().unwrap();
         live.push(pid);
         self.0.most.fetch_max(live.len(), Ordering::SeqCst);
-        Ok(Arc::new(FakeChild {
+        let child = Arc::new(FakeChild {
             pid,
             exit: watch::channel(None).0,
             spawner: Arc::clone(&self.0),
-        }))
+        });
+        self.0.children.lock().unwrap().push(Arc::clone(&child));
+        Ok(child)
     }
 }
 
@@ -192,5 +211,30 @@ async fn an_edit_replaces_and_a_settings_change_restarts_nothing() {
     assert_eq!(s.launch_id, s.target_launch_id);
     assert_ne!(s.launch_id, first.launch_id);
     assert_eq!(fake.most.load(Ordering::SeqCst), 1);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadlines_run_on_the_owners_clock_idle_stop_and_crash_backoff() {
+    let (h, fake, _dir) = owner("    on_demand: true\n    idle_timeout: 5s\n");
+    drop(h.acquire().await.unwrap());
+    let t0 = Instant::now();
+    until(&h, "stopped when idle", |s| s.state == State::Idle).await;
+    assert!(t0.elapsed() >= Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert!(fake.live.lock().unwrap().is_empty());
+    let lease = h.acquire().await.unwrap();
+    let pid = h.snapshot().pid.unwrap();
+    fake.crash(pid);
+    until(&h, "backing off", |s| s.state == State::Backoff).await;
+    drop(lease);
+    let t1 = Instant::now();
+    let s = until(&h, "restarted", |s| s.state == State::Ready).await;
+    assert!(
+        t1.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        t1.elapsed()
+    );
+    assert_eq!(s.restarts, 1);
+    assert!(s.last_restart.unwrap().1.contains("exited unexpectedly"));
     h.shutdown().await;
 }
