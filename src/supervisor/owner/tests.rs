@@ -739,24 +739,17 @@ fn run(steps: &[Step], opts: (bool, bool, bool, u8)) -> Result<(), String> {
     if predecessor {
         world.pending.push(Pending::Predecessor);
     }
-    // The swap in force when a spawn happens bounds the live count; a
-    // process started under blue_green may still be draining after an
-    // edit to stop_first, so the bound is the most permissive seen.
-    let mut swap_bound = lifecycle.swap;
-    world.perform(first, &core, swap_bound)?;
+    // The swap in force when a spawn happens bounds the live count.
+    let swap_bound = |core: &Core| core.target().lifecycle.swap;
+    world.perform(first, &core, swap_bound(&core))?;
     let mut shut = false;
-    let deliver = |core: &mut Core,
-                   world: &mut World,
-                   ev: Event,
-                   now: Instant,
-                   bound: SwapStrategy|
-     -> Result<(), String> {
+    let deliver = |core: &mut Core, world: &mut World, ev: Event, now: Instant| {
         let fx = core.step(ev, now);
-        world.perform(fx, core, bound)?;
+        world.perform(fx, core, swap_bound(core))?;
         while !world.immediate.is_empty() {
             let ev = world.immediate.remove(0);
             let fx = core.step(ev, now);
-            world.perform(fx, core, bound)?;
+            world.perform(fx, core, swap_bound(core))?;
         }
         world.check(core)
     };
@@ -772,9 +765,6 @@ fn run(steps: &[Step], opts: (bool, bool, bool, u8)) -> Result<(), String> {
                 } else {
                     SwapStrategy::StopFirst
                 };
-                if bg {
-                    swap_bound = SwapStrategy::BlueGreen;
-                }
                 Event::Replace(Target {
                     launch: LaunchId(format!("l{l}")),
                     lifecycle: lifecycle.clone(),
@@ -875,7 +865,7 @@ fn run(steps: &[Step], opts: (bool, bool, bool, u8)) -> Result<(), String> {
             }
         };
         now += Duration::from_millis(10);
-        deliver(&mut core, &mut world, ev, now, swap_bound)?;
+        deliver(&mut core, &mut world, ev, now)?;
     }
     if shut && !core.is_stopped() {
         return Err(format!(
