@@ -104,6 +104,9 @@ fn swaps_crashes_and_mid_load_edits_never_overlap_two_instances() {
             "{model}: {most} processes alive at once (at most {allowed}): {lives:?}"
         );
     }
+    // blue_green: each replacement loaded beside the serving process, and
+    // the record shows it (so it would show an overlap too many).
+    assert_eq!(most_at_once(&lifetimes(&s, "b")), 2);
     // stop_first: each process was reaped before the next was forked.
     let a = lifetimes(&s, "a");
     for pair in a.windows(2) {

@@ -154,7 +154,7 @@ pub struct Snapshot {
 
 /// One process the owner started: the daemon's own record of when it
 /// lived, for the status API (and the test that no two overlap).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct LaunchRecord {
     pub pid: i32,
     pub launch_id: LaunchId,
