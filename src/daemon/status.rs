@@ -40,6 +40,11 @@ pub struct LastRestart {
 #[derive(Debug, Serialize)]
 pub struct ModelStatus {
     pub state: &'static str,
+    /// Seconds since the epoch when `state` last changed.
+    pub state_since: f64,
+    /// Idle because the operator stopped it (until started again, an edit
+    /// of its launch, or a daemon restart).
+    pub stopped_by_operator: bool,
     pub pid: Option<i32>,
     pub port: Option<u16>,
     /// The launch the running process was started with.
@@ -119,6 +124,8 @@ fn model_status(
     ModelStatus {
         memory,
         state: snap.state.as_str(),
+        state_since: epoch_secs(snap.state_since),
+        stopped_by_operator: snap.stopped_by_operator,
         pid: snap.pid,
         port: snap.port,
         launch_id: snap.launch_id.to_string(),

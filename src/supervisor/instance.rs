@@ -121,6 +121,8 @@ impl State {
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub state: State,
+    /// When `state` last changed.
+    pub state_since: SystemTime,
     /// Where requests go now; `None` while they must wait.
     pub serving: Option<Arc<Gate>>,
     /// The launch the current process runs (the target's while none runs).
@@ -564,6 +566,7 @@ pub(crate) fn start_with(
 fn placeholder() -> Snapshot {
     Snapshot {
         state: State::Idle,
+        state_since: SystemTime::now(),
         serving: None,
         launch_id: LaunchId(String::new()),
         target_launch_id: LaunchId(String::new()),
@@ -855,8 +858,17 @@ impl Executor {
             .map(|r| Arc::clone(&r.gate));
         let l = &core.target().lifecycle;
         let since = |at: Instant| SystemTime::now() - Instant::now().saturating_duration_since(at);
+        let state = State::of(core.phase());
+        let previous = self.publish.borrow();
+        let state_since = if previous.state == state && !previous.target_launch_id.0.is_empty() {
+            previous.state_since
+        } else {
+            SystemTime::now()
+        };
+        drop(previous);
         Snapshot {
-            state: State::of(core.phase()),
+            state,
+            state_since,
             serving,
             launch_id: current
                 .map_or_else(|| core.target().launch.clone(), |(p, _)| p.launch.clone()),
