@@ -12,7 +12,6 @@
 //! until a valid edit arrives.
 
 pub mod client;
-pub mod routes;
 pub mod sdnotify;
 pub mod status;
 pub mod watch;
@@ -27,14 +26,17 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::auth::ApiKey;
 use crate::plan::{self, ActionKind};
-use crate::proxy;
+use crate::proxy::{
+    self,
+    routes::{RouteEntry, Routes},
+};
 use crate::spec::validate::{self, Context, Disk};
 use crate::spec::{DEFAULT_CONTROL, DEFAULT_LISTEN, Desired};
 use crate::supervisor::{
     Backoff, BackoffPolicy, InstanceHandle, InstanceSpec, StateFile, reap_leftovers, start_instance,
 };
-use routes::{RouteEntry, Routes};
 use sdnotify::SdNotify;
 use watch::{SpecRead, WatchTiming};
 
@@ -74,9 +76,37 @@ pub struct DaemonInfo {
     pub reload_errors: u64,
     pub listen: SocketAddr,
     pub control: SocketAddr,
-    /// The file holding the API key, if the spec names one (the proxy and
-    /// the status API read it again after every reload).
+    /// The file holding the API key, if the spec names one (read again
+    /// inside every reload, and published with the routes it guards).
     pub api_key_file: Option<PathBuf>,
+}
+
+/// A spec read and validated once: what a reload acts on.
+enum CheckedSpec {
+    Valid(Desired),
+    /// Nothing is applied. `partial` (absent when the file could not be
+    /// read) still says where to listen and which key guards the endpoint.
+    Invalid {
+        partial: Option<Desired>,
+        errors: Vec<String>,
+    },
+}
+
+impl CheckedSpec {
+    /// Where to listen and which key file to read, for the first start.
+    fn addresses(&self) -> (SocketAddr, SocketAddr, Option<PathBuf>) {
+        match self {
+            CheckedSpec::Valid(d)
+            | CheckedSpec::Invalid {
+                partial: Some(d), ..
+            } => (d.listen, d.control, d.api_key_file.clone()),
+            CheckedSpec::Invalid { partial: None, .. } => (
+                default_addr(DEFAULT_LISTEN),
+                default_addr(DEFAULT_CONTROL),
+                None,
+            ),
+        }
+    }
 }
 
 enum DaemonEvent {
@@ -96,6 +126,8 @@ struct Daemon {
     /// predecessor and there are never two instances of one model.
     leaving: BTreeMap<String, tokio::task::JoinHandle<()>>,
     applied: Option<Desired>,
+    /// The key published with the current routes.
+    key: ApiKey,
     info: DaemonInfo,
     info_tx: tokio::sync::watch::Sender<DaemonInfo>,
     routes_tx: tokio::sync::watch::Sender<Arc<Routes>>,
@@ -121,15 +153,19 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
     }
     let state_file = StateFile::new(&options.state_dir);
 
-    let first = watch::read_spec(&options.spec_path);
-    let (listen, control, api_key_file) = match &first {
-        SpecRead::Text(text) => addresses(text, &options),
-        _ => (
-            default_addr(DEFAULT_LISTEN),
-            default_addr(DEFAULT_CONTROL),
-            None,
-        ),
+    // Watch before the first read, so an edit saved while the daemon starts
+    // is never missed.
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (spec_tx, mut spec_rx) = mpsc::unbounded_channel();
+    let _watcher = match watch::watch_spec(&options.spec_path, options.watch, spec_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!("{e}; edits will only be picked up on SIGHUP");
+            None
+        }
     };
+    let first = check_spec(&options, watch::read_spec(&options.spec_path));
+    let (listen, control, api_key_file) = first.addresses();
     let info = DaemonInfo {
         spec: options.spec_path.clone(),
         generation: 0,
@@ -141,19 +177,20 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
         api_key_file: api_key_file.clone(),
     };
     let (info_tx, info_rx) = tokio::sync::watch::channel(info.clone());
-    let (routes_tx, routes_rx) = tokio::sync::watch::channel(Arc::new(Routes::default()));
+    let key = ApiKey::load(api_key_file.as_deref());
+    let (routes_tx, routes_rx) = tokio::sync::watch::channel(Arc::new(Routes {
+        key: key.clone(),
+        ..Routes::default()
+    }));
 
     let control_listener = tokio::net::TcpListener::bind(control)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on the control address {control}: {e}"))?;
     tracing::info!("status API on http://{control}");
-    let api_key = proxy::ApiKey::load(api_key_file.as_deref());
-    api_key.follow(info_rx.clone(), shutdown.clone());
     let proxy_metrics = Arc::new(proxy::ProxyMetrics::default());
     let status_state = status::StatusState {
         info: info_rx.clone(),
         routes: routes_rx.clone(),
-        auth: api_key.clone(),
         proxy: Arc::clone(&proxy_metrics),
     };
     tokio::spawn(status::serve(
@@ -168,22 +205,12 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
     tracing::info!("OpenAI-compatible endpoint on http://{listen}/v1");
     let proxy_state = proxy::ProxyState::new(
         routes_rx.clone(),
-        api_key,
         proxy_metrics,
         proxy::ProxyConfig::default(),
         shutdown.clone(),
     );
     tokio::spawn(proxy::serve(proxy_listener, proxy_state));
 
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let (spec_tx, mut spec_rx) = mpsc::unbounded_channel();
-    let _watcher = match watch::watch_spec(&options.spec_path, options.watch, spec_tx) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::error!("{e}; edits will only be picked up on SIGHUP");
-            None
-        }
-    };
     {
         let events_tx = events_tx.clone();
         tokio::spawn(async move {
@@ -201,6 +228,7 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
         owners: BTreeMap::new(),
         leaving: BTreeMap::new(),
         applied: None,
+        key,
         info,
         info_tx,
         routes_tx,
@@ -215,11 +243,15 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
             () = shutdown.cancelled() => DaemonEvent::Shutdown,
         };
         match event {
-            DaemonEvent::SpecChanged(read) => daemon.reload(read),
+            DaemonEvent::SpecChanged(read) => {
+                let checked = check_spec(&daemon.options, read);
+                daemon.reload(checked);
+            }
             DaemonEvent::Reload => {
                 let _ = daemon.notify.reloading("reloading the spec");
                 let read = watch::read_spec(&daemon.options.spec_path);
-                daemon.reload(read);
+                let checked = check_spec(&daemon.options, read);
+                daemon.reload(checked);
                 let _ = daemon.notify.ready(&daemon.summary());
             }
             DaemonEvent::Shutdown => break,
@@ -234,41 +266,53 @@ fn default_addr(text: &str) -> SocketAddr {
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
 }
 
-/// The listen and control addresses of a spec, even an otherwise invalid
-/// one, so the daemon listens where the user asked.
-fn addresses(text: &str, options: &ServeOptions) -> (SocketAddr, SocketAddr, Option<PathBuf>) {
+/// Reads nothing: validates what was read, once, and says what is wrong in
+/// the log and in the form the status API shows.
+fn check_spec(options: &ServeOptions, read: SpecRead) -> CheckedSpec {
+    let spec = options.spec_path.display().to_string();
+    let text = match read {
+        SpecRead::Text(text) => text,
+        SpecRead::Deleted => {
+            tracing::error!("{spec} was deleted; keeping every model as it is until it comes back");
+            return CheckedSpec::Invalid {
+                partial: None,
+                errors: vec![format!(
+                    "{spec}: the spec file is gone; nothing was changed"
+                )],
+            };
+        }
+        SpecRead::Unreadable(e) => {
+            tracing::error!("{spec}: cannot read the spec: {e}; nothing was changed");
+            return CheckedSpec::Invalid {
+                partial: None,
+                errors: vec![format!("{spec}: cannot read the spec: {e}")],
+            };
+        }
+        SpecRead::NotText(located) => {
+            tracing::error!("invalid spec, nothing was changed: {located}");
+            return CheckedSpec::Invalid {
+                partial: None,
+                errors: vec![located],
+            };
+        }
+    };
     let ctx = Context {
         spec_path: &options.spec_path,
         default_llama_server: options.default_llama_server.clone(),
         probe: &Disk,
     };
-    if let Ok(d) = validate::load(text, &ctx) {
-        return (d.listen, d.control, d.api_key_file);
+    let (desired, diagnostics) = validate::check(&text, &ctx);
+    if diagnostics.is_empty() {
+        return CheckedSpec::Valid(desired);
     }
-    // An invalid spec still says where to listen and which key guards the
-    // endpoint: take what of that is valid, so a typo elsewhere never opens
-    // the daemon on other addresses or without its key.
-    let spec = crate::spec::tree::parse(text)
-        .map(|tree| crate::spec::decode::decode(&tree).spec)
-        .unwrap_or_default();
-    let addr = |written: &Option<String>, default: &str| {
-        written
-            .as_deref()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| default_addr(default))
-    };
-    let key = spec.api_key_file.map(|p| {
-        if p.is_absolute() {
-            p
-        } else {
-            options.spec_path.parent().unwrap_or(Path::new(".")).join(p)
-        }
-    });
-    (
-        addr(&spec.listen, DEFAULT_LISTEN),
-        addr(&spec.control, DEFAULT_CONTROL),
-        key,
-    )
+    let errors: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+    for line in &errors {
+        tracing::error!("invalid spec, nothing was changed: {line}");
+    }
+    CheckedSpec::Invalid {
+        partial: Some(desired),
+        errors,
+    }
 }
 
 fn spawn_signal_handlers(
@@ -306,46 +350,23 @@ impl Daemon {
         )
     }
 
-    fn reload(&mut self, read: SpecRead) {
-        let spec = self.options.spec_path.display().to_string();
-        let text = match read {
-            SpecRead::Text(text) => text,
-            SpecRead::Deleted => {
-                tracing::error!(
-                    "{spec} was deleted; keeping every model as it is until it comes back"
-                );
-                return self.reject(vec![format!(
-                    "{spec}: the spec file is gone; nothing was changed"
-                )]);
-            }
-            SpecRead::Unreadable(e) => {
-                tracing::error!("{spec}: cannot read the spec: {e}; nothing was changed");
-                return self.reject(vec![format!("{spec}: cannot read the spec: {e}")]);
-            }
-            SpecRead::NotText(located) => {
-                tracing::error!("invalid spec, nothing was changed: {located}");
-                return self.reject(vec![located]);
-            }
+    fn reload(&mut self, checked: CheckedSpec) {
+        let desired = match checked {
+            CheckedSpec::Valid(desired) => desired,
+            CheckedSpec::Invalid { errors, .. } => return self.reject(errors),
         };
-        let ctx = Context {
-            spec_path: &self.options.spec_path,
-            default_llama_server: self.options.default_llama_server.clone(),
-            probe: &Disk,
-        };
-        let desired = match validate::load(&text, &ctx) {
-            Ok(d) => d,
-            Err(errors) => {
-                let lines: Vec<String> =
-                    errors.diagnostics.iter().map(ToString::to_string).collect();
-                for line in &lines {
-                    tracing::error!("invalid spec, nothing was changed: {line}");
-                }
-                return self.reject(lines);
-            }
-        };
+        // The key is read here, before any routes are published: every
+        // table the proxy sees carries the key of the spec that made it.
+        let key = self.key.reloaded(desired.api_key_file.as_deref());
+        let key_changed = key != self.key;
+        self.key = key;
         if self.applied.as_ref() == Some(&desired) {
-            // Nothing to do, but a valid spec clears an earlier error.
+            // Nothing to do, but a valid spec clears an earlier error, and
+            // a rotated key file (SIGHUP) takes effect.
             tracing::debug!("spec saved without changes");
+            if key_changed {
+                self.publish_routes(&desired);
+            }
             if self.info.last_reload.as_ref().is_some_and(|r| !r.ok) {
                 self.info.last_reload = Some(ReloadReport {
                     ok: true,
@@ -475,6 +496,7 @@ impl Daemon {
     fn publish_routes(&self, desired: &Desired) {
         let mut routes = Routes {
             browser: desired.browser.clone(),
+            key: self.key.clone(),
             ..Routes::default()
         };
         for m in desired.enabled_models() {

@@ -2,7 +2,6 @@
 //! `GET /healthz`, `GET /metrics` (Prometheus text).
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -16,16 +15,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::DaemonInfo;
-use super::routes::Routes;
+use crate::http::auth::AuthError;
 use crate::http::browser::{self, Verdict};
+use crate::http::prometheus::{escape_label, write_family};
+use crate::proxy::routes::Routes;
 use crate::supervisor::Snapshot;
 
 #[derive(Clone)]
 pub struct StatusState {
     pub info: tokio::sync::watch::Receiver<DaemonInfo>,
     pub routes: tokio::sync::watch::Receiver<Arc<Routes>>,
-    /// The API key every route but `/healthz` needs (when the spec sets one).
-    pub auth: crate::proxy::ApiKey,
     /// The proxy's per-model series, appended to `/metrics`.
     pub proxy: Arc<crate::proxy::ProxyMetrics>,
 }
@@ -109,7 +108,7 @@ fn epoch_secs(t: SystemTime) -> f64 {
 
 fn model_status(
     snap: &Snapshot,
-    entry: &super::routes::RouteEntry,
+    entry: &crate::proxy::routes::RouteEntry,
     probes: &Probes,
 ) -> ModelStatus {
     let usage = entry.handle.logs().memory();
@@ -215,10 +214,7 @@ pub fn metrics(state: &StatusState, probes: Probes) -> String {
     let info = state.info.borrow().clone();
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in rows {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
+        write_family(&mut out, name, kind, help, rows);
     };
     let per_model = |f: &dyn Fn(&Snapshot) -> String| -> Vec<(String, String)> {
         routes
@@ -351,12 +347,6 @@ pub fn metrics(state: &StatusState, probes: Probes) -> String {
     out
 }
 
-pub fn escape_label(v: &str) -> String {
-    v.replace('\\', r"\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -397,9 +387,10 @@ async fn handle(
 
 async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.uri().path() != "/healthz" {
-        match state.auth.check(req.headers()) {
+        let checked = state.routes.borrow().key.check(req.headers());
+        match checked {
             Ok(()) => {}
-            Err(crate::proxy::AuthError::Unauthorized) => {
+            Err(AuthError::Unauthorized) => {
                 let mut r = respond(
                     StatusCode::UNAUTHORIZED,
                     "text/plain",
@@ -411,7 +402,7 @@ async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Full<By
                 );
                 return r;
             }
-            Err(crate::proxy::AuthError::Unavailable(reason)) => {
+            Err(AuthError::Unavailable(reason)) => {
                 return respond(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::daemon::status::escape_label;
+use crate::http::prometheus::escape_label;
 
 /// Upper bounds of the histogram buckets, in seconds (then `+Inf`).
 pub const BUCKETS: [f64; 17] = [

@@ -18,10 +18,10 @@
 // Early answers travel as `Err(Response)`: built once per failed request.
 #![allow(clippy::result_large_err)]
 
-pub mod auth;
 pub mod body;
 pub mod metrics;
 pub mod route;
+pub mod routes;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,14 +41,14 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use auth::{ApiKey, AuthError};
+pub use crate::http::auth::{ApiKey, AuthError};
 use body::{Hold, ProxyBody, UpstreamBody, json_response, openai_error, unavailable};
 pub use metrics::ProxyMetrics;
 use route::Route;
 
-use crate::daemon::routes::{RouteEntry, Routes, SharedRoutes};
 use crate::http::browser::{self, Verdict};
 use crate::supervisor::{AcquireError, InstanceHandle, Lease, State};
+use routes::{RouteEntry, Routes, SharedRoutes};
 
 /// Bounds on what clients send. Responses are not bounded: long streams
 /// are normal LLM traffic.
@@ -81,7 +81,6 @@ pub struct ProxyState {
 
 struct Shared {
     routes: SharedRoutes,
-    auth: ApiKey,
     metrics: Arc<ProxyMetrics>,
     config: ProxyConfig,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -94,7 +93,6 @@ struct Shared {
 impl ProxyState {
     pub fn new(
         routes: SharedRoutes,
-        auth: ApiKey,
         metrics: Arc<ProxyMetrics>,
         config: ProxyConfig,
         shutdown: CancellationToken,
@@ -115,7 +113,6 @@ impl ProxyState {
         ProxyState {
             inner: Arc::new(Shared {
                 routes,
-                auth,
                 metrics,
                 config,
                 client,
@@ -170,10 +167,12 @@ pub async fn serve(listener: TcpListener, state: ProxyState) {
 /// Applies what browsers may do ([`browser::check`]) before anything else,
 /// so a refused request reaches no model.
 async fn guarded(state: &Shared, req: Request<Incoming>, local: SocketAddr) -> Response<ProxyBody> {
-    let access = state.routes.borrow().browser.clone();
-    match browser::check(&access, req.method(), req.headers(), local) {
+    // One snapshot for the whole request: its browser rules, its key and
+    // its first route lookup come from the same table.
+    let table = state.routes.borrow().clone();
+    match browser::check(&table.browser, req.method(), req.headers(), local) {
         Verdict::Serve { cors } => {
-            let mut response = handle(state, req).await;
+            let mut response = handle(state, &table, req).await;
             if let Some(origin) = cors {
                 browser::add_cors_headers(response.headers_mut(), origin);
             }
@@ -199,13 +198,13 @@ async fn guarded(state: &Shared, req: Request<Incoming>, local: SocketAddr) -> R
     }
 }
 
-async fn handle(state: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(state: &Shared, table: &Routes, req: Request<Incoming>) -> Response<ProxyBody> {
     let received = Instant::now();
     let route = route::classify(req.method(), req.uri().path());
     if route == Route::Health {
         return json_response(StatusCode::OK, &json!({"status": "ok"}));
     }
-    if let Err(e) = state.auth.check(req.headers()) {
+    if let Err(e) = table.key.check(req.headers()) {
         let response = match e {
             AuthError::Unauthorized => {
                 let mut r = openai_error(
@@ -230,8 +229,8 @@ async fn handle(state: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
     }
     let response = match route {
         Route::Health => json_response(StatusCode::OK, &json!({"status": "ok"})),
-        Route::ListModels => list_models(state),
-        Route::GetModel(id) => get_model(state, &id),
+        Route::ListModels => list_models(state, table),
+        Route::GetModel(id) => get_model(state, table, &id),
         Route::WrongMethod(allowed) => {
             let mut r = openai_error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -261,7 +260,7 @@ async fn handle(state: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
             ),
         ),
         Route::ByBody | Route::ByQuery | Route::Upstream { .. } => {
-            return proxy(state, req, route, received).await;
+            return proxy(state, table, req, route, received).await;
         }
     };
     state.metrics.count_unrouted(response.status().as_u16());
@@ -270,20 +269,18 @@ async fn handle(state: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
 
 /// `GET /v1/models`: every name and alias, in OpenAI's list format, with
 /// each model's state (`ready`, `idle`, `starting`, …) as an extra field.
-fn list_models(state: &Shared) -> Response<ProxyBody> {
-    let routes = state.routes.borrow().clone();
+fn list_models(state: &Shared, routes: &Routes) -> Response<ProxyBody> {
     let mut data = Vec::new();
     for (name, entry) in &routes.models {
-        data.push(model_object(state, &routes, name, name, entry));
+        data.push(model_object(state, routes, name, name, entry));
         for alias in &entry.aliases {
-            data.push(model_object(state, &routes, alias, name, entry));
+            data.push(model_object(state, routes, alias, name, entry));
         }
     }
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
-fn get_model(state: &Shared, id: &str) -> Response<ProxyBody> {
-    let routes = state.routes.borrow().clone();
+fn get_model(state: &Shared, routes: &Routes, id: &str) -> Response<ProxyBody> {
     match routes
         .ids
         .get(id)
@@ -291,9 +288,9 @@ fn get_model(state: &Shared, id: &str) -> Response<ProxyBody> {
     {
         Some((name, entry)) => json_response(
             StatusCode::OK,
-            &model_object(state, &routes, id, name, entry),
+            &model_object(state, routes, id, name, entry),
         ),
-        None => unknown_model(&routes, id),
+        None => unknown_model(routes, id),
     }
 }
 
@@ -415,10 +412,13 @@ enum Pick {
 }
 
 /// The model entry for a request, or the answer explaining why there is none.
-fn resolve(state: &Shared, pick: &Pick) -> Result<RouteEntry, Response<ProxyBody>> {
-    let routes = state.routes.borrow().clone();
+fn resolve(
+    state: &Shared,
+    routes: &Routes,
+    pick: &Pick,
+) -> Result<RouteEntry, Response<ProxyBody>> {
     let found = match pick {
-        Pick::Id(id) => routes.lookup(id).ok_or_else(|| unknown_model(&routes, id)),
+        Pick::Id(id) => routes.lookup(id).ok_or_else(|| unknown_model(routes, id)),
         Pick::Fallback => routes.fallback().ok_or_else(|| {
             let ids = routes.all_ids();
             if routes.models.is_empty() {
@@ -478,7 +478,7 @@ async fn lease(
             Ok(lease) => return Ok((entry.handle, lease, start.elapsed())),
             Err(AcquireError::Gone { .. }) if again => {
                 again = false;
-                entry = resolve(state, pick)?;
+                entry = resolve(state, &state.routes.borrow().clone(), pick)?;
             }
             Err(e) => return Err(acquire_error(&e)),
         }
@@ -528,6 +528,7 @@ const MODEL_HEADER: HeaderName = HeaderName::from_static("x-rocm-llm-model");
 
 async fn proxy(
     state: &Shared,
+    table: &Routes,
     req: Request<Incoming>,
     route: Route,
     received: Instant,
@@ -610,7 +611,7 @@ async fn proxy(
     }
 
     // Wait for a serving instance, counted as in flight from here on.
-    let entry = match resolve(state, &pick) {
+    let entry = match resolve(state, table, &pick) {
         Ok(e) => e,
         Err(r) => {
             state.metrics.count_unrouted(r.status().as_u16());
@@ -745,9 +746,12 @@ async fn lease_on(
 ) -> Result<(InstanceHandle, Lease), Response<ProxyBody>> {
     match handle.acquire().await {
         Ok(l) => Ok((handle.clone(), l)),
-        Err(AcquireError::Gone { .. }) => lease(state, pick, resolve(state, pick)?)
-            .await
-            .map(|(h, l, _)| (h, l)),
+        Err(AcquireError::Gone { .. }) => {
+            let now = state.routes.borrow().clone();
+            lease(state, pick, resolve(state, &now, pick)?)
+                .await
+                .map(|(h, l, _)| (h, l))
+        }
         Err(e) => Err(acquire_error(&e)),
     }
 }
@@ -765,11 +769,13 @@ mod tests {
     ) -> (std::net::SocketAddr, CancellationToken) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (_tx, routes) = tokio::sync::watch::channel(Arc::new(Routes::default()));
+        let (_tx, routes) = tokio::sync::watch::channel(Arc::new(Routes {
+            key: auth,
+            ..Routes::default()
+        }));
         let shutdown = CancellationToken::new();
         let state = ProxyState::new(
             routes,
-            auth,
             Arc::new(ProxyMetrics::default()),
             config,
             shutdown.clone(),

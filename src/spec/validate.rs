@@ -145,6 +145,20 @@ pub fn spec_text(bytes: Vec<u8>, spec_path: &Path) -> Result<String, (SpecErrors
 
 /// Parses, decodes and validates one spec file's text.
 pub fn load(text: &str, ctx: &Context<'_>) -> Result<Desired, SpecErrors> {
+    let (desired, diagnostics) = check(text, ctx);
+    if diagnostics.is_empty() {
+        Ok(desired)
+    } else {
+        Err(SpecErrors { diagnostics })
+    }
+}
+
+/// One validation pass: the spec as far as it is valid, with its mistakes
+/// (sorted by place). With mistakes the result must not be applied, but its
+/// `listen`, `control` and `api_key_file` are still what the spec says where
+/// those keys are valid (the defaults where not), so a typo elsewhere never
+/// moves the daemon or drops its key.
+pub fn check(text: &str, ctx: &Context<'_>) -> (Desired, Vec<Diagnostic>) {
     let tree = match tree::parse(text) {
         Ok(tree) => tree,
         Err(e) => {
@@ -155,12 +169,17 @@ pub fn load(text: &str, ctx: &Context<'_>) -> Result<Desired, SpecErrors> {
             let message = e.without_snippet().to_string();
             // The library's message repeats the place; keep what comes after it.
             let message = strip_location_prefix(&message);
-            return Err(SpecErrors::single(
-                ctx.spec_path,
-                pos,
-                "",
-                format!("invalid YAML: {message}"),
-            ));
+            let unparsed = Desired {
+                listen: default_address(DEFAULT_LISTEN),
+                control: default_address(DEFAULT_CONTROL),
+                api_key_file: None,
+                llama_server: ctx.default_llama_server.clone(),
+                browser: BrowserAccess::default(),
+                models: BTreeMap::new(),
+            };
+            let errors =
+                SpecErrors::single(ctx.spec_path, pos, "", format!("invalid YAML: {message}"));
+            return (unparsed, errors.diagnostics);
         }
     };
     let decoded = decode::decode(&tree);
@@ -178,14 +197,13 @@ pub fn load(text: &str, ctx: &Context<'_>) -> Result<Desired, SpecErrors> {
         });
     }
     let desired = v.validate(&decoded.spec);
-    if v.diagnostics.is_empty() {
-        Ok(desired)
-    } else {
-        v.diagnostics.sort_by_key(|a| a.pos);
-        Err(SpecErrors {
-            diagnostics: v.diagnostics,
-        })
-    }
+    v.diagnostics.sort_by_key(|a| a.pos);
+    (desired, v.diagnostics)
+}
+
+fn default_address(text: &str) -> SocketAddr {
+    text.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
 }
 
 /// The parser's message without the place it repeats (we print our own).
@@ -322,8 +340,9 @@ impl Validator<'_> {
                 key,
                 format!("expected an address such as {default} (IP:port), found \"{text}\""),
             );
-            // Unreachable in a successful result: an error was recorded.
-            SocketAddr::from(([127, 0, 0, 1], 0))
+            // An error was recorded, so this is only ever a partial
+            // result's address: where the daemon listens until it is fixed.
+            default_address(default)
         })
     }
 

@@ -1,6 +1,7 @@
-//! The routing table: which owner answers which `model` id. The daemon
-//! publishes a new table after every applied reload; the proxy and the
-//! status API read the latest.
+//! The routing table: which owner answers which `model` id, and the key and
+//! browser rules that guard them. The daemon publishes a new table after
+//! every applied reload; the proxy and the status API take one snapshot per
+//! request, so a request never sees new routes under an old key.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ pub struct Routes {
     /// What browsers may do, from the same spec as the table; the status
     /// API follows it too.
     pub browser: crate::spec::BrowserAccess,
+    /// The API key every route but the health checks requires.
+    pub key: crate::http::auth::ApiKey,
 }
 
 #[derive(Clone, Debug)]

@@ -1,8 +1,11 @@
 //! The optional API key: a bearer token read from the spec's `api_key_file`,
 //! checked on every proxy and status route except `/healthz`.
 //!
-//! The file is read at start and again after every reload of the spec (and on
-//! SIGHUP, so a rotated key file takes effect without a spec edit).
+//! The file is read at start and again inside every reload of the spec (and
+//! on SIGHUP, so a rotated key file takes effect without a spec edit). A key
+//! is an immutable value published in the same routing table as the models
+//! it guards, so a request sees one consistent pair: the routes never change
+//! without their key.
 //! Surrounding whitespace is trimmed. Keys are compared as SHA-256 digests
 //! with a constant-time comparison, so neither the key's content nor its
 //! length leaks through timing.
@@ -12,12 +15,11 @@
 //! until the file is fixed.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use hyper::HeaderMap;
 use hyper::header::AUTHORIZATION;
 use sha2::{Digest, Sha256};
-use tokio_util::sync::CancellationToken;
 
 type KeyDigest = [u8; 32];
 
@@ -40,10 +42,11 @@ pub enum AuthError {
     Unavailable(String),
 }
 
-/// The shared, reloadable key. Cheap to clone.
-#[derive(Clone, Debug)]
+/// The key of one routing table. Immutable and cheap to clone; a reload
+/// makes a new one with [`ApiKey::reloaded`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiKey {
-    state: Arc<RwLock<KeyState>>,
+    state: Arc<KeyState>,
 }
 
 impl Default for ApiKey {
@@ -93,7 +96,7 @@ impl ApiKey {
     /// No key: every request is allowed.
     pub fn disabled() -> ApiKey {
         ApiKey {
-            state: Arc::new(RwLock::new(KeyState::Open)),
+            state: Arc::new(KeyState::Open),
         }
     }
 
@@ -104,24 +107,21 @@ impl ApiKey {
             digest: digest(key.trim().as_bytes()),
         };
         ApiKey {
-            state: Arc::new(RwLock::new(state)),
+            state: Arc::new(state),
         }
     }
 
     /// Reads `path` now (`None`: no key).
     pub fn load(path: Option<&Path>) -> ApiKey {
-        let key = ApiKey::disabled();
-        key.reload(path);
-        key
+        ApiKey::disabled().reloaded(path)
     }
 
-    /// Reads the key file again (or switches the key off when the spec no
-    /// longer names one). A failed read keeps the previous key of the same
-    /// file, so a half-written key file never opens the door.
-    pub fn reload(&self, path: Option<&Path>) {
-        let Ok(mut state) = self.state.write() else {
-            return;
-        };
+    /// The key after reading the key file again (or switched off when the
+    /// spec no longer names one). A failed read keeps this key when it came
+    /// from the same file, so a half-written key file never opens the door.
+    #[must_use]
+    pub fn reloaded(&self, path: Option<&Path>) -> ApiKey {
+        let state = &*self.state;
         let next = match path {
             None => KeyState::Open,
             Some(path) => match read_key(path) {
@@ -129,10 +129,10 @@ impl ApiKey {
                     path: path.to_owned(),
                     digest,
                 },
-                Err(reason) => match &*state {
+                Err(reason) => match state {
                     KeyState::Key { path: old, .. } if old == path => {
                         tracing::error!("{reason}; keeping the key read before");
-                        return;
+                        return self.clone();
                     }
                     _ => {
                         tracing::error!("{reason}; refusing every request until it can be read");
@@ -155,25 +155,23 @@ impl ApiKey {
                 KeyState::Broken { .. } => {}
             }
         }
-        *state = next;
+        ApiKey {
+            state: Arc::new(next),
+        }
     }
 
     /// Whether a key is required.
     pub fn enabled(&self) -> bool {
-        !matches!(self.state.read().as_deref(), Ok(KeyState::Open))
+        *self.state != KeyState::Open
     }
 
     /// Checks a request's `Authorization: Bearer KEY` (or `X-Api-Key: KEY`).
     pub fn check(&self, headers: &HeaderMap) -> Result<(), AuthError> {
-        let Ok(state) = self.state.read() else {
-            return Err(AuthError::Unavailable("the API key is unavailable".into()));
-        };
-        let expected = match &*state {
+        let expected = match &*self.state {
             KeyState::Open => return Ok(()),
             KeyState::Broken { reason, .. } => return Err(AuthError::Unavailable(reason.clone())),
             KeyState::Key { digest, .. } => *digest,
         };
-        drop(state);
         let presented = headers
             .get(AUTHORIZATION)
             .and_then(|v| {
@@ -186,34 +184,6 @@ impl ApiKey {
             Some(key) if ct_eq(&digest(key.trim_ascii()), &expected) => Ok(()),
             _ => Err(AuthError::Unauthorized),
         }
-    }
-
-    /// Keeps the key in step with the daemon: reads the key file again after
-    /// every reload the daemon publishes, and on SIGHUP.
-    pub fn follow(
-        &self,
-        mut info: tokio::sync::watch::Receiver<crate::daemon::DaemonInfo>,
-        shutdown: CancellationToken,
-    ) {
-        let key = self.clone();
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        tokio::spawn(async move {
-            loop {
-                let hup_recv = async {
-                    match hup.as_mut() {
-                        Some(h) => h.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    changed = info.changed() => if changed.is_err() { return },
-                    _ = hup_recv => {}
-                    () = shutdown.cancelled() => return,
-                }
-                let path = info.borrow_and_update().api_key_file.clone();
-                key.reload(path.as_deref());
-            }
-        });
     }
 }
 
@@ -289,14 +259,14 @@ mod tests {
         std::fs::write(&path, "one").unwrap();
         let key = ApiKey::load(Some(&path));
         std::fs::write(&path, "").unwrap();
-        key.reload(Some(&path));
+        let key = key.reloaded(Some(&path));
         assert_eq!(
             key.check(&headers("authorization", "Bearer one")),
             Ok(()),
             "an empty rewrite keeps the old key"
         );
         std::fs::write(&path, "two").unwrap();
-        key.reload(Some(&path));
+        let key = key.reloaded(Some(&path));
         assert_eq!(
             key.check(&headers("authorization", "Bearer one")),
             Err(AuthError::Unauthorized)
@@ -308,8 +278,7 @@ mod tests {
             missing.check(&headers("authorization", "Bearer two")),
             Err(AuthError::Unavailable(_))
         ));
-        key.reload(None);
-        assert_eq!(key.check(&HeaderMap::new()), Ok(()));
+        assert_eq!(key.reloaded(None).check(&HeaderMap::new()), Ok(()));
     }
 
     #[test]
