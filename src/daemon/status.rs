@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -27,6 +27,8 @@ pub struct StatusState {
     pub routes: tokio::sync::watch::Receiver<Arc<Routes>>,
     /// The proxy's per-model series, appended to `/metrics`.
     pub proxy: Arc<crate::proxy::ProxyMetrics>,
+    /// What the status page needs besides (state since, reload history).
+    pub page: Arc<crate::status_page::Observer>,
 }
 
 #[derive(Debug, Serialize)]
@@ -39,8 +41,6 @@ pub struct LastRestart {
 #[derive(Debug, Serialize)]
 pub struct ModelStatus {
     pub state: &'static str,
-    /// Seconds since the epoch when `state` last changed.
-    pub state_since: f64,
     /// Idle because the operator stopped it (until started again, an edit
     /// of its launch, or a daemon restart).
     pub stopped_by_operator: bool,
@@ -71,6 +71,15 @@ pub struct ModelStatus {
     /// What the instance holds: as llama-server reported it, and as the
     /// GPU drivers see its process.
     pub memory: ModelMemory,
+    /// Seconds since the epoch when it entered `state`.
+    pub state_since: Option<f64>,
+    /// How far a starting llama-server has got (see
+    /// `supervisor::progress`); `None` unless one is loading.
+    pub progress: Option<crate::supervisor::progress::LoadProgress>,
+    /// An on-demand model stops after this long idle (seconds).
+    pub idle_timeout_s: Option<f64>,
+    /// How long the serving instance has had no request (seconds).
+    pub idle_for_s: Option<f64>,
     /// The processes the owner started (the last 32), with spawn and exit
     /// times in seconds since the epoch.
     pub launches: Vec<crate::supervisor::LaunchRecord>,
@@ -98,6 +107,9 @@ pub struct StatusReport {
     /// Each GPU's memory as its driver reports it (amdgpu sysfs,
     /// nvidia-smi); empty without one.
     pub devices: Vec<crate::memory::probe::DeviceMemory>,
+    /// The latest reloads, newest first, with errors rendered against the
+    /// spec's source.
+    pub reload_history: Vec<crate::status_page::ReloadRecord>,
 }
 
 fn epoch_secs(t: SystemTime) -> f64 {
@@ -110,7 +122,16 @@ fn model_status(
     snap: &Snapshot,
     entry: &crate::proxy::routes::RouteEntry,
     probes: &Probes,
+    since: Option<SystemTime>,
 ) -> ModelStatus {
+    let loading = matches!(
+        snap.state,
+        crate::supervisor::State::Starting | crate::supervisor::State::Swapping
+    ) && snap.ready_after.is_none();
+    let progress = snap.pid.filter(|_| loading).map(|pid| {
+        let run = crate::supervisor::progress::current_run(&entry.handle.logs().snapshot());
+        crate::supervisor::progress::read(std::path::Path::new("/proc"), pid, &run)
+    });
     let usage = entry.handle.logs().memory();
     let memory = ModelMemory {
         log_total_bytes: usage.total(),
@@ -123,7 +144,6 @@ fn model_status(
     ModelStatus {
         memory,
         state: snap.state.as_str(),
-        state_since: epoch_secs(snap.state_since),
         stopped_by_operator: snap.stopped_by_operator,
         pid: snap.pid,
         port: snap.port,
@@ -145,6 +165,13 @@ fn model_status(
         cut: snap.cut,
         warnings: entry.handle.logs().warnings(),
         log: entry.handle.logs().tail_text(20),
+        state_since: since.map(epoch_secs),
+        progress,
+        idle_timeout_s: entry
+            .idle_timeout
+            .filter(|_| entry.on_demand)
+            .map(|d| d.as_secs_f64()),
+        idle_for_s: snap.serving.as_ref().map(|g| g.idle_for().as_secs_f64()),
         launches: entry.handle.launches(),
     }
 }
@@ -197,7 +224,12 @@ pub fn report(state: &StatusState, probes: Probes) -> StatusReport {
         .map(|(name, entry)| {
             (
                 name.clone(),
-                model_status(&entry.handle.snapshot(), entry, &probes),
+                model_status(
+                    &entry.handle.snapshot(),
+                    entry,
+                    &probes,
+                    state.page.since(name),
+                ),
             )
         })
         .collect();
@@ -205,6 +237,7 @@ pub fn report(state: &StatusState, probes: Probes) -> StatusReport {
         daemon: state.info.borrow().clone(),
         models,
         devices: probes.devices,
+        reload_history: state.page.history(),
     }
 }
 
@@ -356,11 +389,14 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
     r
 }
 
+/// Responses of the control address: whole, or streamed (`/events`).
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
 async fn handle(
     state: StatusState,
     req: Request<Incoming>,
     local: std::net::SocketAddr,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Body>, Infallible> {
     let access = state.routes.borrow().browser.clone();
     let cors = match browser::check(&access, req.method(), req.headers(), local) {
         Verdict::Serve { cors } => cors,
@@ -368,14 +404,13 @@ async fn handle(
             let mut r = respond(StatusCode::NO_CONTENT, "text/plain", String::new());
             r.headers_mut()
                 .extend(browser::preflight_headers(origin, headers));
-            return Ok(r);
+            return Ok(r.map(BodyExt::boxed_unsync));
         }
         Verdict::Forbidden { message, .. } => {
-            return Ok(respond(
-                StatusCode::FORBIDDEN,
-                "text/plain",
-                format!("{message}\n"),
-            ));
+            return Ok(
+                respond(StatusCode::FORBIDDEN, "text/plain", format!("{message}\n"))
+                    .map(BodyExt::boxed_unsync),
+            );
         }
     };
     let mut response = route(&state, &req).await;
@@ -385,8 +420,40 @@ async fn handle(
     Ok(response)
 }
 
-async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.uri().path() != "/healthz" {
+async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if let Some(page) = crate::status_page::asset(req.method(), path) {
+        return page.map(BodyExt::boxed_unsync);
+    }
+    if crate::status_page::is_public(path) {
+        return route_whole(state, req).await.map(BodyExt::boxed_unsync);
+    }
+    // One table for the key and the action's owner.
+    let routes = state.routes.borrow().clone();
+    if routes.key.check(req.headers()).is_err() {
+        return route_whole(state, req).await.map(BodyExt::boxed_unsync);
+    }
+    if path == "/events" && req.method() == Method::GET {
+        let mut r = Response::new(crate::status_page::events::stream(state.clone()).boxed_unsync());
+        let h = r.headers_mut();
+        h.insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(
+            hyper::header::CACHE_CONTROL,
+            hyper::header::HeaderValue::from_static("no-cache"),
+        );
+        return r;
+    }
+    if let Some(r) = crate::status_page::action(&routes, req.method(), path, req.headers()).await {
+        return r.map(BodyExt::boxed_unsync);
+    }
+    route_whole(state, req).await.map(BodyExt::boxed_unsync)
+}
+
+async fn route_whole(state: &StatusState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if !crate::status_page::is_public(req.uri().path()) {
         let checked = state.routes.borrow().key.check(req.headers());
         match checked {
             Ok(()) => {}
@@ -437,7 +504,7 @@ async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Full<By
             "text/plain; version=0.0.4",
             metrics(state, probes.unwrap_or_else(Probes::read_cached)),
         ),
-        (_, "/healthz" | "/status" | "/metrics") => respond(
+        (_, "/healthz" | "/status" | "/metrics" | "/events") => respond(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "use GET\n".into(),
@@ -445,7 +512,7 @@ async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Full<By
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /status, /healthz or /metrics\n".into(),
+            "not found: try /, /status, /events, /healthz or /metrics\n".into(),
         ),
     }
 }

@@ -28,6 +28,8 @@ pub struct RouteEntry {
     pub handle: InstanceHandle,
     pub aliases: Vec<String>,
     pub on_demand: bool,
+    /// An on-demand model stops after this long without requests.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Routes {

@@ -121,8 +121,6 @@ impl State {
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub state: State,
-    /// When `state` last changed.
-    pub state_since: SystemTime,
     /// Where requests go now; `None` while they must wait.
     pub serving: Option<Arc<Gate>>,
     /// The launch the current process runs (the target's while none runs).
@@ -246,6 +244,11 @@ impl InstanceHandle {
 
     pub fn snapshot(&self) -> Snapshot {
         self.snapshot.borrow().clone()
+    }
+
+    /// A watch on the snapshot, to await changes (the status page's events).
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.snapshot.clone()
     }
 
     /// The model's recent output lines.
@@ -566,7 +569,6 @@ pub(crate) fn start_with(
 fn placeholder() -> Snapshot {
     Snapshot {
         state: State::Idle,
-        state_since: SystemTime::now(),
         serving: None,
         launch_id: LaunchId(String::new()),
         target_launch_id: LaunchId(String::new()),
@@ -858,17 +860,8 @@ impl Executor {
             .map(|r| Arc::clone(&r.gate));
         let l = &core.target().lifecycle;
         let since = |at: Instant| SystemTime::now() - Instant::now().saturating_duration_since(at);
-        let state = State::of(core.phase());
-        let previous = self.publish.borrow();
-        let state_since = if previous.state == state && !previous.target_launch_id.0.is_empty() {
-            previous.state_since
-        } else {
-            SystemTime::now()
-        };
-        drop(previous);
         Snapshot {
-            state,
-            state_since,
+            state: State::of(core.phase()),
             serving,
             launch_id: current
                 .map_or_else(|| core.target().launch.clone(), |(p, _)| p.launch.clone()),

@@ -21,6 +21,7 @@ pub mod logs;
 pub(crate) mod owner;
 pub(crate) mod ports;
 pub mod process;
+pub mod progress;
 pub(crate) mod readiness;
 
 // Used beyond the crate (the binary, tests, benches).
@@ -29,7 +30,7 @@ pub use instance::{
     AcquireError, InstanceHandle, LaunchRecord, OperateError, OperatorAction, Snapshot, State,
 };
 pub use leftovers::{InstanceRecord, LeftoverOutcome, StateFile, reap_leftovers};
-pub use logs::{LogSink, LogStream};
+pub use logs::{LogLine, LogSink, LogStream};
 pub use ports::pick_free_port;
 pub use process::{StopOutcome, spawn};
 pub use readiness::{ProbeResult, ReadyError, probe};

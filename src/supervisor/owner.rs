@@ -49,7 +49,8 @@ const IDLE_RECHECK: Duration = Duration::from_millis(50);
 ///   process starts once the old one is gone, whatever `swap` says).
 ///
 /// Each answers `Err(OperateError::Gone)` once the model is being removed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OperatorAction {
     Start,
     Stop,

@@ -203,7 +203,6 @@ async fn an_edit_replaces_and_a_settings_change_restarts_nothing() {
     h.update(spec("    queue_length: 3\n"));
     let s = until(&h, "new settings", |s| s.queue_length == 3).await;
     assert_eq!(s.pid, first.pid);
-    assert_eq!(s.state_since, first.state_since, "still ready since then");
     h.replace(spec("    ctx_size: 64\n    queue_length: 3\n"));
     let s = until(&h, "replaced", |s| {
         s.state == State::Ready && s.pid != first.pid
@@ -211,10 +210,6 @@ async fn an_edit_replaces_and_a_settings_change_restarts_nothing() {
     .await;
     assert_eq!(s.launch_id, s.target_launch_id);
     assert_ne!(s.launch_id, first.launch_id);
-    assert!(
-        s.state_since > first.state_since,
-        "ready again since the swap"
-    );
     assert_eq!(fake.most.load(Ordering::SeqCst), 1);
     h.shutdown().await;
 }
