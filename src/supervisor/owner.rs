@@ -39,8 +39,8 @@ const IDLE_RECHECK: Duration = Duration::from_millis(50);
 ///
 /// - `Start`: start it now. An idle model (on demand, kept down by its
 ///   restart policy, or stopped by the operator) starts; one in backoff
-///   skips the rest of its delay; one that is starting or ready is left as
-///   it is.
+///   skips the rest of its delay and forgets its failures; one that is
+///   starting or ready is left as it is.
 /// - `Stop`: drain and stop its processes. An always-on model then stays
 ///   stopped until `Start`, an edit of its launch in the spec, or a daemon
 ///   restart. An on-demand model returns to idle, so its next request
@@ -646,6 +646,9 @@ impl Core {
         match action {
             OperatorAction::Start => {
                 if matches!(self.phase, Phase::Idle(_) | Phase::Backoff { .. }) {
+                    // A person asked: earlier failures do not lengthen the
+                    // next delay.
+                    self.backoff.reset();
                     self.start(0, false, fx);
                 }
             }
