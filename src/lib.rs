@@ -14,6 +14,8 @@
 //! - [`http`]: rules both HTTP servers share (what browsers may do).
 //! - [`status_page`]: the status page on the control address, its live
 //!   `/events` stream and the operator actions.
+//! - [`schedule`]: the pure memory policy (admission, the ledger, eviction,
+//!   anti-thrash) and the edge that detects the machine's memory.
 
 pub mod daemon;
 pub mod gguf;
@@ -21,6 +23,7 @@ pub mod http;
 pub mod memory;
 pub mod plan;
 pub mod proxy;
+pub mod schedule;
 pub mod spec;
 pub mod status_page;
 pub mod supervisor;

@@ -16,6 +16,7 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 use rocm_llm::plan::{self, Launch, memory};
+use rocm_llm::schedule::admission::Fit;
 use rocm_llm::spec::validate::{self, Context, Disk};
 use rocm_llm::spec::{Desired, SpecErrors};
 
@@ -210,7 +211,7 @@ pub enum LoadError {
     Invalid { errors: SpecErrors, source: String },
 }
 
-pub fn load_spec(path: &Path) -> Result<Desired, LoadError> {
+pub fn load_spec(path: &Path) -> Result<(Desired, Fit), LoadError> {
     let bytes = std::fs::read(path)
         .map_err(|e| LoadError::Read(format!("{}: cannot read the spec: {e}", path.display())))?;
     let text = validate::spec_text(bytes, path)
@@ -220,7 +221,7 @@ pub fn load_spec(path: &Path) -> Result<Desired, LoadError> {
         default_llama_server: default_llama_server(),
         probe: &Disk,
     };
-    validate::load(&text, &ctx).map_err(|errors| LoadError::Invalid {
+    validate::load_with_fit(&text, &ctx).map_err(|errors| LoadError::Invalid {
         errors,
         source: text,
     })
@@ -266,7 +267,7 @@ fn validate_files(files: &[PathBuf]) -> ExitCode {
     let mut worst = 0;
     for file in files {
         match load_spec(file) {
-            Ok(desired) => {
+            Ok((desired, fit)) => {
                 warn_models(&desired);
                 let enabled = desired.enabled_models().count();
                 println!(
@@ -275,6 +276,7 @@ fn validate_files(files: &[PathBuf]) -> ExitCode {
                     desired.models.len(),
                     if desired.models.len() == 1 { "" } else { "s" }
                 );
+                emit(&render_detected(&desired, &fit));
             }
             Err(e) => worst = worst.max(report(&e)),
         }
@@ -283,30 +285,29 @@ fn validate_files(files: &[PathBuf]) -> ExitCode {
 }
 
 fn plan_file(file: &Path, json: bool) -> ExitCode {
-    let desired = match load_spec(file) {
+    let (desired, fit) = match load_spec(file) {
         Ok(d) => d,
         Err(e) => return ExitCode::from(report(&e)),
     };
     warn_models(&desired);
-    let listed = plan_devices(&desired);
+    // Admission already asked llama-server which GPUs it sees.
+    let listed = fit.machine.gpus.clone();
     if json {
+        let mut value = plan_json(&desired, &listed);
+        value["fit"] = fit_json(&fit);
         emit(&format!(
             "{}\n",
-            serde_json::to_string_pretty(&plan_json(&desired, &listed)).unwrap_or_default()
+            serde_json::to_string_pretty(&value).unwrap_or_default()
         ));
         return ExitCode::SUCCESS;
     }
     emit(&format!(
-        "{}{}",
+        "{}{}{}",
         render_plan(&desired, &listed),
+        render_fit(&fit),
         render_diff(&desired)
     ));
     ExitCode::SUCCESS
-}
-
-/// The GPUs llama-server will use, as [`memory::Device`]s.
-pub fn plan_devices(desired: &Desired) -> Vec<rocm_llm::memory::plan::ListedDevice> {
-    rocm_llm::memory::plan::list_devices(&desired.llama_server)
 }
 
 fn gpus_of(listed: &[rocm_llm::memory::plan::ListedDevice]) -> Vec<rocm_llm::memory::Device> {
@@ -360,6 +361,12 @@ pub fn render_plan(desired: &Desired, listed: &[rocm_llm::memory::plan::ListedDe
         if m.lifecycle.on_demand {
             out.push_str("#   on demand: starts at its first request\n");
         }
+        if let Some(bytes) = m.lifecycle.footprint {
+            out.push_str(&format!(
+                "#   declared memory: {} (admission counts it instead of the estimate)\n",
+                memory::human_bytes(bytes)
+            ));
+        }
         match rocm_llm::memory::plan::model_estimate(m, &gpus) {
             Ok(e) => {
                 out.push_str(&format!(
@@ -382,8 +389,9 @@ pub fn render_plan(desired: &Desired, listed: &[rocm_llm::memory::plan::ListedDe
                     }
                 }
                 if m.lifecycle.on_demand {
-                    if largest_on_demand.is_none_or(|(b, _)| e.total_bytes() > b) {
-                        largest_on_demand = Some((e.total_bytes(), &m.name));
+                    let bytes = m.lifecycle.footprint.unwrap_or_else(|| e.total_bytes());
+                    if largest_on_demand.is_none_or(|(b, _)| bytes > b) {
+                        largest_on_demand = Some((bytes, &m.name));
                     }
                 } else {
                     always_on.push(e);
@@ -505,6 +513,186 @@ pub fn plan_json(
             "total_bytes": sums.values().map(memory::Parts::total).sum::<u64>(),
             "devices": sums.iter().map(|(d, p)| (d.clone(), parts_json(p))).collect::<serde_json::Map<_, _>>(),
         },
+    })
+}
+
+/// What `validate` says it detected, and how the budget is used.
+pub fn render_detected(desired: &Desired, fit: &Fit) -> String {
+    let mut out = String::new();
+    let gpus: Vec<String> = fit
+        .machine
+        .gpus
+        .iter()
+        .map(|g| {
+            format!(
+                "{} {} ({})",
+                g.name,
+                g.description,
+                memory::human_bytes(g.total)
+            )
+        })
+        .collect();
+    out.push_str(&format!(
+        "  detected: {} lists {}; host memory {}\n",
+        desired.llama_server.display(),
+        if gpus.is_empty() {
+            "no GPU (every model runs on the host)".to_owned()
+        } else {
+            gpus.join(", ")
+        },
+        fit.machine
+            .ram_total
+            .map_or_else(|| "unknown".to_owned(), memory::human_bytes),
+    ));
+    for b in &fit.budgets {
+        out.push_str(&format!(
+            "  budget {}: {} ({}); always-on models {}\n",
+            b.device,
+            b,
+            b.source,
+            memory::human_bytes(fit.always_on(&b.device))
+        ));
+    }
+    for note in &fit.notes {
+        out.push_str(&format!("  note: {note}\n"));
+    }
+    for (m, why) in &fit.unchecked {
+        out.push_str(&format!("  not checked: {m}: {why}\n"));
+    }
+    out
+}
+
+/// The fit table `plan` prints: each device's budget and each enabled
+/// model's footprint on it.
+pub fn render_fit(fit: &Fit) -> String {
+    let mut out = String::from("\n# memory budget (admission, docs/scheduler.md):\n");
+    for b in &fit.budgets {
+        let used = fit.always_on(&b.device);
+        out.push_str(&format!(
+            "#   {}: {}, {}; always-on {}, {} left beside them\n",
+            b.device,
+            b,
+            b.source,
+            memory::human_bytes(used),
+            memory::human_bytes(b.available().saturating_sub(used)),
+        ));
+    }
+    if fit.budgets.is_empty() {
+        out.push_str("#   no budget known: nothing is checked\n");
+    }
+    let devices: Vec<&str> = fit.budgets.iter().map(|b| b.device.as_str()).collect();
+    let mut rows = vec![{
+        let mut h = vec![
+            "model".to_owned(),
+            "kind".to_owned(),
+            "priority".to_owned(),
+            "from".to_owned(),
+        ];
+        h.extend(devices.iter().map(|d| (*d).to_owned()));
+        h.push("fits".to_owned());
+        h
+    }];
+    for f in &fit.footprints {
+        let mut row = vec![
+            f.model.clone(),
+            if f.always_on {
+                "always-on"
+            } else {
+                "on demand"
+            }
+            .to_owned(),
+            f.priority.to_string(),
+            f.source.to_owned(),
+        ];
+        row.extend(devices.iter().map(|d| {
+            let b = f.on(d);
+            if b == 0 {
+                "-".to_owned()
+            } else {
+                memory::human_bytes(b)
+            }
+        }));
+        let shorts: Vec<String> = fit
+            .shortfalls
+            .iter()
+            .filter(|s| s.members.iter().any(|(m, _)| *m == f.model))
+            .map(|s| format!("short by {} on {}", memory::human_bytes(s.short), s.device))
+            .collect();
+        row.push(if !shorts.is_empty() {
+            shorts.join(", ")
+        } else if f.always_on {
+            "yes".to_owned()
+        } else {
+            "yes, beside the always-on models".to_owned()
+        });
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(&format!("#   {}\n", cells.join("  ").trim_end()));
+    }
+    for (m, why) in &fit.unchecked {
+        out.push_str(&format!("#   {m}: not checked: {why}\n"));
+    }
+    // On-demand models that cannot be loaded together.
+    let on_demand: Vec<_> = fit.footprints.iter().filter(|f| !f.always_on).collect();
+    for (i, a) in on_demand.iter().enumerate() {
+        for b in &on_demand[i + 1..] {
+            for budget in &fit.budgets {
+                let d = budget.device.as_str();
+                let need = fit.always_on(d) + a.on(d) + b.on(d);
+                if a.on(d) > 0 && b.on(d) > 0 && need > budget.available() {
+                    out.push_str(&format!(
+                        "#   {} and {} do not fit together on {} (short by {}): one must stop before the other starts (not done automatically yet, docs/scheduler.md)\n",
+                        a.model,
+                        b.model,
+                        d,
+                        memory::human_bytes(need - budget.available())
+                    ));
+                }
+            }
+        }
+    }
+    for note in &fit.notes {
+        out.push_str(&format!("#   note: {note}\n"));
+    }
+    out
+}
+
+/// `plan --json`'s `fit` (docs/scheduler.md).
+pub fn fit_json(fit: &Fit) -> serde_json::Value {
+    use serde_json::json;
+    json!({
+        "budgets": fit.budgets.iter().map(|b| json!({
+            "device": b.device,
+            "total_bytes": b.total,
+            "reserve_bytes": b.reserve,
+            "available_bytes": b.available(),
+            "source": b.source,
+            "always_on_bytes": fit.always_on(&b.device),
+        })).collect::<Vec<_>>(),
+        "models": fit.footprints.iter().map(|f| (f.model.clone(), json!({
+            "always_on": f.always_on,
+            "priority": f.priority,
+            "source": f.source,
+            "devices": f.devices,
+        }))).collect::<serde_json::Map<_, _>>(),
+        "unchecked": fit.unchecked.iter().map(|(m, why)| json!({"model": m, "reason": why})).collect::<Vec<_>>(),
+        "notes": fit.notes,
+        "shortfalls": fit.shortfalls.iter().map(|s| json!({
+            "model": s.model,
+            "kind": s.kind,
+            "device": s.device,
+            "short_bytes": s.short,
+            "members": s.members.iter().map(|(m, b)| json!({"model": m, "bytes": b})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
     })
 }
 

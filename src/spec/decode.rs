@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::diagnostic::suggest;
-use super::model::{HumanDuration, SpecFile};
+use super::model::{HumanDuration, MemoryTotal, Size, SpecFile};
 use super::tree::{Located, Node, Pos};
 
 /// A mistake found while decoding, before the file name is attached.
@@ -240,6 +240,26 @@ impl<'s> Checker<'s> {
                     }
                 }
             }
+            Node::Str(s) if schema.get("format").and_then(Value::as_str) == Some("size") => {
+                match Size::parse(s) {
+                    Ok(_) => Some(node.value.to_json()),
+                    Err(message) => {
+                        self.problem(node.pos, path, message);
+                        None
+                    }
+                }
+            }
+            Node::Str(s)
+                if schema.get("format").and_then(Value::as_str) == Some("size-or-auto") =>
+            {
+                match MemoryTotal::parse(s) {
+                    Ok(_) => Some(node.value.to_json()),
+                    Err(message) => {
+                        self.problem(node.pos, path, message);
+                        None
+                    }
+                }
+            }
             other => Some(other.to_json()),
         }
     }
@@ -408,6 +428,12 @@ fn describe(root: &Value, schema: &Value) -> String {
         }
         Some("string") if schema.get("format").and_then(Value::as_str) == Some("duration") => {
             "a duration such as 30s, 10m or 1h 30m".to_owned()
+        }
+        Some("string") if schema.get("format").and_then(Value::as_str) == Some("size") => {
+            Size::EXPECTED.to_owned()
+        }
+        Some("string") if schema.get("format").and_then(Value::as_str) == Some("size-or-auto") => {
+            format!("auto or {}", Size::EXPECTED)
         }
         Some("string") if schema.get("additionalProperties").is_none() => "a string".to_owned(),
         Some("boolean") => "true or false".to_owned(),

@@ -21,8 +21,80 @@ pub struct Desired {
     pub llama_server: PathBuf,
     /// Who may reach the endpoint and the status API from a browser.
     pub browser: BrowserAccess,
+    /// What the models may fill on each device.
+    pub memory: MemoryBudget,
     /// Every declared model, enabled or not, by name.
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// The spec's `memory` block, defaults applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryBudget {
+    /// Each GPU's memory.
+    pub vram: Pool,
+    /// The host's memory (llama.cpp's `CPU` device).
+    pub ram: Pool,
+    pub overheads: BackendOverheads,
+}
+
+pub const DEFAULT_VRAM_RESERVE: u64 = 512 << 20;
+pub const DEFAULT_RAM_RESERVE: u64 = 1 << 30;
+
+/// One kind of memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Pool {
+    /// `None`: `auto`, what the machine reports.
+    pub total: Option<u64>,
+    /// Left alone.
+    pub reserve: u64,
+}
+
+impl Pool {
+    pub fn vram_default() -> Pool {
+        Pool {
+            total: None,
+            reserve: DEFAULT_VRAM_RESERVE,
+        }
+    }
+    pub fn ram_default() -> Pool {
+        Pool {
+            total: None,
+            reserve: DEFAULT_RAM_RESERVE,
+        }
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool::vram_default()
+    }
+}
+
+/// The spec's per-backend overheads; `None` keeps the built-in figure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BackendOverheads {
+    pub rocm: Option<u64>,
+    pub cuda: Option<u64>,
+    pub vulkan: Option<u64>,
+    pub cpu: Option<u64>,
+}
+
+impl BackendOverheads {
+    /// The spec's figure for a device named as llama.cpp names it
+    /// (`ROCm0`, `CUDA0`, `Vulkan0`, `CPU`), if the spec sets one.
+    pub fn for_device(&self, device: &str) -> Option<u64> {
+        if device.starts_with("ROCm") || device.starts_with("HIP") {
+            self.rocm
+        } else if device.starts_with("CUDA") {
+            self.cuda
+        } else if device.starts_with("Vulkan") {
+            self.vulkan
+        } else if device == "CPU" {
+            self.cpu
+        } else {
+            None
+        }
+    }
 }
 
 /// The spec's `allowed_hosts` and `cors_origins`, checked and lowercased.
@@ -144,6 +216,10 @@ pub struct Lifecycle {
     pub wait_timeout: Duration,
     pub drain_timeout: Duration,
     pub liveness: Liveness,
+    /// When memory is short, lower priorities yield first.
+    pub priority: i32,
+    /// The declared footprint (`memory:`), used instead of the estimate.
+    pub footprint: Option<u64>,
 }
 
 /// Liveness probes of a ready process.
@@ -178,6 +254,8 @@ impl Default for Lifecycle {
             wait_timeout: Duration::from_secs(120),
             drain_timeout: Duration::from_secs(300),
             liveness: Liveness::default(),
+            priority: 0,
+            footprint: None,
         }
     }
 }

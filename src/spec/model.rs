@@ -40,6 +40,10 @@ pub struct SpecFile {
     /// request from any other page's origin gets 403 and does nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors_origins: Option<Vec<String>>,
+    /// The memory the models may fill, per device: admission in
+    /// `validate`, `plan` and every reload (docs/scheduler.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemorySpec>,
     /// Options every model inherits; a model's own value wins.
     #[serde(default, skip_serializing_if = "ModelOptions::is_empty")]
     pub defaults: ModelOptions,
@@ -133,6 +137,14 @@ pub struct ModelOptions {
     /// Start at the first request instead of at load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_demand: Option<bool>,
+    /// A declared footprint used instead of the estimate (all of it on the
+    /// model's first GPU, or on the host when it runs on none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Size>,
+    /// When memory is short, lower priorities yield first. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1000, max = 1000))]
+    pub priority: Option<i32>,
     /// Stop the model after this long without requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<HumanDuration>,
@@ -279,4 +291,230 @@ impl JsonSchema for HumanDuration {
             "examples": ["30s", "10m"]
         })
     }
+}
+
+/// A number of bytes written with a binary unit: `16GiB`, `512MiB`, `1.5GiB`,
+/// `0B`. Decimal units (`GB`, `MB`) are refused with a hint: GPU tools and
+/// llama.cpp print binary units, and a silent 7 % difference is how budgets
+/// go wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+const BINARY_UNITS: [(&str, u64); 5] = [
+    ("B", 1),
+    ("KiB", 1 << 10),
+    ("MiB", 1 << 20),
+    ("GiB", 1 << 30),
+    ("TiB", 1 << 40),
+];
+
+impl Size {
+    pub const EXPECTED: &'static str = "a size such as 16GiB, 512MiB or 0B";
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = (&t[..split], t[split..].trim());
+        let expected = || format!("expected {}, found \"{text}\"", Size::EXPECTED);
+        if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+            return Err(expected());
+        }
+        let Some((_, scale)) = BINARY_UNITS.iter().find(|(u, _)| *u == unit) else {
+            let decimal = [
+                ("kB", "KiB", 1e3, 1024.0),
+                ("MB", "MiB", 1e6, 1_048_576.0),
+                ("GB", "GiB", 1e9, 1_073_741_824.0),
+                ("TB", "TiB", 1e12, 1_099_511_627_776.0),
+            ];
+            if let Some((_, binary, dec, bin)) =
+                decimal.iter().find(|(d, ..)| d.eq_ignore_ascii_case(unit))
+            {
+                let same = number.parse::<f64>().unwrap_or(0.0) * dec / bin;
+                return Err(format!(
+                    "decimal units are not accepted, found \"{text}\": write {number}{binary} (1024-based, as llama.cpp and the GPU drivers count), or {same:.2}{binary} for the same bytes"
+                ));
+            }
+            if unit.is_empty() {
+                return Err(format!(
+                    "expected {}, found \"{text}\": a size needs its unit (B, KiB, MiB, GiB or TiB)",
+                    Size::EXPECTED
+                ));
+            }
+            return Err(expected());
+        };
+        let bytes = match number.split_once('.') {
+            None => number
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(*scale)),
+            Some((whole, frac)) if !frac.contains('.') && frac.len() <= 6 => {
+                let whole: u64 = whole
+                    .parse()
+                    .ok()
+                    .filter(|_| !whole.is_empty())
+                    .unwrap_or(0);
+                let digits: u64 = frac.parse().ok().unwrap_or(0);
+                let denom = 10u64.pow(frac.len() as u32);
+                whole.checked_mul(*scale).and_then(|w| {
+                    let part = u128::from(digits) * u128::from(*scale) / u128::from(denom);
+                    w.checked_add(u64::try_from(part).ok()?)
+                })
+            }
+            Some(_) => return Err(expected()),
+        };
+        // 1 EiB: far beyond any machine; larger is a typo.
+        match bytes {
+            Some(b) if b <= 1 << 60 => Ok(Size(b)),
+            _ => Err(format!("{text} is too large (at most 1048576TiB)")),
+        }
+    }
+}
+
+impl fmt::Display for Size {
+    /// The largest unit that writes the size exactly (`1536MiB`, `16GiB`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (unit, scale) = BINARY_UNITS
+            .iter()
+            .rev()
+            .find(|(_, s)| self.0.is_multiple_of(*s) && (self.0 > 0 || *s == 1))
+            .copied()
+            .unwrap_or(("B", 1));
+        write!(f, "{}{unit}", self.0 / scale)
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Size::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+const SIZE_PATTERN: &str = r"^\s*\d+(\.\d+)?\s*(B|KiB|MiB|GiB|TiB)\s*$";
+
+impl JsonSchema for Size {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Size".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "format": "size",
+            "description": "A size in binary units: B, KiB, MiB, GiB or TiB (1024-based), e.g. 16GiB, 512MiB, 1.5GiB, 0B. Decimal units (GB, MB) are refused.",
+            "pattern": SIZE_PATTERN,
+            "examples": ["16GiB", "512MiB", "0B"]
+        })
+    }
+}
+
+/// A device's memory: `auto` (detected) or a size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MemoryTotal {
+    Auto,
+    Size(Size),
+}
+
+impl MemoryTotal {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.trim() == "auto" {
+            return Ok(MemoryTotal::Auto);
+        }
+        Size::parse(text).map(MemoryTotal::Size).map_err(|e| {
+            if e.starts_with("expected ") {
+                e.replacen("expected ", "expected auto or ", 1)
+            } else {
+                e
+            }
+        })
+    }
+}
+
+impl fmt::Display for MemoryTotal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MemoryTotal::Auto => f.write_str("auto"),
+            MemoryTotal::Size(s) => s.fmt(f),
+        }
+    }
+}
+
+impl Serialize for MemoryTotal {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MemoryTotal {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        MemoryTotal::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for MemoryTotal {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MemoryTotal".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "format": "size-or-auto",
+            "description": "`auto` (what the machine reports; docs/scheduler.md) or a size in binary units, e.g. 16GiB.",
+            "pattern": r"^\s*(auto|\d+(\.\d+)?\s*(B|KiB|MiB|GiB|TiB))\s*$",
+            "examples": ["auto", "16GiB"]
+        })
+    }
+}
+
+/// The memory budget: what the daemon may fill on each device.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySpec {
+    /// Each GPU's memory. `total` applies to every GPU llama-server lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram: Option<PoolSpec>,
+    /// Host memory, for what runs on the CPU (and the host-side buffers of
+    /// offloaded models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram: Option<PoolSpec>,
+    /// The fixed per-process cost of a backend's runtime on its device,
+    /// replacing the built-in guesses (docs/memory.md, "Overhead").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead: Option<OverheadSpec>,
+}
+
+/// One kind of memory: how much there is and how much to leave alone.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// `auto` (default): what the machine reports. Or a size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<MemoryTotal>,
+    /// Left for everything else (desktop, other programs). Default 512MiB
+    /// for `vram`, 1GiB for `ram`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve: Option<Size>,
+}
+
+/// Per-backend overhead. Unset backends keep the built-in figure
+/// (ROCm 512MiB, CUDA 384MiB, Vulkan 64MiB, CPU 0B).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverheadSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rocm: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vulkan: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Size>,
 }

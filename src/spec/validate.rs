@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use super::decode::{self, Places};
 use super::desired::{
-    BrowserAccess, DEFAULT_CONTROL, DEFAULT_LISTEN, Desired, LaunchOptions, Lifecycle, Liveness,
-    ModelConfig, normal_origin, valid_host,
+    BackendOverheads, BrowserAccess, DEFAULT_CONTROL, DEFAULT_LISTEN, Desired, LaunchOptions,
+    Lifecycle, Liveness, MemoryBudget, ModelConfig, Pool, normal_origin, valid_host,
 };
 use super::diagnostic::{Diagnostic, SpecErrors};
 use super::model::{ModelOptions, SpecFile};
 use super::tree::{self, Pos};
+use crate::memory::{Device, Estimate};
+use crate::schedule::admission::{self, Fit};
+use crate::schedule::detect::Machine;
 
 /// The outside world validation needs, as a seam: tests use an in-memory
 /// fake, the CLI and daemon the real file system.
@@ -27,6 +30,19 @@ pub trait FileProbe {
     fn check_executable(&self, program: &Path) -> Result<(), String> {
         let _ = program;
         Ok(())
+    }
+    /// The machine as memory admission sees it: the GPUs `llama_server`
+    /// lists, the host's memory, what the drivers report. Fakes detect
+    /// nothing, so only declared totals and footprints are checked.
+    fn machine(&self, llama_server: &Path) -> Machine {
+        let _ = llama_server;
+        Machine::default()
+    }
+    /// A model's estimate on these GPUs. Fakes have none: admission then
+    /// counts only models with a declared `memory`.
+    fn estimate(&self, model: &ModelConfig, gpus: &[Device]) -> Result<Estimate, String> {
+        let _ = (model, gpus);
+        Err("no estimate in this test probe".into())
     }
 }
 
@@ -48,6 +64,12 @@ pub fn find_on_path(name: &Path) -> Option<PathBuf> {
 }
 
 impl FileProbe for Disk {
+    fn machine(&self, llama_server: &Path) -> Machine {
+        crate::schedule::detect::machine(llama_server, &crate::memory::probe::ProbeRoots::default())
+    }
+    fn estimate(&self, model: &ModelConfig, gpus: &[Device]) -> Result<Estimate, String> {
+        crate::memory::plan::model_estimate(model, gpus)
+    }
     fn check_gguf(&self, path: &Path) -> Result<(), String> {
         // Missing, unreadable and non-regular files (a FIFO would block the
         // read) get the plain file messages; the rest is the GGUF check
@@ -143,11 +165,23 @@ pub fn spec_text(bytes: Vec<u8>, spec_path: &Path) -> Result<String, (SpecErrors
     }
 }
 
-/// Parses, decodes and validates one spec file's text.
+/// Parses, decodes and validates one spec file's text, memory admission
+/// included.
 pub fn load(text: &str, ctx: &Context<'_>) -> Result<Desired, SpecErrors> {
-    let (desired, diagnostics) = check(text, ctx);
+    let (desired, _, diagnostics) = check_with_fit(text, ctx);
     if diagnostics.is_empty() {
         Ok(desired)
+    } else {
+        Err(SpecErrors { diagnostics })
+    }
+}
+
+/// [`load`], with what admission found: the machine and the fit table
+/// (for `validate` and `plan` to show).
+pub fn load_with_fit(text: &str, ctx: &Context<'_>) -> Result<(Desired, Fit), SpecErrors> {
+    let (desired, fit, diagnostics) = check_with_fit(text, ctx);
+    if diagnostics.is_empty() {
+        Ok((desired, fit))
     } else {
         Err(SpecErrors { diagnostics })
     }
@@ -159,6 +193,13 @@ pub fn load(text: &str, ctx: &Context<'_>) -> Result<Desired, SpecErrors> {
 /// those keys are valid (the defaults where not), so a typo elsewhere never
 /// moves the daemon or drops its key.
 pub fn check(text: &str, ctx: &Context<'_>) -> (Desired, Vec<Diagnostic>) {
+    let (desired, _, diagnostics) = check_with_fit(text, ctx);
+    (desired, diagnostics)
+}
+
+/// [`check`], with admission's fit table (empty when the spec has other
+/// mistakes: admission reads the model files).
+pub fn check_with_fit(text: &str, ctx: &Context<'_>) -> (Desired, Fit, Vec<Diagnostic>) {
     let tree = match tree::parse(text) {
         Ok(tree) => tree,
         Err(e) => {
@@ -175,11 +216,12 @@ pub fn check(text: &str, ctx: &Context<'_>) -> (Desired, Vec<Diagnostic>) {
                 api_key_file: None,
                 llama_server: ctx.default_llama_server.clone(),
                 browser: BrowserAccess::default(),
+                memory: Default::default(),
                 models: BTreeMap::new(),
             };
             let errors =
                 SpecErrors::single(ctx.spec_path, pos, "", format!("invalid YAML: {message}"));
-            return (unparsed, errors.diagnostics);
+            return (unparsed, Fit::default(), errors.diagnostics);
         }
     };
     let decoded = decode::decode(&tree);
@@ -197,8 +239,20 @@ pub fn check(text: &str, ctx: &Context<'_>) -> (Desired, Vec<Diagnostic>) {
         });
     }
     let desired = v.validate(&decoded.spec);
+    let mut fit = Fit::default();
+    if v.diagnostics.is_empty() {
+        // Admission needs a spec whose files are good: the estimate reads
+        // them.
+        let machine = ctx.probe.machine(&desired.llama_server);
+        fit = admission::check(&desired, &machine, &|m, gpus| ctx.probe.estimate(m, gpus));
+        for short in &fit.shortfalls {
+            let path = format!("models.{}", short.model);
+            let pos = v.places.key(&path);
+            v.error_at(pos, &path, short.to_string());
+        }
+    }
     v.diagnostics.sort_by_key(|a| a.pos);
-    (desired, v.diagnostics)
+    (desired, fit, v.diagnostics)
 }
 
 fn default_address(text: &str) -> SocketAddr {
@@ -394,6 +448,7 @@ impl Validator<'_> {
             ("model", "a model file"),
             ("aliases", "aliases"),
             ("default", "`default`"),
+            ("memory", "a declared footprint (`memory`)"),
         ] {
             let path = format!("defaults.{key}");
             if self.places.written(&path) {
@@ -419,12 +474,14 @@ impl Validator<'_> {
             models.insert(name.clone(), config);
         }
         self.check_ids(&models);
+        let memory = memory_budget(spec.memory.as_ref());
         Desired {
             listen,
             control,
             api_key_file,
             llama_server,
             browser,
+            memory,
             models,
         }
     }
@@ -551,6 +608,8 @@ impl Validator<'_> {
                 timeout: o.liveness_timeout.map_or(d.liveness.timeout, |x| x.0),
                 failures: o.liveness_failures.unwrap_or(d.liveness.failures),
             },
+            priority: o.priority.unwrap_or(d.priority),
+            footprint: own.memory.map(|s| s.0),
         };
         let sec = Duration::from_secs;
         for (key, value, min, max) in [
@@ -756,6 +815,8 @@ pub fn merge(defaults: &ModelOptions, own: &ModelOptions) -> ModelOptions {
         liveness_interval,
         liveness_timeout,
         liveness_failures,
+        memory,
+        priority,
     );
     merged.env = match (&defaults.env, &own.env) {
         (None, None) => None,
@@ -779,4 +840,26 @@ fn valid_env_name(key: &str) -> bool {
     let mut chars = key.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The `memory` block with its defaults.
+fn memory_budget(spec: Option<&super::model::MemorySpec>) -> MemoryBudget {
+    let pool = |p: Option<&super::model::PoolSpec>, default: Pool| Pool {
+        total: match p.and_then(|p| p.total) {
+            Some(super::model::MemoryTotal::Size(s)) => Some(s.0),
+            _ => default.total,
+        },
+        reserve: p.and_then(|p| p.reserve).map_or(default.reserve, |s| s.0),
+    };
+    let o = spec.and_then(|s| s.overhead.clone()).unwrap_or_default();
+    MemoryBudget {
+        vram: pool(spec.and_then(|s| s.vram.as_ref()), Pool::vram_default()),
+        ram: pool(spec.and_then(|s| s.ram.as_ref()), Pool::ram_default()),
+        overheads: BackendOverheads {
+            rocm: o.rocm.map(|s| s.0),
+            cuda: o.cuda.map(|s| s.0),
+            vulkan: o.vulkan.map(|s| s.0),
+            cpu: o.cpu.map(|s| s.0),
+        },
+    }
 }

@@ -1,0 +1,480 @@
+//! The scheduling policy, pure: what to do when a model must load and the
+//! ledger says it does not fit ([`make_room`]), and when to swap between
+//! models that cannot both be loaded ([`next_swap`]).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::ledger::{Bytes, DeviceShort, Ledger, Phase};
+
+/// A model that holds memory now, as the policy sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resident {
+    pub model: String,
+    pub priority: i32,
+    /// Requests being served.
+    pub in_flight: u32,
+    /// Requests waiting for it.
+    pub queued: u32,
+    /// When it last served (any monotone clock, e.g. ms since start).
+    pub last_used: u64,
+    /// Only on-demand models may be stopped to make room.
+    pub on_demand: bool,
+}
+
+impl Resident {
+    fn idle(&self) -> bool {
+        self.in_flight == 0 && self.queued == 0
+    }
+}
+
+/// What a load that does not fit should do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Room {
+    /// It fits now: reserve and spawn.
+    Fits,
+    /// Stop these idle models (in this order), wait for their memory, then
+    /// load.
+    Evict { victims: Vec<String> },
+    /// Busy models hold the room (or memory is on its way back, or another
+    /// load runs on the device): wait in the queue, bounded by
+    /// `wait_timeout`, and ask again when something changes.
+    Wait { held_by: Vec<String> },
+    /// It cannot fit even with every on-demand model stopped: fail at once
+    /// (503), evict nothing.
+    Never { short: Vec<DeviceShort> },
+}
+
+/// Decides how `model` (not holding anything yet) gets `need`.
+///
+/// - Fits in what is free and no other load runs on its devices: [`Room::Fits`].
+/// - Cannot fit even if every on-demand model were stopped (the always-on
+///   ones hold the rest): [`Room::Never`].
+/// - Memory already on its way back (exited models) covers it, or a load
+///   runs on the device: [`Room::Wait`].
+/// - Else idle on-demand models, lowest priority first, then least recently
+///   used, are taken until it fits, and any that turn out not to be needed
+///   are spared: [`Room::Evict`]. A model with requests in flight or queued
+///   is never a victim.
+/// - If the idle ones are not enough, nothing is evicted: [`Room::Wait`] on
+///   the busy ones, which drain first.
+pub fn make_room(ledger: &Ledger, model: &str, need: &Bytes, residents: &[Resident]) -> Room {
+    let resident = |m: &str| residents.iter().find(|r| r.model == m);
+    let holds = |m: &str, d: &str| {
+        ledger
+            .get(m)
+            .and_then(|r| r.bytes.get(d).copied())
+            .unwrap_or(0)
+    };
+    let releasing: Vec<&String> = ledger
+        .reservations()
+        .filter(|(m, r)| r.phase == Phase::Releasing && m.as_str() != model)
+        .map(|(m, _)| m)
+        .collect();
+    // Everything that could ever be given back: on-demand residents and
+    // what is already being released.
+    let reclaimable: Vec<&String> = ledger
+        .reservations()
+        .filter(|(m, r)| {
+            m.as_str() != model
+                && (r.phase == Phase::Releasing || resident(m).is_some_and(|x| x.on_demand))
+        })
+        .map(|(m, _)| m)
+        .collect();
+    let gain = |set: &[&String], d: &str| -> u64 { set.iter().map(|m| holds(m, d)).sum() };
+    let never: Vec<DeviceShort> = need
+        .iter()
+        .filter(|(d, b)| **b > ledger.free(d).saturating_add(gain(&reclaimable, d)))
+        .map(|(d, b)| DeviceShort {
+            device: d.clone(),
+            need: *b,
+            free: ledger.free(d).saturating_add(gain(&reclaimable, d)),
+        })
+        .collect();
+    if !never.is_empty() {
+        return Room::Never { short: never };
+    }
+    let fits_with = |set: &[&String]| {
+        need.iter()
+            .all(|(d, b)| *b <= ledger.free(d).saturating_add(gain(set, d)))
+    };
+    if let Some((_, loading)) = ledger.loading_on(need) {
+        return Room::Wait {
+            held_by: vec![loading],
+        };
+    }
+    if fits_with(&[]) {
+        return Room::Fits;
+    }
+    if fits_with(&releasing) {
+        return Room::Wait {
+            held_by: releasing.into_iter().cloned().collect(),
+        };
+    }
+    let mut idle: Vec<&Resident> = residents
+        .iter()
+        .filter(|r| {
+            r.model != model
+                && r.on_demand
+                && r.idle()
+                && ledger
+                    .get(&r.model)
+                    .is_some_and(|x| x.phase == Phase::Loaded)
+        })
+        .collect();
+    idle.sort_by(|a, b| {
+        (a.priority, a.last_used, &a.model).cmp(&(b.priority, b.last_used, &b.model))
+    });
+    let mut taken: Vec<&String> = releasing.clone();
+    let mut victims: Vec<&String> = Vec::new();
+    for r in idle {
+        if fits_with(&taken) {
+            break;
+        }
+        // Only a model that frees something where memory is short helps.
+        let helps = need.iter().any(|(d, b)| {
+            *b > ledger.free(d).saturating_add(gain(&taken, d)) && holds(&r.model, d) > 0
+        });
+        if helps {
+            taken.push(&r.model);
+            victims.push(&r.model);
+        }
+    }
+    if !fits_with(&taken) {
+        let mut held_by: Vec<String> = residents
+            .iter()
+            .filter(|r| r.model != model && r.on_demand && !r.idle())
+            .map(|r| r.model.clone())
+            .collect();
+        held_by.extend(releasing.into_iter().cloned());
+        held_by.sort();
+        return Room::Wait { held_by };
+    }
+    // Spare, from the most valuable back, every victim not needed.
+    let mut i = victims.len();
+    while i > 0 {
+        i -= 1;
+        let without: Vec<&String> = taken.iter().copied().filter(|m| *m != victims[i]).collect();
+        if fits_with(&without) {
+            taken = without;
+            victims.remove(i);
+        }
+    }
+    Room::Evict {
+        victims: victims.into_iter().cloned().collect(),
+    }
+}
+
+/// The model loaded now, in a contest for the same memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    pub model: String,
+    pub in_flight: u32,
+    pub queued: u32,
+    /// How long it has been loaded (since ready): its turn so far.
+    pub loaded_for: Duration,
+}
+
+/// A model with requests waiting that cannot load beside [`Loaded`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    pub model: String,
+    pub queued: u32,
+    /// How long its oldest request has waited.
+    pub oldest: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Swap {
+    /// Keep serving the loaded model.
+    Stay,
+    /// Stop dispatching to the loaded model, let its in-flight requests
+    /// finish (its queued ones wait), then stop it and load `to`.
+    To(String),
+}
+
+/// The default fairness bound: see [`next_swap`].
+pub const DEFAULT_FAIRNESS: Duration = Duration::from_secs(40);
+
+/// The anti-thrash rule. While the loaded model has work (in flight or
+/// queued), it keeps the memory for a turn of at least `fairness`: what is
+/// queued for it is served first. Once its turn has lasted `fairness` and
+/// another model's oldest request has waited `fairness`, the
+/// longest-waiting model gets the memory. An idle loaded model gives way at
+/// once. Among waiters, the oldest request wins (then the name, for a total
+/// order).
+///
+/// Without the turn, two models both past the bound under load would swap
+/// back and forth without serving anything (the benchmark found that).
+/// The bound on a request's wait for its model to start loading, with two
+/// models: `fairness` (the rest of the loaded model's turn, or its own
+/// wait) plus the drain of the loaded model's in-flight requests, its stop
+/// and the load.
+pub fn next_swap(loaded: &Loaded, waiting: &[Waiting], fairness: Duration) -> Swap {
+    let Some(first) = waiting
+        .iter()
+        .filter(|w| w.queued > 0 && w.model != loaded.model)
+        .max_by(|a, b| a.oldest.cmp(&b.oldest).then_with(|| b.model.cmp(&a.model)))
+    else {
+        return Swap::Stay;
+    };
+    let busy = loaded.in_flight > 0 || loaded.queued > 0;
+    if !busy || (loaded.loaded_for >= fairness && first.oldest >= fairness) {
+        Swap::To(first.model.clone())
+    } else {
+        Swap::Stay
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn bytes(d: &[(&str, u64)]) -> Bytes {
+        d.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    }
+
+    /// A model in the ledger: `(name, GiB on ROCm0, phase)`; residents with
+    /// `(name, priority, in_flight, queued, last_used, on_demand)`.
+    fn setup(held: &[(&str, u64, Phase)], budget: u64) -> Ledger {
+        let mut l = Ledger::new([("ROCm0".to_owned(), budget * GIB)]);
+        for (m, g, phase) in held {
+            l.reserve(m, bytes(&[("ROCm0", g * GIB)])).unwrap();
+            match phase {
+                Phase::Loading => {}
+                Phase::Loaded => l.loaded(m, None),
+                Phase::Releasing => l.exited(m),
+            }
+        }
+        l
+    }
+
+    fn r(
+        model: &str,
+        priority: i32,
+        in_flight: u32,
+        queued: u32,
+        last_used: u64,
+        on_demand: bool,
+    ) -> Resident {
+        Resident {
+            model: model.into(),
+            priority,
+            in_flight,
+            queued,
+            last_used,
+            on_demand,
+        }
+    }
+
+    fn evict(v: &[&str]) -> Room {
+        Room::Evict {
+            victims: v.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    fn wait(v: &[&str]) -> Room {
+        Room::Wait {
+            held_by: v.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn make_room_table() {
+        use Phase::*;
+        let loaded3 = [("a", 4, Loaded), ("b", 4, Loaded), ("c", 4, Loaded)];
+        // (ledger, budget GiB, residents, need GiB, expected)
+        // (held, budget GiB, residents, need GiB, expected)
+        type Case<'a> = (&'a [(&'a str, u64, Phase)], u64, Vec<Resident>, u64, Room);
+        let cases: Vec<Case> = vec![
+            // Room to spare.
+            (
+                &[("a", 4, Loaded)],
+                15,
+                vec![r("a", 0, 0, 0, 1, true)],
+                8,
+                Room::Fits,
+            ),
+            // Lowest priority first, whatever the recency.
+            (
+                &loaded3,
+                15,
+                vec![
+                    r("a", 5, 0, 0, 1, true),
+                    r("b", 0, 0, 0, 9, true),
+                    r("c", 5, 0, 0, 2, true),
+                ],
+                6,
+                evict(&["b"]),
+            ),
+            // Same priority: least recently used first.
+            (
+                &loaded3,
+                15,
+                vec![
+                    r("a", 0, 0, 0, 3, true),
+                    r("b", 0, 0, 0, 1, true),
+                    r("c", 0, 0, 0, 2, true),
+                ],
+                6,
+                evict(&["b"]),
+            ),
+            // Two needed: in order, no more.
+            (
+                &loaded3,
+                15,
+                vec![
+                    r("a", 0, 0, 0, 3, true),
+                    r("b", 0, 0, 0, 1, true),
+                    r("c", 0, 0, 0, 2, true),
+                ],
+                10,
+                evict(&["b", "c"]),
+            ),
+            // Busy models are never victims: the idle one goes.
+            (
+                &loaded3,
+                15,
+                vec![
+                    r("a", 0, 1, 0, 1, true),
+                    r("b", 0, 0, 2, 1, true),
+                    r("c", 9, 0, 0, 9, true),
+                ],
+                6,
+                evict(&["c"]),
+            ),
+            // Only busy ones could make room: wait for them, evict nothing.
+            (
+                &loaded3,
+                12,
+                vec![
+                    r("a", 0, 1, 0, 1, true),
+                    r("b", 0, 0, 2, 1, true),
+                    r("c", 0, 0, 0, 9, true),
+                ],
+                8,
+                wait(&["a", "b"]),
+            ),
+            // Always-on models are not victims; with them it never fits: fail at once.
+            (
+                &loaded3,
+                12,
+                vec![
+                    r("a", 0, 0, 0, 1, false),
+                    r("b", 0, 0, 0, 1, false),
+                    r("c", 0, 0, 0, 1, true),
+                ],
+                8,
+                Room::Never {
+                    short: vec![DeviceShort {
+                        device: "ROCm0".into(),
+                        need: 8 * GIB,
+                        free: 4 * GIB,
+                    }],
+                },
+            ),
+            // Bigger than the whole budget.
+            (
+                &[],
+                15,
+                vec![],
+                16,
+                Room::Never {
+                    short: vec![DeviceShort {
+                        device: "ROCm0".into(),
+                        need: 16 * GIB,
+                        free: 15 * GIB,
+                    }],
+                },
+            ),
+            // Memory on its way back covers it: wait for it, evict nothing more.
+            (
+                &[("a", 8, Releasing), ("b", 4, Loaded)],
+                15,
+                vec![r("b", 0, 0, 0, 1, true)],
+                8,
+                wait(&["a"]),
+            ),
+            // Not enough on its way back: an idle one goes as well.
+            (
+                &[("a", 4, Releasing), ("b", 8, Loaded)],
+                15,
+                vec![r("b", 0, 0, 0, 1, true)],
+                10,
+                evict(&["b"]),
+            ),
+            // Another load on the device: wait for it.
+            (&[("a", 4, Loading)], 15, vec![], 2, wait(&["a"])),
+            // A victim not needed after a later, bigger one is spared: b (1
+            // GiB, lowest priority) goes first, then c (8 GiB) alone suffices.
+            (
+                &[("a", 5, Loaded), ("b", 1, Loaded), ("c", 8, Loaded)],
+                15,
+                vec![
+                    r("a", 9, 1, 0, 0, true),
+                    r("b", 0, 0, 0, 0, true),
+                    r("c", 1, 0, 0, 0, true),
+                ],
+                8,
+                evict(&["c"]),
+            ),
+        ];
+        for (i, (held, budget, residents, need, want)) in cases.into_iter().enumerate() {
+            let ledger = setup(held, budget);
+            let got = make_room(&ledger, "new", &bytes(&[("ROCm0", need * GIB)]), &residents);
+            assert_eq!(got, want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn next_swap_table() {
+        let s = Duration::from_secs;
+        // The loaded model `a`: (in flight, queued, loaded for s).
+        let loaded = |in_flight, queued, loaded_for| Loaded {
+            model: "a".into(),
+            in_flight,
+            queued,
+            loaded_for: s(loaded_for),
+        };
+        let w = |model: &str, queued, oldest| Waiting {
+            model: model.into(),
+            queued,
+            oldest: s(oldest),
+        };
+        let to = |m: &str| Swap::To(m.into());
+        let cases = [
+            // Nobody waits.
+            (loaded(1, 3, 99), vec![], Swap::Stay),
+            (loaded(1, 3, 99), vec![w("b", 0, 99)], Swap::Stay),
+            // The loaded model is idle: give way at once, even early in its turn.
+            (loaded(0, 0, 0), vec![w("b", 1, 0)], to("b")),
+            // Busy and the waiter within the bound: serve what is queued.
+            (loaded(1, 0, 99), vec![w("b", 4, 39)], Swap::Stay),
+            (loaded(0, 2, 99), vec![w("b", 4, 39)], Swap::Stay),
+            // The bound reached and the turn done: swap, even with work
+            // queued for the loaded one.
+            (loaded(1, 5, 40), vec![w("b", 1, 40)], to("b")),
+            // The waiter is past the bound but the turn just began: stay
+            // (no ping-pong between two overdue models).
+            (loaded(1, 5, 39), vec![w("b", 1, 90)], Swap::Stay),
+            // The oldest request wins among waiters.
+            (
+                loaded(1, 0, 60),
+                vec![w("b", 9, 41), w("c", 1, 60)],
+                to("c"),
+            ),
+            (loaded(0, 0, 0), vec![w("b", 9, 2), w("c", 1, 3)], to("c")),
+            // A waiter entry for the loaded model itself is ignored.
+            (loaded(1, 0, 60), vec![w("a", 3, 99)], Swap::Stay),
+        ];
+        assert_eq!(DEFAULT_FAIRNESS, s(40));
+        for (i, (l, waiting, want)) in cases.into_iter().enumerate() {
+            assert_eq!(next_swap(&l, &waiting, DEFAULT_FAIRNESS), want, "case {i}");
+        }
+    }
+}
