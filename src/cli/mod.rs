@@ -743,7 +743,8 @@ pub fn render_diff(desired: &Desired) -> String {
                 .filter_map(|(name, m)| {
                     Some((
                         name.clone(),
-                        plan::LaunchId(m["launch_id"].as_str()?.to_owned()),
+                        // What the owner works towards, as the daemon plans.
+                        plan::LaunchId(m["target_launch_id"].as_str()?.to_owned()),
                     ))
                 })
                 .collect();

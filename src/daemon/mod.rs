@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::auth::ApiKey;
-use crate::plan::{self, ActionKind, Observed};
+use crate::plan::{self, ActionKind};
 use crate::proxy::{
     self,
     routes::{RouteEntry, Routes},
@@ -35,7 +35,7 @@ use crate::proxy::{
 use crate::spec::validate::{self, Context, Disk};
 use crate::spec::{DEFAULT_CONTROL, DEFAULT_LISTEN, Desired};
 use crate::supervisor::{
-    BackoffPolicy, InstanceHandle, InstanceSpec, StateFile, reap_leftovers, start_instance,
+    Backoff, BackoffPolicy, InstanceHandle, InstanceSpec, StateFile, reap_leftovers, start_instance,
 };
 use sdnotify::SdNotify;
 use watch::{SpecRead, WatchTiming};
@@ -118,6 +118,8 @@ enum DaemonEvent {
 
 struct Daemon {
     options: ServeOptions,
+    /// The restart policy, checked once at start; each owner gets a copy.
+    backoff: Backoff,
     state_file: StateFile,
     owners: BTreeMap<String, InstanceHandle>,
     /// Owners shutting down, by model, so a re-added model waits for its
@@ -134,6 +136,8 @@ struct Daemon {
 
 /// Runs the daemon until `shutdown` is cancelled (or SIGTERM/SIGINT).
 pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let backoff = Backoff::new(options.backoff)
+        .map_err(|e| anyhow::anyhow!("invalid restart backoff policy: {e}"))?;
     let notify = SdNotify::from_env().unwrap_or_else(|e| {
         tracing::warn!("NOTIFY_SOCKET is unusable ({e}); not notifying systemd");
         SdNotify::disabled()
@@ -224,6 +228,7 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
 
     let mut daemon = Daemon {
         options,
+        backoff,
         state_file,
         owners: BTreeMap::new(),
         leaving: BTreeMap::new(),
@@ -422,66 +427,72 @@ impl Daemon {
         self.info_tx.send_replace(self.info.clone());
     }
 
-    /// Hands every owner its part of `desired`; returns what was done.
+    /// Plans `desired` against what was applied before and performs each
+    /// action; returns what was done.
     fn apply(&mut self, desired: &Desired) -> Vec<String> {
-        // What each owner is working towards: a replacement already under
-        // way is not planned a second time.
-        let observed: Observed = self
-            .owners
-            .iter()
-            .map(|(name, h)| (name.clone(), h.snapshot().target_launch_id))
-            .collect();
+        // What each owner works towards is what was last applied, so a
+        // replacement still loading is not planned a second time.
+        let observed = self
+            .applied
+            .as_ref()
+            .map(plan::observed)
+            .unwrap_or_default();
         let mut done = Vec::new();
         for action in plan::plan(desired, &observed) {
             let name = action.model.clone();
-            match action.kind {
-                ActionKind::Stop => {
-                    if let Some(handle) = self.owners.remove(&name) {
-                        let previous = self.leaving.remove(&name);
-                        self.leaving.insert(
-                            name.clone(),
-                            tokio::spawn(async move {
-                                if let Some(p) = previous {
-                                    let _ = p.await;
-                                }
-                                handle.shutdown().await;
-                            }),
-                        );
+            let spec = desired
+                .models
+                .get(&name)
+                .map(|config| InstanceSpec::new(config.clone(), &desired.llama_server));
+            match (action.kind, spec) {
+                (ActionKind::Stop, _) => self.stop_owner(&name),
+                (ActionKind::Restart, Some(spec)) => {
+                    if let Some(handle) = self.owners.get(&name) {
+                        handle.replace(spec);
                     }
                 }
-                ActionKind::Restart | ActionKind::Keep => {
-                    if let (Some(handle), Some(config)) =
-                        (self.owners.get(&name), desired.models.get(&name))
-                    {
-                        handle.apply(InstanceSpec::new(config.clone(), &desired.llama_server));
+                (ActionKind::Keep, Some(spec)) => {
+                    if let Some(handle) = self.owners.get(&name) {
+                        handle.update(spec);
                     }
                 }
-                ActionKind::Start => self.start_owner(&name, desired),
+                // An on-demand model's owner stays idle until a request.
+                (ActionKind::Start | ActionKind::Standby, Some(spec)) => {
+                    self.start_owner(&name, spec);
+                }
+                (_, None) => {}
             }
             if action.kind != ActionKind::Keep {
                 done.push(action.to_string());
-            }
-        }
-        // On-demand models get an idle owner, so their first request can start them.
-        for m in desired.enabled_models() {
-            if !self.owners.contains_key(&m.name) {
-                self.start_owner(&m.name, desired);
             }
         }
         self.publish_routes(desired);
         done
     }
 
-    fn start_owner(&mut self, name: &str, desired: &Desired) {
-        let Some(config) = desired.models.get(name) else {
-            return;
-        };
-        let spec = InstanceSpec::new(config.clone(), &desired.llama_server);
+    /// Shuts the owner down in the background; a later owner of the same
+    /// name waits for it.
+    fn stop_owner(&mut self, name: &str) {
+        if let Some(handle) = self.owners.remove(name) {
+            let previous = self.leaving.remove(name);
+            self.leaving.insert(
+                name.to_owned(),
+                tokio::spawn(async move {
+                    if let Some(p) = previous {
+                        let _ = p.await;
+                    }
+                    handle.shutdown().await;
+                }),
+            );
+        }
+    }
+
+    fn start_owner(&mut self, name: &str, spec: InstanceSpec) {
         let previous = self.leaving.remove(name);
         let handle = start_instance(
             spec,
             self.state_file.clone(),
-            self.options.backoff,
+            self.backoff.clone(),
             previous,
         );
         self.owners.insert(name.to_owned(), handle);

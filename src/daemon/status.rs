@@ -41,6 +41,9 @@ pub struct LastRestart {
 #[derive(Debug, Serialize)]
 pub struct ModelStatus {
     pub state: &'static str,
+    /// Idle because the operator stopped it (until started again, an edit
+    /// of its launch, or a daemon restart).
+    pub stopped_by_operator: bool,
     pub pid: Option<i32>,
     pub port: Option<u16>,
     /// The launch the running process was started with.
@@ -77,6 +80,9 @@ pub struct ModelStatus {
     pub idle_timeout_s: Option<f64>,
     /// How long the serving instance has had no request (seconds).
     pub idle_for_s: Option<f64>,
+    /// The processes the owner started (the last 32), with spawn and exit
+    /// times in seconds since the epoch.
+    pub launches: Vec<crate::supervisor::LaunchRecord>,
 }
 
 /// Measured memory of one model's instance.
@@ -165,6 +171,7 @@ fn model_status(
     ModelStatus {
         memory,
         state: snap.state.as_str(),
+        stopped_by_operator: snap.stopped_by_operator,
         pid: snap.pid,
         port: snap.port,
         launch_id: snap.launch_id.to_string(),
@@ -192,6 +199,7 @@ fn model_status(
             .filter(|_| entry.on_demand)
             .map(|d| d.as_secs_f64()),
         idle_for_s: snap.serving.as_ref().map(|g| g.idle_for().as_secs_f64()),
+        launches: entry.handle.launches(),
     }
 }
 

@@ -432,11 +432,6 @@ impl RunningProcess {
         self.port
     }
 
-    /// When it was spawned.
-    pub fn started_at(&self) -> Instant {
-        self.started_at
-    }
-
     /// The model's log buffer this process writes into.
     pub fn logs(&self) -> &LogSink {
         &self.logs
