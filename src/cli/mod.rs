@@ -775,6 +775,7 @@ fn shell_word(s: &str) -> String {
         program: PathBuf::from(s),
         args: vec![],
         env: Default::default(),
+        working_dir: PathBuf::new(),
     }
     .shell_line()
 }

@@ -134,19 +134,38 @@ struct Daemon {
     notify: SdNotify,
 }
 
+/// Why the daemon could not start. Once it runs, nothing stops it but a
+/// shutdown: bad specs, failed children and broken clients are reported
+/// and outlived.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid restart backoff policy: {0}")]
+    Backoff(#[from] crate::supervisor::BackoffError),
+    #[error("cannot create the state directory {}: {source}", path.display())]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
 /// Runs the daemon until `shutdown` is cancelled (or SIGTERM/SIGINT).
-pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let backoff = Backoff::new(options.backoff)
-        .map_err(|e| anyhow::anyhow!("invalid restart backoff policy: {e}"))?;
+pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let backoff = Backoff::new(options.backoff)?;
     let notify = SdNotify::from_env().unwrap_or_else(|e| {
         tracing::warn!("NOTIFY_SOCKET is unusable ({e}); not notifying systemd");
         SdNotify::disabled()
     });
-    std::fs::create_dir_all(&options.state_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot create the state directory {}: {e}",
-            options.state_dir.display()
-        )
+    std::fs::create_dir_all(&options.state_dir).map_err(|source| ServeError::StateDir {
+        path: options.state_dir.clone(),
+        source,
     })?;
     for leftover in reap_leftovers(&options.state_dir, options.leftover_grace).await {
         tracing::warn!("an earlier run left llama-server behind: {leftover:?}");
@@ -185,7 +204,11 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
 
     let control_listener = tokio::net::TcpListener::bind(control)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on the control address {control}: {e}"))?;
+        .map_err(|source| ServeError::Listen {
+            what: "the status API, the spec's `control`",
+            addr: control,
+            source,
+        })?;
     tracing::info!("status API on http://{control}");
     let proxy_metrics = Arc::new(proxy::ProxyMetrics::default());
     let status_state = status::StatusState {
@@ -206,7 +229,11 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
 
     let proxy_listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (the spec's `listen`): {e}"))?;
+        .map_err(|source| ServeError::Listen {
+            what: "the endpoint, the spec's `listen`",
+            addr: listen,
+            source,
+        })?;
     tracing::info!("OpenAI-compatible endpoint on http://{listen}/v1");
     let proxy_state = proxy::ProxyState::new(
         routes_rx.clone(),
@@ -224,7 +251,7 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
             }
         });
     }
-    spawn_signal_handlers(events_tx.clone(), shutdown.clone())?;
+    spawn_signal_handlers(events_tx.clone(), shutdown.clone()).map_err(ServeError::Signals)?;
 
     let mut daemon = Daemon {
         options,
@@ -323,7 +350,7 @@ fn check_spec(options: &ServeOptions, read: SpecRead) -> CheckedSpec {
 fn spawn_signal_handlers(
     events: mpsc::UnboundedSender<DaemonEvent>,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;

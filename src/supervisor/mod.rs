@@ -25,7 +25,7 @@ pub mod progress;
 pub(crate) mod readiness;
 
 // Used beyond the crate (the binary, tests, benches).
-pub use backoff::BackoffPolicy;
+pub use backoff::{BackoffError, BackoffPolicy};
 pub use instance::{
     AcquireError, InstanceHandle, LaunchRecord, OperateError, OperatorAction, Snapshot, State,
 };

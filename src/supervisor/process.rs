@@ -152,6 +152,9 @@ pub fn spawn(launch: &Launch, port: u16, logs: LogSink) -> Result<RunningProcess
     let program = launch.program.clone();
     let upstream_key = random_key();
     let mut cmd = tokio::process::Command::new(&launch.program);
+    if !launch.working_dir.as_os_str().is_empty() {
+        cmd.current_dir(&launch.working_dir);
+    }
     cmd.args(&launch.args)
         .arg("--host")
         .arg("127.0.0.1")
