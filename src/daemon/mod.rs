@@ -14,6 +14,7 @@
 pub mod client;
 pub mod sdnotify;
 pub mod status;
+pub mod status_page;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -215,7 +216,7 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> Result
         info: info_rx.clone(),
         routes: routes_rx.clone(),
         proxy: Arc::clone(&proxy_metrics),
-        page: crate::status_page::Observer::spawn(
+        page: crate::daemon::status_page::Observer::spawn(
             info_rx.clone(),
             routes_rx.clone(),
             shutdown.clone(),

@@ -28,7 +28,7 @@ pub struct StatusState {
     /// The proxy's per-model series, appended to `/metrics`.
     pub proxy: Arc<crate::proxy::ProxyMetrics>,
     /// What the status page needs besides (state since, reload history).
-    pub page: Arc<crate::status_page::Observer>,
+    pub page: Arc<crate::daemon::status_page::Observer>,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,7 +123,7 @@ pub struct StatusReport {
     pub devices: Vec<crate::memory::probe::DeviceMemory>,
     /// The latest reloads, newest first, with errors rendered against the
     /// spec's source.
-    pub reload_history: Vec<crate::status_page::ReloadRecord>,
+    pub reload_history: Vec<crate::daemon::status_page::ReloadRecord>,
 }
 
 fn epoch_secs(t: SystemTime) -> f64 {
@@ -479,10 +479,10 @@ async fn handle(
 
 async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
-    if let Some(page) = crate::status_page::asset(req.method(), path) {
+    if let Some(page) = crate::daemon::status_page::asset(req.method(), path) {
         return page.map(BodyExt::boxed_unsync);
     }
-    if crate::status_page::is_public(path) {
+    if crate::daemon::status_page::is_public(path) {
         return route_whole(state, req).await.map(BodyExt::boxed_unsync);
     }
     // One table for the key and the action's owner.
@@ -491,7 +491,7 @@ async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Body> {
         return route_whole(state, req).await.map(BodyExt::boxed_unsync);
     }
     if path == "/events" && req.method() == Method::GET {
-        let mut r = Response::new(crate::status_page::events::stream(state.clone()).boxed_unsync());
+        let mut r = Response::new(crate::daemon::status_page::events::stream(state.clone()).boxed_unsync());
         let h = r.headers_mut();
         h.insert(
             hyper::header::CONTENT_TYPE,
@@ -503,14 +503,14 @@ async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Body> {
         );
         return r;
     }
-    if let Some(r) = crate::status_page::action(&routes, req.method(), path, req.headers()).await {
+    if let Some(r) = crate::daemon::status_page::action(&routes, req.method(), path, req.headers()).await {
         return r.map(BodyExt::boxed_unsync);
     }
     route_whole(state, req).await.map(BodyExt::boxed_unsync)
 }
 
 async fn route_whole(state: &StatusState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if !crate::status_page::is_public(req.uri().path()) {
+    if !crate::daemon::status_page::is_public(req.uri().path()) {
         let checked = state.routes.borrow().key.check(req.headers());
         match checked {
             Ok(()) => {}
