@@ -255,8 +255,8 @@ else
   record FAIL rustfmt "$(printf '%s\n' "$unformatted" | grep -c .) files differ from rustfmt's output (run cargo fmt; diff in $logs/fmt.log)"
 fi
 
-begin "cargo clippy --all-targets -- -D warnings"
-if cargo clippy --all-targets -- -D warnings >"$logs/clippy.log" 2>&1; then
+begin "cargo clippy --all-targets --all-features -- -D warnings"
+if cargo clippy --all-targets --all-features -- -D warnings >"$logs/clippy.log" 2>&1; then
   record PASS clippy ""
 else
   grep -vE '^ *(Compiling|Checking|Finished|Blocking|Updating|Downloading|Downloaded|Locking|Adding) ' "$logs/clippy.log" | head -150 | indent

@@ -1,21 +1,23 @@
 //! rocm-llm: declare local LLMs in one YAML file; the daemon keeps llama-server
 //! processes matching it and serves them behind one OpenAI-compatible endpoint.
 //!
-//! Layout (data flows top to bottom):
+//! Layout, each layer importing only those below it (docs/architecture.md):
 //! - [`spec`]: the pure core. YAML text -> validated desired state, with
-//!   located, actionable errors.
+//!   located, actionable errors (admission against the memory budget
+//!   included).
 //! - [`plan`]: the pure core. Desired state + observed instances -> actions.
 //! - [`gguf`]: reading GGUF headers (and writing tiny test models).
-//! - [`supervisor`]: the effectful edge for one model instance: one owner task
-//!   per model, spawning, readiness, stop, restart backoff.
-//! - [`daemon`]: the reconcile loop over a closed set of events, the spec
-//!   watcher, the status API and systemd notification.
-//! - [`proxy`]: the OpenAI-compatible endpoint.
-//! - [`http`]: rules both HTTP servers share (what browsers may do).
-//! - [`status_page`]: the status page on the control address, its live
-//!   `/events` stream and the operator actions.
+//! - [`memory`]: what a model needs per device (pure), and what the drivers
+//!   and llama-server's log say it holds.
 //! - [`schedule`]: the pure memory policy (admission, the ledger, eviction,
 //!   anti-thrash) and the edge that detects the machine's memory.
+//! - [`supervisor`]: the effectful edge for one model: one owner per model,
+//!   a pure core and its executor, spawning, readiness, stop, backoff.
+//! - [`http`]: what both HTTP servers share: browser rules, the API key, the
+//!   Prometheus text format.
+//! - [`proxy`]: the OpenAI-compatible endpoint and its routing table.
+//! - [`daemon`]: the reconcile loop over a closed set of events, the spec
+//!   watcher, the status API and page, and systemd notification.
 
 pub mod daemon;
 pub mod gguf;
@@ -25,5 +27,4 @@ pub mod plan;
 pub mod proxy;
 pub mod schedule;
 pub mod spec;
-pub mod status_page;
 pub mod supervisor;

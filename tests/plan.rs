@@ -148,7 +148,7 @@ fn no_op_edits_give_an_empty_plan() {
 }
 
 #[test]
-fn on_demand_models_are_not_started_by_the_plan() {
+fn on_demand_models_are_in_the_plan_but_not_started() {
     let running = Observed::new();
     let desired = common::desired(
         "models:\n  a:\n    model: a.gguf\n    on_demand: true\n  b:\n    model: b.gguf\n",
@@ -157,5 +157,5 @@ fn on_demand_models_are_not_started_by_the_plan() {
         .iter()
         .map(ToString::to_string)
         .collect();
-    assert_eq!(got, ["start b"]);
+    assert_eq!(got, ["start b", "standby a"]);
 }

@@ -31,6 +31,7 @@ fn fake_launch(mode: &str) -> Launch {
         program: fake(),
         args: vec!["--model".into(), "/nonexistent.gguf".into()],
         env,
+        working_dir: Default::default(),
     }
 }
 
@@ -246,6 +247,7 @@ async fn the_whole_process_group_is_stopped() {
         program: "/bin/sh".into(),
         args: vec!["-c".into(), script.into()],
         env: BTreeMap::from([("GC_FILE".to_owned(), gc_file.display().to_string())]),
+        working_dir: Default::default(),
     };
     let p = spawn(&launch, pick_free_port().unwrap(), LogSink::new("m")).unwrap();
     let pids = wait_for_file(&gc_file).await;
@@ -314,6 +316,7 @@ async fn spawn_failure_is_an_error() {
         program: "/nonexistent/llama-server".into(),
         args: vec![],
         env: BTreeMap::new(),
+        working_dir: Default::default(),
     };
     let err = spawn(&launch, 1, LogSink::new("m")).unwrap_err();
     assert!(

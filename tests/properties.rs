@@ -128,7 +128,7 @@ proptest! {
                     running.retain(|(n, _)| *n != action.model);
                     running.push((action.model.clone(), wanted[&action.model].clone()));
                 }
-                ActionKind::Start => running.push((action.model.clone(), wanted[&action.model].clone())),
+                ActionKind::Start | ActionKind::Standby => running.push((action.model.clone(), wanted[&action.model].clone())),
                 ActionKind::Keep => {}
             }
             // Never two instances of one model.

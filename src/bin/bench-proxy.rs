@@ -11,7 +11,7 @@
 //! measured one after the other in interleaved rounds, so drift on the
 //! machine hits all three alike.
 //!
-//!     cargo run --release --bin bench-proxy -- --llama-server "$(scripts/llama-server.sh)"
+//!     cargo run --release --features bench-tools --bin bench-proxy -- --llama-server "$(scripts/llama-server.sh)"
 //!
 //! See docs/proxy.md for the figures.
 

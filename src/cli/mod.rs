@@ -736,7 +736,8 @@ pub fn render_diff(desired: &Desired) -> String {
             let observed: plan::Observed = status
                 .models
                 .into_iter()
-                .map(|(name, m)| (name, plan::LaunchId(m.launch_id)))
+                // What the owner works towards, as the daemon plans.
+                .map(|(name, m)| (name, plan::LaunchId(m.target_launch_id)))
                 .collect();
             let generation = status.daemon.generation;
             (
@@ -765,6 +766,7 @@ fn shell_word(s: &str) -> String {
         program: PathBuf::from(s),
         args: vec![],
         env: Default::default(),
+        working_dir: PathBuf::new(),
     }
     .shell_line()
 }

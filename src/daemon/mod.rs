@@ -14,6 +14,7 @@
 pub mod client;
 pub mod sdnotify;
 pub mod status;
+pub mod status_page;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -27,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::auth::ApiKey;
-use crate::plan::{self, ActionKind, Observed};
+use crate::plan::{self, ActionKind};
 use crate::proxy::{
     self,
     routes::{RouteEntry, Routes},
@@ -35,7 +36,7 @@ use crate::proxy::{
 use crate::spec::validate::{self, Context, Disk};
 use crate::spec::{DEFAULT_CONTROL, DEFAULT_LISTEN, Desired};
 use crate::supervisor::{
-    BackoffPolicy, InstanceHandle, InstanceSpec, StateFile, reap_leftovers, start_instance,
+    Backoff, BackoffPolicy, InstanceHandle, InstanceSpec, StateFile, reap_leftovers, start_instance,
 };
 use sdnotify::SdNotify;
 use watch::{SpecRead, WatchTiming};
@@ -118,6 +119,8 @@ enum DaemonEvent {
 
 struct Daemon {
     options: ServeOptions,
+    /// The restart policy, checked once at start; each owner gets a copy.
+    backoff: Backoff,
     state_file: StateFile,
     owners: BTreeMap<String, InstanceHandle>,
     /// Owners shutting down, by model, so a re-added model waits for its
@@ -132,17 +135,38 @@ struct Daemon {
     notify: SdNotify,
 }
 
+/// Why the daemon could not start. Once it runs, nothing stops it but a
+/// shutdown: bad specs, failed children and broken clients are reported
+/// and outlived.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid restart backoff policy: {0}")]
+    Backoff(#[from] crate::supervisor::BackoffError),
+    #[error("cannot create the state directory {}: {source}", path.display())]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
 /// Runs the daemon until `shutdown` is cancelled (or SIGTERM/SIGINT).
-pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let backoff = Backoff::new(options.backoff)?;
     let notify = SdNotify::from_env().unwrap_or_else(|e| {
         tracing::warn!("NOTIFY_SOCKET is unusable ({e}); not notifying systemd");
         SdNotify::disabled()
     });
-    std::fs::create_dir_all(&options.state_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot create the state directory {}: {e}",
-            options.state_dir.display()
-        )
+    std::fs::create_dir_all(&options.state_dir).map_err(|source| ServeError::StateDir {
+        path: options.state_dir.clone(),
+        source,
     })?;
     for leftover in reap_leftovers(&options.state_dir, options.leftover_grace).await {
         tracing::warn!("an earlier run left llama-server behind: {leftover:?}");
@@ -181,14 +205,18 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
 
     let control_listener = tokio::net::TcpListener::bind(control)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on the control address {control}: {e}"))?;
+        .map_err(|source| ServeError::Listen {
+            what: "the status API, the spec's `control`",
+            addr: control,
+            source,
+        })?;
     tracing::info!("status API on http://{control}");
     let proxy_metrics = Arc::new(proxy::ProxyMetrics::default());
     let status_state = status::StatusState {
         info: info_rx.clone(),
         routes: routes_rx.clone(),
         proxy: Arc::clone(&proxy_metrics),
-        page: crate::status_page::Observer::spawn(
+        page: crate::daemon::status_page::Observer::spawn(
             info_rx.clone(),
             routes_rx.clone(),
             shutdown.clone(),
@@ -202,7 +230,11 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
 
     let proxy_listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (the spec's `listen`): {e}"))?;
+        .map_err(|source| ServeError::Listen {
+            what: "the endpoint, the spec's `listen`",
+            addr: listen,
+            source,
+        })?;
     tracing::info!("OpenAI-compatible endpoint on http://{listen}/v1");
     let proxy_state = proxy::ProxyState::new(
         routes_rx.clone(),
@@ -220,10 +252,11 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> anyhow
             }
         });
     }
-    spawn_signal_handlers(events_tx.clone(), shutdown.clone())?;
+    spawn_signal_handlers(events_tx.clone(), shutdown.clone()).map_err(ServeError::Signals)?;
 
     let mut daemon = Daemon {
         options,
+        backoff,
         state_file,
         owners: BTreeMap::new(),
         leaving: BTreeMap::new(),
@@ -318,7 +351,7 @@ fn check_spec(options: &ServeOptions, read: SpecRead) -> CheckedSpec {
 fn spawn_signal_handlers(
     events: mpsc::UnboundedSender<DaemonEvent>,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -422,66 +455,72 @@ impl Daemon {
         self.info_tx.send_replace(self.info.clone());
     }
 
-    /// Hands every owner its part of `desired`; returns what was done.
+    /// Plans `desired` against what was applied before and performs each
+    /// action; returns what was done.
     fn apply(&mut self, desired: &Desired) -> Vec<String> {
-        // What each owner is working towards: a replacement already under
-        // way is not planned a second time.
-        let observed: Observed = self
-            .owners
-            .iter()
-            .map(|(name, h)| (name.clone(), h.snapshot().target_launch_id))
-            .collect();
+        // What each owner works towards is what was last applied, so a
+        // replacement still loading is not planned a second time.
+        let observed = self
+            .applied
+            .as_ref()
+            .map(plan::observed)
+            .unwrap_or_default();
         let mut done = Vec::new();
         for action in plan::plan(desired, &observed) {
             let name = action.model.clone();
-            match action.kind {
-                ActionKind::Stop => {
-                    if let Some(handle) = self.owners.remove(&name) {
-                        let previous = self.leaving.remove(&name);
-                        self.leaving.insert(
-                            name.clone(),
-                            tokio::spawn(async move {
-                                if let Some(p) = previous {
-                                    let _ = p.await;
-                                }
-                                handle.shutdown().await;
-                            }),
-                        );
+            let spec = desired
+                .models
+                .get(&name)
+                .map(|config| InstanceSpec::new(config.clone(), &desired.llama_server));
+            match (action.kind, spec) {
+                (ActionKind::Stop, _) => self.stop_owner(&name),
+                (ActionKind::Restart, Some(spec)) => {
+                    if let Some(handle) = self.owners.get(&name) {
+                        handle.replace(spec);
                     }
                 }
-                ActionKind::Restart | ActionKind::Keep => {
-                    if let (Some(handle), Some(config)) =
-                        (self.owners.get(&name), desired.models.get(&name))
-                    {
-                        handle.apply(InstanceSpec::new(config.clone(), &desired.llama_server));
+                (ActionKind::Keep, Some(spec)) => {
+                    if let Some(handle) = self.owners.get(&name) {
+                        handle.update(spec);
                     }
                 }
-                ActionKind::Start => self.start_owner(&name, desired),
+                // An on-demand model's owner stays idle until a request.
+                (ActionKind::Start | ActionKind::Standby, Some(spec)) => {
+                    self.start_owner(&name, spec);
+                }
+                (_, None) => {}
             }
             if action.kind != ActionKind::Keep {
                 done.push(action.to_string());
-            }
-        }
-        // On-demand models get an idle owner, so their first request can start them.
-        for m in desired.enabled_models() {
-            if !self.owners.contains_key(&m.name) {
-                self.start_owner(&m.name, desired);
             }
         }
         self.publish_routes(desired);
         done
     }
 
-    fn start_owner(&mut self, name: &str, desired: &Desired) {
-        let Some(config) = desired.models.get(name) else {
-            return;
-        };
-        let spec = InstanceSpec::new(config.clone(), &desired.llama_server);
+    /// Shuts the owner down in the background; a later owner of the same
+    /// name waits for it.
+    fn stop_owner(&mut self, name: &str) {
+        if let Some(handle) = self.owners.remove(name) {
+            let previous = self.leaving.remove(name);
+            self.leaving.insert(
+                name.to_owned(),
+                tokio::spawn(async move {
+                    if let Some(p) = previous {
+                        let _ = p.await;
+                    }
+                    handle.shutdown().await;
+                }),
+            );
+        }
+    }
+
+    fn start_owner(&mut self, name: &str, spec: InstanceSpec) {
         let previous = self.leaving.remove(name);
         let handle = start_instance(
             spec,
             self.state_file.clone(),
-            self.options.backoff,
+            self.backoff.clone(),
             previous,
         );
         self.owners.insert(name.to_owned(), handle);

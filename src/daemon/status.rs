@@ -28,7 +28,7 @@ pub struct StatusState {
     /// The proxy's per-model series, appended to `/metrics`.
     pub proxy: Arc<crate::proxy::ProxyMetrics>,
     /// What the status page needs besides (state since, reload history).
-    pub page: Arc<crate::status_page::Observer>,
+    pub page: Arc<crate::daemon::status_page::Observer>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,6 +41,9 @@ pub struct LastRestart {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelStatus {
     pub state: crate::supervisor::State,
+    /// Idle because the operator stopped it (until started again, an edit
+    /// of its launch, or a daemon restart).
+    pub stopped_by_operator: bool,
     pub pid: Option<i32>,
     pub port: Option<u16>,
     /// The launch the running process was started with.
@@ -77,6 +80,9 @@ pub struct ModelStatus {
     pub idle_timeout_s: Option<f64>,
     /// How long the serving instance has had no request (seconds).
     pub idle_for_s: Option<f64>,
+    /// The processes the owner started (the last 32), with spawn and exit
+    /// times in seconds since the epoch.
+    pub launches: Vec<crate::supervisor::LaunchRecord>,
 }
 
 /// Measured memory of one model's instance.
@@ -117,7 +123,7 @@ pub struct StatusReport {
     pub devices: Vec<crate::memory::probe::DeviceMemory>,
     /// The latest reloads, newest first, with errors rendered against the
     /// spec's source.
-    pub reload_history: Vec<crate::status_page::ReloadRecord>,
+    pub reload_history: Vec<crate::daemon::status_page::ReloadRecord>,
 }
 
 /// `State` is read back as it is written (`snake_case`, as
@@ -194,6 +200,7 @@ fn model_status(
     ModelStatus {
         memory,
         state: snap.state,
+        stopped_by_operator: snap.stopped_by_operator,
         pid: snap.pid,
         port: snap.port,
         launch_id: snap.launch_id.to_string(),
@@ -221,6 +228,7 @@ fn model_status(
             .filter(|_| entry.on_demand)
             .map(|d| d.as_secs_f64()),
         idle_for_s: snap.serving.as_ref().map(|g| g.idle_for().as_secs_f64()),
+        launches: entry.handle.launches(),
     }
 }
 
@@ -500,10 +508,10 @@ async fn handle(
 
 async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
-    if let Some(page) = crate::status_page::asset(req.method(), path) {
+    if let Some(page) = crate::daemon::status_page::asset(req.method(), path) {
         return page.map(BodyExt::boxed_unsync);
     }
-    if crate::status_page::is_public(path) {
+    if crate::daemon::status_page::is_public(path) {
         return route_whole(state, req).await.map(BodyExt::boxed_unsync);
     }
     // One table for the key and the action's owner.
@@ -512,7 +520,8 @@ async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Body> {
         return route_whole(state, req).await.map(BodyExt::boxed_unsync);
     }
     if path == "/events" && req.method() == Method::GET {
-        let mut r = Response::new(crate::status_page::events::stream(state.clone()).boxed_unsync());
+        let mut r =
+            Response::new(crate::daemon::status_page::events::stream(state.clone()).boxed_unsync());
         let h = r.headers_mut();
         h.insert(
             hyper::header::CONTENT_TYPE,
@@ -524,14 +533,16 @@ async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Body> {
         );
         return r;
     }
-    if let Some(r) = crate::status_page::action(&routes, req.method(), path, req.headers()).await {
+    if let Some(r) =
+        crate::daemon::status_page::action(&routes, req.method(), path, req.headers()).await
+    {
         return r.map(BodyExt::boxed_unsync);
     }
     route_whole(state, req).await.map(BodyExt::boxed_unsync)
 }
 
 async fn route_whole(state: &StatusState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if !crate::status_page::is_public(req.uri().path()) {
+    if !crate::daemon::status_page::is_public(req.uri().path()) {
         let checked = state.routes.borrow().key.check(req.headers());
         match checked {
             Ok(()) => {}

@@ -189,7 +189,8 @@ impl Settings {
                         }
                     }
                 }
-                "-mm" | "--mmproj" => s.mmproj = value().map(PathBuf::from),
+                // Relative to the child's working directory, the spec's.
+                "-mm" | "--mmproj" => s.mmproj = value().map(|v| o.working_dir.join(v)),
                 "-sm" | "--split-mode" => {
                     s.split_mode = match value().as_deref() {
                         Some("row") => SplitMode::Row,

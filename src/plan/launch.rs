@@ -18,6 +18,9 @@ pub struct Launch {
     /// Only the variables the spec sets; the child inherits the daemon's
     /// environment beneath them.
     pub env: BTreeMap<String, String>,
+    /// Where the child runs (the spec's directory); empty: the daemon's.
+    #[serde(default)]
+    pub working_dir: PathBuf,
 }
 
 /// Canonical hash of everything that shapes the llama-server process.
@@ -129,6 +132,7 @@ impl Launch {
             program: program.to_owned(),
             args,
             env: o.env.clone(),
+            working_dir: o.working_dir.clone(),
         }
     }
 
@@ -139,7 +143,7 @@ impl Launch {
             h.update((bytes.len() as u64).to_le_bytes());
             h.update(bytes);
         };
-        field(b"rocm-llm launch v1");
+        field(b"rocm-llm launch v2");
         field(self.program.as_os_str().as_encoded_bytes());
         field(&(self.args.len() as u64).to_le_bytes());
         for a in &self.args {
@@ -150,6 +154,7 @@ impl Launch {
             field(k.as_bytes());
             field(v.as_bytes());
         }
+        field(self.working_dir.as_os_str().as_encoded_bytes());
         let digest = h.finalize();
         LaunchId(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
     }

@@ -97,14 +97,6 @@ impl ModelMetrics {
     pub fn in_flight(&self) -> i64 {
         self.in_flight.load(Ordering::Relaxed)
     }
-
-    /// Responses with this status so far.
-    pub fn status_count(&self, status: u16) -> u64 {
-        self.statuses
-            .lock()
-            .map(|m| m.get(&status).copied().unwrap_or(0))
-            .unwrap_or(0)
-    }
 }
 
 /// One request in flight; counted down on drop.

@@ -201,6 +201,11 @@ pub struct LaunchOptions {
     pub jinja: Option<bool>,
     pub env: BTreeMap<String, String>,
     pub extra_args: Vec<String>,
+    /// The spec's directory, absolute: the child's working directory, so a
+    /// relative path in `extra_args` (`--mmproj x.gguf`) resolves the way
+    /// `model:` does. Empty: the daemon's own (only in tests that build
+    /// options by hand).
+    pub working_dir: PathBuf,
 }
 
 /// Options that only steer the daemon; changing them restarts nothing.

@@ -372,20 +372,26 @@ impl Validator<'_> {
         self.error_at(pos, path, message);
     }
 
+    /// The one place a relative path in the spec becomes absolute: against
+    /// the spec's directory.
     fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             return p.to_owned();
         }
+        self.spec_dir().join(p)
+    }
+
+    /// The spec's directory, absolute whatever directory the command ran
+    /// in, so the same spec gives the same launch identity to `plan` and to
+    /// the daemon.
+    fn spec_dir(&self) -> PathBuf {
         let base = self
             .ctx
             .spec_path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        // Absolute, whatever directory the command ran in, so the same spec
-        // gives the same launch identity to `plan` and to the daemon.
-        let joined = base.join(p);
-        std::path::absolute(&joined).unwrap_or(joined)
+        std::path::absolute(base).unwrap_or_else(|_| base.to_owned())
     }
 
     fn address(&mut self, key: &str, written: Option<&String>, default: &str) -> SocketAddr {
@@ -699,6 +705,7 @@ impl Validator<'_> {
                 jinja: o.jinja,
                 env,
                 extra_args,
+                working_dir: self.spec_dir(),
             },
             lifecycle,
         }

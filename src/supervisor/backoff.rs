@@ -25,11 +25,11 @@ use tokio::time::Instant;
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum BackoffError {
     #[error("backoff base must be > 0 and <= max (base {base:?}, max {max:?})")]
-    BadRange { base: Duration, max: Duration },
+    Range { base: Duration, max: Duration },
     #[error("backoff factor must be >= 1 (got {0})")]
-    BadFactor(u32),
+    Factor(u32),
     #[error("backoff jitter must be in [0, 1) (got {0})")]
-    BadJitter(f64),
+    Jitter(f64),
 }
 
 /// The knobs of the restart policy.
@@ -67,16 +67,16 @@ impl Default for BackoffPolicy {
 impl BackoffPolicy {
     pub fn validate(&self) -> Result<(), BackoffError> {
         if self.base.is_zero() || self.base > self.max {
-            return Err(BackoffError::BadRange {
+            return Err(BackoffError::Range {
                 base: self.base,
                 max: self.max,
             });
         }
         if self.factor == 0 {
-            return Err(BackoffError::BadFactor(self.factor));
+            return Err(BackoffError::Factor(self.factor));
         }
         if !(0.0..1.0).contains(&self.jitter) {
-            return Err(BackoffError::BadJitter(self.jitter));
+            return Err(BackoffError::Jitter(self.jitter));
         }
         Ok(())
     }
@@ -136,11 +136,8 @@ impl Backoff {
         })
     }
 
-    pub fn policy(&self) -> &BackoffPolicy {
-        &self.policy
-    }
-
     /// Failures in a row so far.
+    #[cfg(test)]
     pub fn failures(&self) -> u32 {
         self.failures
     }
@@ -359,15 +356,15 @@ mod tests {
         let d = BackoffPolicy::default();
         assert!(matches!(
             BackoffPolicy { base: S(0), ..d }.validate(),
-            Err(BackoffError::BadRange { .. })
+            Err(BackoffError::Range { .. })
         ));
         assert!(matches!(
             BackoffPolicy { base: S(61), ..d }.validate(),
-            Err(BackoffError::BadRange { .. })
+            Err(BackoffError::Range { .. })
         ));
         assert_eq!(
             BackoffPolicy { factor: 0, ..d }.validate(),
-            Err(BackoffError::BadFactor(0))
+            Err(BackoffError::Factor(0))
         );
         assert!(BackoffPolicy { jitter: 1.0, ..d }.validate().is_err());
         assert!(d.validate().is_ok());

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -21,7 +21,6 @@ pub struct Gate {
     closed: AtomicBool,
     emptied: Notify,
     last_used: Mutex<Instant>,
-    served: AtomicU64,
 }
 
 /// One request's hold on a process. Dropping it lets the process drain.
@@ -58,6 +57,7 @@ pub struct DrainOutcome {
 }
 
 impl Gate {
+    #[cfg(test)]
     pub fn new(port: u16) -> Arc<Gate> {
         Gate::with_key(port, None)
     }
@@ -71,7 +71,6 @@ impl Gate {
             closed: AtomicBool::new(false),
             emptied: Notify::new(),
             last_used: Mutex::new(Instant::now()),
-            served: AtomicU64::new(0),
         })
     }
 
@@ -88,7 +87,6 @@ impl Gate {
             self.leave();
             return None;
         }
-        self.served.fetch_add(1, Ordering::Relaxed);
         Some(Lease {
             gate: Arc::clone(self),
         })
@@ -105,15 +103,6 @@ impl Gate {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
-    }
-
-    /// Requests served through this gate so far.
-    pub fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
     }
 
     /// How long no request has been inside; zero while one is.

@@ -1,36 +1,46 @@
-//! The owner of one model's llama-server: one task per model, and the only
-//! place that decides what happens to its processes.
+//! The owner of one model's llama-server: one task per model, and the
+//! executor of the decisions [`super::owner::Core`] makes.
 //!
-//! Everything that can happen to a model arrives as an [`Event`] on the
-//! owner's queue and is handled in one `match`, one at a time, against the
-//! owner's own state. Slow work (waiting for readiness, draining, stopping)
-//! runs in helper tasks that report back with the process generation they
-//! were about, so a late report about a process that is already gone is
-//! recognised and ignored instead of acted on.
+//! The task's loop takes one input at a time (a command from a handle, a
+//! report from a helper task, or [`Core::deadline`] passing), hands it to
+//! the core as an [`Event`], and performs the [`Effect`]s it returns. Those
+//! that answer at once (a spawn, an idle measurement) are fed back before
+//! the next input; slow ones (waiting for readiness, draining and stopping,
+//! watching for an exit, liveness probes) run in helper tasks that report
+//! back with the [`ProcId`] they are about, so the core recognises and
+//! ignores a late report about a process it has let go. Processes are
+//! started through a [`Spawner`]: [`ProcessSpawner`] on tokio::process in
+//! the daemon, an in-memory fake in the tests below.
 //!
 //! Others see the model through an [`InstanceHandle`]: a [`Snapshot`] of its
-//! state (for the status API) and [`InstanceHandle::acquire`] (for the
-//! proxy), which waits for a serving process and returns a [`Lease`] that
-//! keeps it from being stopped mid-request.
+//! state (for the status API), [`InstanceHandle::acquire`] (for the proxy),
+//! which waits for a serving process and returns a [`Lease`] that keeps it
+//! from being stopped mid-request, and [`InstanceHandle::operate`] (for the
+//! status page's buttons).
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::backoff::{Backoff, BackoffPolicy};
-use super::gate::{DrainOutcome, Gate, Lease};
+use super::backoff::Backoff;
+use super::gate::{Gate, Lease};
 use super::leftovers::{InstanceRecord, StateFile};
-use super::liveness;
+use super::liveness::{self, Probe};
 use super::logs::{LogSink, LogStream};
+use super::owner::{Core, Down, Effect, Event, Phase, ProcId, ReadyFailure, Target};
+pub use super::owner::{OperateError, OperatorAction};
 use super::ports::pick_free_port;
 use super::process::{RunningProcess, StopOutcome, spawn};
-use super::readiness::ReadyError;
 use crate::plan::{Launch, LaunchId};
-use crate::spec::{ModelConfig, RestartPolicy, SwapStrategy};
+use crate::spec::{Liveness, ModelConfig};
 
 /// What an owner is asked to run: the model's options and its launch.
 #[derive(Clone, Debug)]
@@ -46,20 +56,28 @@ impl InstanceSpec {
         let id = launch.identity();
         InstanceSpec { config, launch, id }
     }
+
+    fn target(&self) -> Target {
+        Target {
+            launch: self.id.clone(),
+            lifecycle: self.config.lifecycle.clone(),
+        }
+    }
 }
 
 /// A model's state as people see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
-    /// Nothing runs: an on-demand model waiting for its first request, or
-    /// a model whose restart policy let it stay down.
+    /// Nothing runs: an on-demand model waiting for its first request, a
+    /// model whose restart policy let it stay down, or one the operator
+    /// stopped.
     Idle,
     /// llama-server is loading the model.
     Starting,
     /// Serving requests.
     Ready,
-    /// `stop_first` replacement in progress: requests wait for the new process.
+    /// Replacement in progress: requests wait for the new process.
     Swapping,
     /// A start failed or the process died; it restarts after a delay.
     Backoff,
@@ -84,6 +102,19 @@ impl State {
             State::Stopped => "stopped",
         }
     }
+
+    fn of(phase: &Phase) -> State {
+        match phase {
+            Phase::Idle(_) => State::Idle,
+            Phase::Waiting { swap: true, .. } => State::Swapping,
+            Phase::Waiting { swap: false, .. } | Phase::Starting(_) => State::Starting,
+            Phase::Ready { .. } => State::Ready,
+            Phase::Backoff { failed: false, .. } => State::Backoff,
+            Phase::Backoff { failed: true, .. } => State::Failed,
+            Phase::Stopping => State::Stopping,
+            Phase::Stopped => State::Stopped,
+        }
+    }
 }
 
 /// What the owner publishes after every event.
@@ -94,8 +125,8 @@ pub struct Snapshot {
     pub serving: Option<Arc<Gate>>,
     /// The launch the current process runs (the target's while none runs).
     pub launch_id: LaunchId,
-    /// The launch the owner is working towards; differs from `launch_id`
-    /// while a replacement loads.
+    /// The launch the owner is working towards (the applied spec's); differs
+    /// from `launch_id` while a replacement loads.
     pub target_launch_id: LaunchId,
     pub pid: Option<i32>,
     pub port: Option<u16>,
@@ -113,82 +144,35 @@ pub struct Snapshot {
     pub wait_timeout: Duration,
     /// Whether a request may start the model when it is idle.
     pub on_demand: bool,
+    /// Idle because the operator stopped it ([`OperatorAction::Stop`]).
+    pub stopped_by_operator: bool,
     /// Requests that were in flight when a drain began and finished.
     pub drained: u64,
     /// Requests cut because a drain timed out.
     pub cut: u64,
 }
 
-#[derive(Debug)]
-enum Command {
-    Apply(Box<InstanceSpec>),
-    /// A request arrived for a model that is not running.
-    Demand,
-    Shutdown(oneshot::Sender<()>),
-    /// A person pressed start, stop or restart (status page, API).
-    Operate(OperatorAction, oneshot::Sender<Result<(), OperateError>>),
+/// One process the owner started: the daemon's own record of when it
+/// lived, for the status API (and the test that no two overlap).
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct LaunchRecord {
+    pub pid: i32,
+    pub launch_id: LaunchId,
+    /// Seconds since the Unix epoch, taken just before the fork.
+    pub spawned_at: f64,
+    /// Taken just after the exit was reaped; `None` while it runs.
+    pub exited_at: Option<f64>,
 }
 
-/// What an operator may ask of a model through its owner.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OperatorAction {
-    /// Start it now if it is not running (or retry a failing one now).
-    Start,
-    /// Drain and stop it; it stays down until started, restarted, or its
-    /// launch changes in the spec.
-    Stop,
-    /// Stop it and start it again.
-    Restart,
-}
+/// How many [`LaunchRecord`]s each model keeps.
+const LAUNCH_HISTORY: usize = 32;
 
-/// Why an operator action was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum OperateError {
-    #[error("model {model} is being removed")]
-    Gone { model: String },
-}
+type History = Arc<Mutex<VecDeque<LaunchRecord>>>;
 
-/// Everything that can happen to a model.
-#[derive(Debug)]
-enum Event {
-    Command(Command),
-    /// A process answered `/health` 200, or never will.
-    ReadyResult {
-        generation: u64,
-        result: Result<Duration, ReadyError>,
-    },
-    /// A ready process exited.
-    Exited {
-        generation: u64,
-        status: std::process::ExitStatus,
-    },
-    /// A process we retired has been drained and stopped.
-    Retired {
-        generation: u64,
-        pid: i32,
-        outcome: StopOutcome,
-        drain: DrainOutcome,
-    },
-    /// What a liveness probe of a ready process found.
-    Liveness {
-        generation: u64,
-        probe: liveness::Probe,
-    },
-    /// A backoff delay or an idle check is due.
-    Timer {
-        epoch: u64,
-        kind: TimerKind,
-    },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TimerKind {
-    /// Start again after a failure.
-    Retry = 0,
-    /// Start a blue/green replacement again after it failed.
-    RetryNext = 1,
-    IdleCheck = 2,
+fn epoch_secs(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Why [`InstanceHandle::acquire`] could not give a lease.
@@ -210,14 +194,39 @@ pub enum AcquireError {
     Gone { model: String },
 }
 
+/// What the owner's task is sent.
+enum Input {
+    Replace(Box<InstanceSpec>),
+    Settings(Box<InstanceSpec>),
+    Demand,
+    Operate(OperatorAction, oneshot::Sender<Result<(), OperateError>>),
+    Shutdown(oneshot::Sender<()>),
+    /// From a helper task.
+    Report(Event),
+}
+
 /// A cheap, cloneable view of one owner.
 #[derive(Clone, Debug)]
 pub struct InstanceHandle {
     name: Arc<str>,
-    events: mpsc::UnboundedSender<Event>,
+    inbox: mpsc::UnboundedSender<Input>,
     snapshot: watch::Receiver<Snapshot>,
     waiting: Arc<AtomicUsize>,
     logs: LogSink,
+    launches: History,
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Replace(s) => write!(f, "Replace({})", s.id),
+            Input::Settings(s) => write!(f, "Settings({})", s.id),
+            Input::Demand => f.write_str("Demand"),
+            Input::Operate(a, _) => write!(f, "Operate({a:?})"),
+            Input::Shutdown(_) => f.write_str("Shutdown"),
+            Input::Report(e) => write!(f, "Report({e:?})"),
+        }
+    }
 }
 
 struct WaitingGuard(Arc<AtomicUsize>);
@@ -237,11 +246,12 @@ impl InstanceHandle {
         self.snapshot.borrow().clone()
     }
 
-    /// A watch on the snapshot, to await changes.
+    /// A watch on the snapshot, to await changes (the status page's events).
     pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
         self.snapshot.clone()
     }
 
+    /// The model's recent output lines.
     pub fn logs(&self) -> &LogSink {
         &self.logs
     }
@@ -251,38 +261,49 @@ impl InstanceHandle {
         self.waiting.load(Ordering::SeqCst)
     }
 
-    /// Applies a new spec for this model: options that only steer the daemon
-    /// take effect at once; a new launch identity replaces the process (by
-    /// the model's swap strategy).
-    pub fn apply(&self, spec: InstanceSpec) {
-        let _ = self
-            .events
-            .send(Event::Command(Command::Apply(Box::new(spec))));
+    /// The processes this owner started, oldest first (the last
+    /// [`LAUNCH_HISTORY`]).
+    pub fn launches(&self) -> Vec<LaunchRecord> {
+        self.launches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 
-    /// Drains and stops the model's processes and ends the owner.
-    pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self
-            .events
-            .send(Event::Command(Command::Shutdown(tx)))
-            .is_ok()
-        {
-            let _ = rx.await;
-        }
+    /// The plan's `restart`: a new launch identity, which replaces the
+    /// process by the model's swap strategy.
+    pub fn replace(&self, spec: InstanceSpec) {
+        let _ = self.inbox.send(Input::Replace(Box::new(spec)));
     }
 
-    /// Performs an operator's action inside the owner (so it is decided
-    /// against the owner's state, never a stale read).
+    /// The plan's `keep`: the same launch; settings that only steer the
+    /// daemon (timeouts, queue, on demand) take effect, no process restarts.
+    pub fn update(&self, spec: InstanceSpec) {
+        let _ = self.inbox.send(Input::Settings(Box::new(spec)));
+    }
+
+    /// An operator's start, stop or restart (see [`OperatorAction`] for
+    /// what each does). Returns once the owner has taken it in, not once
+    /// the process has started or stopped: watch the snapshot for that.
     pub async fn operate(&self, action: OperatorAction) -> Result<(), OperateError> {
         let gone = || OperateError::Gone {
             model: self.name.to_string(),
         };
         let (tx, rx) = oneshot::channel();
-        self.events
-            .send(Event::Command(Command::Operate(action, tx)))
+        self.inbox
+            .send(Input::Operate(action, tx))
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
+    }
+
+    /// Drains and stops the model's processes and ends the owner.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inbox.send(Input::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Waits (bounded by the model's queue length and wait timeout) for a
@@ -300,7 +321,7 @@ impl InstanceHandle {
         // A request for an idle model starts it even when it cannot wait
         // for it (queue_length 0): the client's retry will find it up.
         if rx.borrow().state == State::Idle && rx.borrow().on_demand {
-            let _ = self.events.send(Event::Command(Command::Demand));
+            let _ = self.inbox.send(Input::Demand);
         }
         let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
         let _guard = WaitingGuard(Arc::clone(&self.waiting));
@@ -330,9 +351,15 @@ impl InstanceHandle {
                         model: self.name.to_string(),
                     }),
                     State::Idle if s.on_demand => {
-                        let _ = self.events.send(Event::Command(Command::Demand));
+                        let _ = self.inbox.send(Input::Demand);
                         None
                     }
+                    State::Idle if s.stopped_by_operator => Some(AcquireError::Failed {
+                        model: self.name.to_string(),
+                        reason:
+                            "it was stopped by the operator; start it again from the status page"
+                                .into(),
+                    }),
                     // Down by its restart policy: say so instead of waiting.
                     State::Idle => Some(AcquireError::Failed {
                         model: self.name.to_string(),
@@ -365,46 +392,108 @@ impl InstanceHandle {
     }
 }
 
-/// One llama-server process the owner started.
-struct Proc {
-    generation: u64,
-    process: RunningProcess,
-    gate: Arc<Gate>,
-    id: LaunchId,
-    ready_after: Option<Duration>,
-    started_at: SystemTime,
-    /// Bind failures in a row (port raced away), retried without backoff.
-    bind_retries: u32,
-    liveness: liveness::Tracker,
+/// A boxed future, for the object-safe seam.
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// One started process, as the executor uses it.
+pub(crate) trait Child: Send + Sync + 'static {
+    fn pid(&self) -> i32;
+    fn port(&self) -> u16;
+    /// `/proc/<pid>/stat` field 22, for the state file.
+    fn start_time(&self) -> u64;
+    /// The bearer key it requires, if any.
+    fn upstream_key(&self) -> Option<Arc<str>>;
+    /// Spawn to `/health` 200, or why not within `timeout`.
+    fn wait_ready(&self, timeout: Duration) -> BoxFuture<Result<Duration, ReadyFailure>>;
+    /// Its exit; cancellation-safe, any number of waiters.
+    fn wait_exit(&self) -> BoxFuture<ExitStatus>;
+    /// SIGTERM, `grace`, SIGKILL.
+    fn stop(&self, grace: Duration) -> BoxFuture<StopOutcome>;
+    /// Probes it until it exits, handing each result to `report` (which
+    /// returns `false` once nobody listens).
+    fn probe_liveness(
+        &self,
+        policy: Liveness,
+        report: Box<dyn Fn(Probe) -> bool + Send>,
+    ) -> BoxFuture<()>;
 }
 
-struct Owner {
-    name: String,
-    spec: InstanceSpec,
-    state: State,
-    /// The process serving (or loading to serve).
-    current: Option<Proc>,
-    /// A blue/green replacement loading beside `current`.
-    next: Option<Proc>,
-    /// Processes being drained and stopped.
-    retiring: Vec<u64>,
-    /// Start `spec` once the retiring processes are gone (`stop_first`).
-    start_after_retire: bool,
-    shutdown_replies: Vec<oneshot::Sender<()>>,
-    generation: u64,
-    /// Per timer kind; a timer fires only if its kind was not re-armed or
-    /// cancelled since it was set.
-    timer_epochs: [u64; 3],
-    backoff: Backoff,
-    restarts: u64,
-    last_error: Option<String>,
-    last_restart: Option<(SystemTime, String)>,
-    drained: u64,
-    cut: u64,
-    logs: LogSink,
-    state_file: StateFile,
-    events: mpsc::UnboundedSender<Event>,
-    publish: watch::Sender<Snapshot>,
+/// The seam between the owner and the operating system.
+pub(crate) trait Spawner: Send + Sync + 'static {
+    fn spawn(&self, spec: &InstanceSpec, logs: &LogSink) -> Result<Arc<dyn Child>, String>;
+}
+
+/// The real seam: llama-server on tokio::process ([`super::process`]).
+pub(crate) struct ProcessSpawner;
+
+impl Spawner for ProcessSpawner {
+    fn spawn(&self, spec: &InstanceSpec, logs: &LogSink) -> Result<Arc<dyn Child>, String> {
+        // The spec was checked when applied, but the file may have gone
+        // since (a running process keeps the one it opened): say so rather
+        // than let llama-server fail to load it.
+        crate::spec::validate::FileProbe::check_gguf(
+            &crate::spec::validate::Disk,
+            &spec.config.model,
+        )?;
+        let port = pick_free_port().map_err(|e| e.to_string())?;
+        let process = spawn(&spec.launch, port, logs.clone()).map_err(|e| e.to_string())?;
+        Ok(Arc::new(process))
+    }
+}
+
+impl Child for RunningProcess {
+    fn pid(&self) -> i32 {
+        RunningProcess::pid(self)
+    }
+
+    fn port(&self) -> u16 {
+        RunningProcess::port(self)
+    }
+
+    fn start_time(&self) -> u64 {
+        RunningProcess::start_time(self)
+    }
+
+    fn upstream_key(&self) -> Option<Arc<str>> {
+        Some(Arc::clone(RunningProcess::upstream_key(self)))
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> BoxFuture<Result<Duration, ReadyFailure>> {
+        let p = self.clone();
+        Box::pin(async move {
+            RunningProcess::wait_ready(&p, timeout)
+                .await
+                .map_err(|e| ReadyFailure {
+                    bind_failure: e.is_bind_failure(),
+                    message: e.to_string(),
+                })
+        })
+    }
+
+    fn wait_exit(&self) -> BoxFuture<ExitStatus> {
+        let p = self.clone();
+        Box::pin(async move { p.wait().await })
+    }
+
+    fn stop(&self, grace: Duration) -> BoxFuture<StopOutcome> {
+        let p = self.clone();
+        Box::pin(async move { RunningProcess::stop(&p, grace).await })
+    }
+
+    fn probe_liveness(
+        &self,
+        policy: Liveness,
+        report: Box<dyn Fn(Probe) -> bool + Send>,
+    ) -> BoxFuture<()> {
+        Box::pin(liveness::run(self.clone(), policy, report))
+    }
+}
+
+/// A process the executor started and has not forgotten.
+struct Running {
+    child: Arc<dyn Child>,
+    gate: Arc<Gate>,
+    started_at: SystemTime,
 }
 
 /// Starts the owner of one model. It starts the model at once unless the
@@ -414,17 +503,75 @@ struct Owner {
 pub fn start_instance(
     spec: InstanceSpec,
     state_file: StateFile,
-    backoff: BackoffPolicy,
+    backoff: Backoff,
     predecessor: Option<tokio::task::JoinHandle<()>>,
 ) -> InstanceHandle {
-    let (events, mut inbox) = mpsc::unbounded_channel();
+    start_with(
+        spec,
+        state_file,
+        backoff,
+        predecessor,
+        Arc::new(ProcessSpawner),
+    )
+}
+
+pub(crate) fn start_with(
+    spec: InstanceSpec,
+    state_file: StateFile,
+    backoff: Backoff,
+    predecessor: Option<tokio::task::JoinHandle<()>>,
+    spawner: Arc<dyn Spawner>,
+) -> InstanceHandle {
+    let (inbox_tx, inbox) = mpsc::unbounded_channel();
     let name = spec.config.name.clone();
     let logs = LogSink::new(name.as_str());
-    let initial = Snapshot {
+    let (core, first) = Core::new(&name, spec.target(), backoff, predecessor.is_some());
+    let mut executor = Executor {
+        name: name.clone(),
+        spec,
+        core,
+        spawner,
+        children: BTreeMap::new(),
+        inbox: inbox_tx.clone(),
+        logs: logs.clone(),
+        state_file,
+        publish: watch::channel(placeholder()).0,
+        launches: History::default(),
+        shutdown_replies: Vec::new(),
+        reply: None,
+    };
+    let (publish, snapshot) = watch::channel(executor.snapshot());
+    executor.publish = publish;
+    let handle = InstanceHandle {
+        name: Arc::from(name.as_str()),
+        inbox: inbox_tx.clone(),
+        snapshot,
+        waiting: Arc::new(AtomicUsize::new(0)),
+        logs,
+        launches: Arc::clone(&executor.launches),
+    };
+    if let Some(p) = predecessor {
+        tokio::spawn(async move {
+            // Requests wait while the previous instance of this model leaves.
+            let _ = p.await;
+            let _ = inbox_tx.send(Input::Report(Event::PredecessorGone));
+        });
+    }
+    tokio::spawn(async move {
+        executor.perform_all(first);
+        executor.publish();
+        executor.run(inbox).await;
+    });
+    handle
+}
+
+/// Stands in until the first real snapshot exists.
+fn placeholder() -> Snapshot {
+    Snapshot {
         state: State::Idle,
         serving: None,
-        launch_id: spec.id.clone(),
-        target_launch_id: spec.id.clone(),
+        launch_id: LaunchId(String::new()),
+        target_launch_id: LaunchId(String::new()),
         pid: None,
         port: None,
         started_at: None,
@@ -432,647 +579,323 @@ pub fn start_instance(
         restarts: 0,
         last_error: None,
         last_restart: None,
-        queue_length: spec.config.lifecycle.queue_length,
-        wait_timeout: spec.config.lifecycle.wait_timeout,
-        on_demand: spec.config.lifecycle.on_demand,
+        queue_length: 0,
+        wait_timeout: Duration::ZERO,
+        on_demand: false,
+        stopped_by_operator: false,
         drained: 0,
         cut: 0,
-    };
-    let (publish, snapshot) = watch::channel(initial);
-    let backoff = Backoff::new(backoff).unwrap_or_else(|_| {
-        // The policy is ours, not the user's; fall back rather than fail.
-        Backoff::new(BackoffPolicy::default())
-            .unwrap_or_else(|_| unreachable!("the default backoff policy is valid"))
-    });
-    let handle = InstanceHandle {
-        name: Arc::from(name.as_str()),
-        events: events.clone(),
-        snapshot,
-        waiting: Arc::new(AtomicUsize::new(0)),
-        logs: logs.clone(),
-    };
-    let mut owner = Owner {
-        name,
-        spec,
-        state: State::Idle,
-        current: None,
-        next: None,
-        retiring: Vec::new(),
-        start_after_retire: false,
-        shutdown_replies: Vec::new(),
-        generation: 0,
-        timer_epochs: [0; 3],
-        backoff,
-        restarts: 0,
-        last_error: None,
-        last_restart: None,
-        drained: 0,
-        cut: 0,
-        logs,
-        state_file,
-        events,
-        publish,
-    };
-    tokio::spawn(async move {
-        if let Some(p) = predecessor {
-            // Requests wait while the previous instance of this model leaves.
-            owner.state = State::Swapping;
-            owner.publish();
-            let _ = p.await;
-            owner.state = State::Idle;
-        }
-        if !owner.spec.config.lifecycle.on_demand {
-            owner.start();
-        }
-        owner.publish();
-        while let Some(event) = inbox.recv().await {
-            owner.handle(event);
-            owner.publish();
-            if owner.state == State::Stopped {
-                for reply in owner.shutdown_replies.drain(..) {
-                    let _ = reply.send(());
-                }
-                break;
-            }
-        }
-    });
-    handle
+    }
 }
 
-impl Owner {
+struct Executor {
+    name: String,
+    /// The spec of the core's target (what [`Effect::Spawn`] starts).
+    spec: InstanceSpec,
+    core: Core,
+    spawner: Arc<dyn Spawner>,
+    children: BTreeMap<ProcId, Running>,
+    inbox: mpsc::UnboundedSender<Input>,
+    logs: LogSink,
+    state_file: StateFile,
+    publish: watch::Sender<Snapshot>,
+    launches: History,
+    shutdown_replies: Vec<oneshot::Sender<()>>,
+    /// The reply to the operator action being handled.
+    reply: Option<oneshot::Sender<Result<(), OperateError>>>,
+}
+
+impl Executor {
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Input>) {
+        loop {
+            let deadline = self.core.deadline();
+            let input = tokio::select! {
+                Some(input) = inbox.recv() => input,
+                () = sleep_until(deadline) => Input::Report(Event::Timeout),
+            };
+            let event = match input {
+                Input::Replace(spec) if !self.core.is_stopped() => {
+                    self.spec = *spec;
+                    Event::Replace(self.spec.target())
+                }
+                Input::Settings(spec) => {
+                    self.spec = *spec;
+                    Event::Settings(self.spec.target())
+                }
+                Input::Replace(_) => continue,
+                Input::Demand => Event::Demand,
+                Input::Operate(action, reply) => {
+                    self.reply = Some(reply);
+                    Event::Operate(action)
+                }
+                Input::Shutdown(reply) => {
+                    self.shutdown_replies.push(reply);
+                    Event::Shutdown
+                }
+                Input::Report(event) => event,
+            };
+            self.handle(event);
+            self.publish();
+            if self.core.is_stopped() {
+                for reply in self.shutdown_replies.drain(..) {
+                    let _ = reply.send(());
+                }
+                return;
+            }
+        }
+    }
+
+    /// Steps the core through `event` and whatever its effects answer at once.
     fn handle(&mut self, event: Event) {
-        match event {
-            Event::Command(Command::Apply(spec)) => self.apply(*spec),
-            Event::Command(Command::Demand) => {
-                if self.state == State::Idle && self.spec.config.lifecycle.on_demand {
-                    self.start();
-                }
-            }
-            Event::Command(Command::Operate(action, reply)) => {
-                let _ = reply.send(self.operate(action));
-            }
-            Event::Command(Command::Shutdown(reply)) => {
-                self.shutdown_replies.push(reply);
-                self.state = State::Stopping;
-                self.start_after_retire = false;
-                self.timer_epochs = self.timer_epochs.map(|e| e + 1);
-                if let Some(p) = self.next.take() {
-                    self.retire(p);
-                }
-                if let Some(p) = self.current.take() {
-                    self.retire(p);
-                }
-                self.finish_if_stopped();
-            }
-            Event::ReadyResult { generation, result } => self.on_ready_result(generation, result),
-            Event::Exited { generation, status } => self.on_exited(generation, status),
-            Event::Liveness { generation, probe } => self.on_liveness(generation, &probe),
-            Event::Retired {
-                generation,
-                pid,
-                outcome,
-                drain,
-            } => self.on_retired(generation, pid, outcome, drain),
-            Event::Timer { epoch, kind } if epoch == self.timer_epochs[kind as usize] => match kind
-            {
-                // A failed process may still be on its way out: wait for it.
-                TimerKind::Retry
-                    if matches!(self.state, State::Backoff | State::Failed)
-                        && !self.retiring.is_empty() =>
-                {
-                    self.start_after_retire = true;
-                }
-                TimerKind::Retry if matches!(self.state, State::Backoff | State::Failed) => {
-                    self.start()
-                }
-                TimerKind::RetryNext => {
-                    let stale = self.current.as_ref().is_some_and(|p| p.id != self.spec.id);
-                    if self.state == State::Ready && self.next.is_none() && stale {
-                        self.start_next();
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            let retired = match &event {
+                Event::Retired { proc, reaped, .. } => {
+                    if *reaped {
+                        self.record_exit(*proc);
                     }
+                    Some(*proc)
                 }
-                TimerKind::IdleCheck => self.check_idle(),
-                TimerKind::Retry => {}
-            },
-            Event::Timer { .. } => {} // superseded
+                Event::Exited { proc, .. } => {
+                    self.record_exit(*proc);
+                    None
+                }
+                _ => None,
+            };
+            let effects = self.core.step(event, Instant::now());
+            for effect in effects {
+                self.perform(effect, &mut queue);
+            }
+            if let Some(proc) = retired {
+                self.children.remove(&proc);
+            }
         }
     }
 
-    fn operate(&mut self, action: OperatorAction) -> Result<(), OperateError> {
-        if matches!(self.state, State::Stopping | State::Stopped) {
-            return Err(OperateError::Gone {
-                model: self.name.clone(),
-            });
+    fn perform_all(&mut self, effects: Vec<Effect>) {
+        let mut queue = VecDeque::new();
+        for effect in effects {
+            self.perform(effect, &mut queue);
         }
-        self.logs.push(
-            LogStream::Daemon,
-            &format!("operator: {action:?}").to_lowercase(),
-        );
-        match action {
-            OperatorAction::Start => {
-                if matches!(self.state, State::Idle | State::Backoff | State::Failed)
-                    && self.current.is_none()
-                {
-                    self.backoff.reset();
-                    if self.retiring.is_empty() {
-                        self.start();
-                    } else {
-                        self.state = State::Swapping;
-                        self.start_after_retire = true;
+        while let Some(event) = queue.pop_front() {
+            self.handle(event);
+        }
+    }
+
+    fn perform(&mut self, effect: Effect, queue: &mut VecDeque<Event>) {
+        match effect {
+            Effect::Spawn { proc, launch } => {
+                debug_assert_eq!(launch, self.spec.id, "the core spawns its target");
+                let spawned_at = SystemTime::now();
+                let result = match self.spawner.spawn(&self.spec, &self.logs) {
+                    Ok(child) => {
+                        let pid = child.pid();
+                        tracing::info!(model = %self.name, pid, port = child.port(), "starting llama-server");
+                        self.record_launch(pid, launch, spawned_at);
+                        self.children.insert(
+                            proc,
+                            Running {
+                                gate: Gate::with_key(child.port(), child.upstream_key()),
+                                child,
+                                started_at: SystemTime::now(),
+                            },
+                        );
+                        Ok(pid)
                     }
-                }
-            }
-            OperatorAction::Stop | OperatorAction::Restart => {
-                self.cancel(TimerKind::Retry);
-                self.cancel(TimerKind::RetryNext);
-                self.cancel(TimerKind::IdleCheck);
-                self.start_after_retire = false;
-                if let Some(p) = self.next.take() {
-                    self.retire(p);
-                }
-                if let Some(p) = self.current.take() {
-                    self.retire(p);
-                }
-                self.last_error = None;
-                self.state = State::Idle;
-                if action == OperatorAction::Restart {
-                    self.backoff.reset();
-                    if self.retiring.is_empty() {
-                        self.start();
-                    } else {
-                        self.state = State::Swapping;
-                        self.start_after_retire = true;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, spec: InstanceSpec) {
-        if matches!(self.state, State::Stopping | State::Stopped) {
-            return;
-        }
-        let relaunch = spec.id != self.spec.id;
-        self.spec = spec;
-        if !relaunch {
-            self.schedule_idle_check();
-            return;
-        }
-        // A changed model gets a fresh start: forget earlier failures.
-        self.backoff.reset();
-        self.cancel(TimerKind::Retry);
-        self.cancel(TimerKind::RetryNext);
-        self.last_error = None;
-        self.logs.push(
-            LogStream::Daemon,
-            &format!("spec changed: launch id {}", self.spec.id),
-        );
-        if let Some(p) = self.next.take() {
-            self.retire(p);
-        }
-        let serving = self
-            .current
-            .as_ref()
-            .is_some_and(|p| p.ready_after.is_some());
-        match self.current.take() {
-            // Still loading the old launch: nobody depends on it. Stop it,
-            // and start the new one once it is reaped (never two at once).
-            Some(p) if !serving => {
-                self.retire(p);
-                self.state = State::Swapping;
-                self.start_after_retire = true;
-            }
-            Some(p) => match self.spec.config.lifecycle.swap {
-                SwapStrategy::BlueGreen => {
-                    self.current = Some(p);
-                    self.start_next();
-                }
-                SwapStrategy::StopFirst => {
-                    self.state = State::Swapping;
-                    self.start_after_retire = true;
-                    self.retire(p);
-                }
-            },
-            None if self.state == State::Idle && self.spec.config.lifecycle.on_demand => {}
-            // stop_first: an older process is still on its way out.
-            None if !self.retiring.is_empty()
-                && self.spec.config.lifecycle.swap == SwapStrategy::StopFirst =>
-            {
-                self.state = State::Swapping;
-                self.start_after_retire = true;
-            }
-            None => self.start(),
-        }
-    }
-
-    fn spawn_proc(&mut self) -> Result<Proc, String> {
-        self.generation += 1;
-        // The spec was checked when applied, but the file may have gone
-        // since (a running process keeps the one it opened): say so rather
-        // than let llama-server fail to load it.
-        crate::spec::validate::FileProbe::check_gguf(
-            &crate::spec::validate::Disk,
-            &self.spec.config.model,
-        )?;
-        let port = pick_free_port().map_err(|e| e.to_string())?;
-        let process =
-            spawn(&self.spec.launch, port, self.logs.clone()).map_err(|e| e.to_string())?;
-        if let Err(e) = self.state_file.record(InstanceRecord::for_process(
-            &self.name,
-            self.spec.id.clone(),
-            &process,
-        )) {
-            let message = format!(
-                "could not record pid {} in the state file ({e}): if the daemon is killed, this llama-server is not reaped at its next start",
-                process.pid()
-            );
-            tracing::warn!(model = %self.name, "{message}");
-            self.logs.push(LogStream::Daemon, &message);
-        }
-        let generation = self.generation;
-        let events = self.events.clone();
-        let timeout = self.spec.config.lifecycle.ready_timeout;
-        let p = process.clone();
-        tokio::spawn(async move {
-            let result = p.wait_ready(timeout).await;
-            let _ = events.send(Event::ReadyResult { generation, result });
-        });
-        let gate = Gate::with_key(port, Some(Arc::clone(process.upstream_key())));
-        Ok(Proc {
-            generation,
-            process,
-            gate,
-            id: self.spec.id.clone(),
-            ready_after: None,
-            started_at: SystemTime::now(),
-            bind_retries: 0,
-            liveness: liveness::Tracker::default(),
-        })
-    }
-
-    fn start(&mut self) {
-        self.cancel(TimerKind::Retry);
-        match self.spawn_proc() {
-            Ok(p) => {
-                tracing::info!(model = %self.name, pid = p.process.pid(), port = p.gate.port(), "starting llama-server");
-                self.current = Some(p);
-                self.state = State::Starting;
-            }
-            Err(e) => self.failed_start(e.to_string()),
-        }
-    }
-
-    fn start_next(&mut self) {
-        match self.spawn_proc() {
-            Ok(p) => {
-                tracing::info!(model = %self.name, pid = p.process.pid(), "starting the replacement beside the serving instance");
-                self.next = Some(p);
-            }
-            Err(e) => {
-                self.last_error = Some(format!("could not start the replacement: {e}"));
-                let decision = self.backoff.on_failure(Instant::now());
-                self.schedule(decision.delay, TimerKind::RetryNext);
-            }
-        }
-    }
-
-    fn on_ready_result(&mut self, generation: u64, result: Result<Duration, ReadyError>) {
-        let is_current = self
-            .current
-            .as_ref()
-            .is_some_and(|p| p.generation == generation);
-        let is_next = self
-            .next
-            .as_ref()
-            .is_some_and(|p| p.generation == generation);
-        if !is_current && !is_next {
-            return; // about a process already retired
-        }
-        match result {
-            Ok(latency) => {
-                tracing::info!(model = %self.name, ready_ms = latency.as_millis() as u64, "ready");
-                self.backoff.on_healthy(Instant::now());
-                self.last_error = None;
-                if is_next {
-                    // Blue/green: the new process takes the traffic, the
-                    // old one drains.
-                    if let Some(old) = self.current.take() {
-                        self.retire(old);
-                    }
-                    self.current = self.next.take();
-                }
-                if let Some(p) = self.current.as_mut() {
-                    p.ready_after = Some(latency);
-                    self.watch_exit(generation);
-                    self.watch_liveness(generation);
-                }
-                self.state = State::Ready;
-                self.schedule_idle_check();
-            }
-            Err(e) => {
-                let bind_failure = e.is_bind_failure();
-                let slot = if is_next {
-                    self.next.take()
-                } else {
-                    self.current.take()
+                    Err(e) => Err(e),
                 };
-                let retries = slot.as_ref().map_or(0, |p| p.bind_retries);
-                if let Some(p) = slot {
-                    self.retire(p);
-                }
-                if bind_failure && retries < 3 {
-                    // Someone took the port between picking and binding.
-                    self.logs.push(
-                        LogStream::Daemon,
-                        "port taken before llama-server bound it; retrying on another",
+                queue.push_back(Event::Spawned { proc, result });
+            }
+            Effect::Record { proc } => {
+                let Some(r) = self.children.get(&proc) else {
+                    return;
+                };
+                let record = InstanceRecord {
+                    model: self.name.clone(),
+                    pid: r.child.pid(),
+                    start_time: r.child.start_time(),
+                    launch_id: self.spec.id.clone(),
+                    port: r.child.port(),
+                };
+                if let Err(e) = self.state_file.record(record) {
+                    let message = format!(
+                        "could not record pid {} in the state file ({e}): if the daemon is killed, this llama-server is not reaped at its next start",
+                        r.child.pid()
                     );
-                    if is_next {
-                        self.start_next();
-                        if let Some(p) = self.next.as_mut() {
-                            p.bind_retries = retries + 1;
-                        }
-                    } else {
-                        self.start();
-                        if let Some(p) = self.current.as_mut() {
-                            p.bind_retries = retries + 1;
-                        }
-                    }
-                    return;
-                }
-                let message = format!("start failed: {e}");
-                if is_next {
-                    // The old process keeps serving; the edit is reported.
-                    tracing::error!(model = %self.name, "{message}; the previous instance keeps serving");
-                    self.last_error = Some(message);
-                    self.restarts += 1;
-                    let decision = self.backoff.on_failure(Instant::now());
-                    self.schedule(decision.delay, TimerKind::RetryNext);
-                } else {
-                    self.failed_start(message);
+                    tracing::warn!(model = %self.name, "{message}");
+                    self.logs.push(LogStream::Daemon, &message);
                 }
             }
-        }
-    }
-
-    fn failed_start(&mut self, message: String) {
-        tracing::error!(model = %self.name, "{message}");
-        self.restarts += 1;
-        self.last_restart = Some((SystemTime::now(), message.clone()));
-        self.last_error = Some(message);
-        let decision = self.backoff.on_failure(Instant::now());
-        self.state = if decision.failed {
-            State::Failed
-        } else {
-            State::Backoff
-        };
-        self.logs.push(
-            LogStream::Daemon,
-            &format!(
-                "retrying in {:?} (failure {} in a row)",
-                decision.delay, decision.failures
-            ),
-        );
-        self.schedule(decision.delay, TimerKind::Retry);
-    }
-
-    fn watch_exit(&self, generation: u64) {
-        if let Some(p) = &self.current {
-            let process = p.process.clone();
-            let events = self.events.clone();
-            tokio::spawn(async move {
-                let status = process.wait().await;
-                let _ = events.send(Event::Exited { generation, status });
-            });
-        }
-    }
-
-    fn watch_liveness(&self, generation: u64) {
-        if let Some(p) = &self.current {
-            tokio::spawn(liveness::run(
-                p.process.clone(),
-                self.spec.config.lifecycle.liveness,
-                self.events.clone(),
-                move |probe| Event::Liveness { generation, probe },
-            ));
-        }
-    }
-
-    /// A ready process that stopped answering is replaced like one that
-    /// crashed; its in-flight requests cannot finish, so it is not drained.
-    fn on_liveness(&mut self, generation: u64, probe: &liveness::Probe) {
-        let policy = self.spec.config.lifecycle.liveness;
-        let Some(p) = self.current.as_mut().filter(|p| p.generation == generation) else {
-            return; // about a process already retired
-        };
-        let verdict = p.liveness.observe(&policy, probe);
-        let pid = p.process.pid();
-        match verdict {
-            liveness::Verdict::Alive => {}
-            liveness::Verdict::Busy => self.logs.push(
-                LogStream::Daemon,
-                &format!(
-                    "liveness probe failed while pid {pid} is busy (using CPU); not counted: {}",
-                    probe.failure.as_deref().unwrap_or("")
-                ),
-            ),
-            liveness::Verdict::Suspect(n) => self.logs.push(
-                LogStream::Daemon,
-                &format!(
-                    "liveness probe {n}/{} of pid {pid} failed: {}",
-                    policy.failures,
-                    probe.failure.as_deref().unwrap_or("")
-                ),
-            ),
-            liveness::Verdict::Dead(why) => {
-                let Some(p) = self.current.take() else {
+            Effect::WaitReady { proc, timeout } => {
+                let Some(r) = self.children.get(&proc) else {
                     return;
                 };
-                // failed_start logs it as an error.
-                let message = format!("llama-server (pid {pid}) {why}; replaced");
-                self.logs.push(LogStream::Daemon, &message);
-                if let Some(next) = self.next.take() {
-                    self.retire(next);
+                let ready = r.child.wait_ready(timeout);
+                let inbox = self.inbox.clone();
+                tokio::spawn(async move {
+                    let result = ready.await;
+                    let _ = inbox.send(Input::Report(Event::Ready { proc, result }));
+                });
+            }
+            Effect::Watch { proc } => {
+                let Some(r) = self.children.get(&proc) else {
+                    return;
+                };
+                let exit = r.child.wait_exit();
+                let inbox = self.inbox.clone();
+                tokio::spawn(async move {
+                    let status = exit.await;
+                    let _ = inbox.send(Input::Report(Event::Exited { proc, status }));
+                });
+                let inbox = self.inbox.clone();
+                tokio::spawn(r.child.probe_liveness(
+                    self.spec.config.lifecycle.liveness,
+                    Box::new(move |probe| {
+                        inbox
+                            .send(Input::Report(Event::Liveness { proc, probe }))
+                            .is_ok()
+                    }),
+                ));
+            }
+            Effect::Retire { proc, drain } => {
+                let Some(r) = self.children.get(&proc) else {
+                    queue.push_back(Event::Retired {
+                        proc,
+                        reaped: true,
+                        drained: 0,
+                        cut: 0,
+                    });
+                    return;
+                };
+                let (child, gate) = (Arc::clone(&r.child), Arc::clone(&r.gate));
+                let grace = self.spec.config.lifecycle.stop_grace;
+                let inbox = self.inbox.clone();
+                let name = self.name.clone();
+                tokio::spawn(async move {
+                    let drained = gate.drain(drain).await;
+                    if drained.cut > 0 {
+                        tracing::warn!(model = %name, cut = drained.cut, "drain timeout ({drain:?}) ran out; cutting in-flight requests");
+                    }
+                    let outcome = child.stop(grace).await;
+                    if outcome.was_killed() {
+                        tracing::warn!(model = %name, pid = child.pid(), "llama-server ignored SIGTERM for {grace:?}; killed");
+                    }
+                    let _ = inbox.send(Input::Report(Event::Retired {
+                        proc,
+                        reaped: outcome.status().is_some(),
+                        drained: drained.drained as u64,
+                        cut: drained.cut as u64,
+                    }));
+                });
+            }
+            Effect::Forget { proc } => {
+                if let Some(r) = self.children.remove(&proc) {
+                    let _ = self.state_file.remove(r.child.pid());
                 }
-                // Its requests will never finish: cut them now, no drain.
-                self.retire_within(p, Duration::ZERO);
-                self.failed_start(message);
             }
-        }
-    }
-
-    fn on_exited(&mut self, generation: u64, status: std::process::ExitStatus) {
-        let Some(p) = self.current.take_if(|p| p.generation == generation) else {
-            return; // a retired process; its retirement reports on it
-        };
-        let _ = self.state_file.remove(p.process.pid());
-        let message = format!(
-            "llama-server (pid {}) exited unexpectedly: {status}",
-            p.process.pid()
-        );
-        let restart = match self.spec.config.lifecycle.restart {
-            RestartPolicy::Always => true,
-            RestartPolicy::OnFailure => !status.success(),
-            RestartPolicy::Never => false,
-        };
-        if let Some(next) = self.next.take() {
-            self.retire(next);
-        }
-        if restart {
-            self.failed_start(message);
-        } else {
-            tracing::warn!(model = %self.name, "{message}; restart policy keeps it down");
-            self.last_error = Some(message);
-            self.state = State::Idle;
-        }
-    }
-
-    /// Takes a process out of service: close its gate, drain it, stop it.
-    fn retire(&mut self, p: Proc) {
-        let drain = if p.ready_after.is_some() {
-            self.spec.config.lifecycle.drain_timeout
-        } else {
-            Duration::ZERO
-        };
-        self.retire_within(p, drain);
-    }
-
-    /// Closes the gate, waits up to `drain_timeout` for the requests inside
-    /// (then cuts and counts them), and stops the process.
-    fn retire_within(&mut self, p: Proc, drain_timeout: Duration) {
-        self.retiring.push(p.generation);
-        let lifecycle = self.spec.config.lifecycle.clone();
-        let events = self.events.clone();
-        let name = self.name.clone();
-        tokio::spawn(async move {
-            let drain = p.gate.drain(drain_timeout).await;
-            if drain.cut > 0 {
-                tracing::warn!(model = %name, cut = drain.cut, "drain timeout ({drain_timeout:?}) ran out; cutting in-flight requests");
+            Effect::MeasureIdle { proc } => {
+                if let Some(r) = self.children.get(&proc) {
+                    queue.push_back(Event::IdleFor {
+                        proc,
+                        idle: r.gate.idle_for(),
+                    });
+                }
             }
-            let outcome = p.process.stop(lifecycle.stop_grace).await;
-            if outcome.was_killed() {
-                tracing::warn!(model = %name, pid = p.process.pid(), "llama-server ignored SIGTERM for {:?}; killed", lifecycle.stop_grace);
+            Effect::Reply(result) => {
+                if let Some(reply) = self.reply.take() {
+                    let _ = reply.send(result);
+                }
             }
-            let pid = p.process.pid();
-            let _ = events.send(Event::Retired {
-                generation: p.generation,
-                pid,
-                outcome,
-                drain,
-            });
-        });
+            Effect::Log(line) => {
+                tracing::info!(model = %self.name, "{line}");
+                self.logs.push(LogStream::Daemon, &line);
+            }
+            Effect::Stopped => {}
+        }
     }
 
-    fn on_retired(&mut self, generation: u64, pid: i32, outcome: StopOutcome, drain: DrainOutcome) {
-        self.retiring.retain(|g| *g != generation);
-        self.drained += drain.drained as u64;
-        self.cut += drain.cut as u64;
-        // Only a reaped process leaves the state file, so a daemon that dies
-        // mid-stop still finds an unreaped one on its next start.
-        if outcome.status().is_some() {
-            let _ = self.state_file.remove(pid);
-        }
-        if self.start_after_retire && self.retiring.is_empty() {
-            self.start_after_retire = false;
-            self.start();
-        }
-        self.finish_if_stopped();
-    }
-
-    fn finish_if_stopped(&mut self) {
-        if self.state == State::Stopping
-            && self.retiring.is_empty()
-            && self.current.is_none()
-            && self.next.is_none()
+    /// Notes the spawn in the launch history.
+    fn record_launch(&self, pid: i32, launch_id: LaunchId, spawned_at: SystemTime) {
         {
-            self.state = State::Stopped;
+            let mut history = self.launches.lock().unwrap_or_else(PoisonError::into_inner);
+            if history.len() == LAUNCH_HISTORY {
+                history.pop_front();
+            }
+            history.push_back(LaunchRecord {
+                pid,
+                launch_id,
+                spawned_at: epoch_secs(spawned_at),
+                exited_at: None,
+            });
         }
     }
 
-    fn cancel(&mut self, kind: TimerKind) {
-        self.timer_epochs[kind as usize] += 1;
-    }
-
-    fn schedule(&self, delay: Duration, kind: TimerKind) {
-        let events = self.events.clone();
-        let epoch = self.timer_epochs[kind as usize];
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = events.send(Event::Timer { epoch, kind });
-        });
-    }
-
-    fn schedule_idle_check(&mut self) {
-        if let (Some(idle), true, State::Ready) = (
-            self.spec.config.lifecycle.idle_timeout,
-            self.spec.config.lifecycle.on_demand,
-            self.state,
-        ) {
-            self.cancel(TimerKind::IdleCheck);
-            let idle_for = self
-                .current
-                .as_ref()
-                .map_or(Duration::ZERO, |p| p.gate.idle_for());
-            self.schedule(
-                idle.saturating_sub(idle_for).max(Duration::from_millis(50)),
-                TimerKind::IdleCheck,
-            );
-        }
-    }
-
-    fn check_idle(&mut self) {
-        let Some(idle) = self.spec.config.lifecycle.idle_timeout else {
+    /// Notes in the launch history that `proc` has been reaped. Called when
+    /// its exit or retirement is handled, before anything new can spawn, so
+    /// the record never shows a gap that was not there.
+    fn record_exit(&self, proc: ProcId) {
+        let Some(pid) = self.children.get(&proc).map(|r| r.child.pid()) else {
             return;
         };
-        if self.state != State::Ready || !self.spec.config.lifecycle.on_demand {
-            return;
+        let at = epoch_secs(SystemTime::now());
+        let mut history = self.launches.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(r) = history
+            .iter_mut()
+            .rev()
+            .find(|r| r.pid == pid && r.exited_at.is_none())
+        {
+            r.exited_at = Some(at);
         }
-        let idle_for = self
-            .current
-            .as_ref()
-            .map_or(Duration::ZERO, |p| p.gate.idle_for());
-        if idle_for >= idle {
-            tracing::info!(model = %self.name, "idle for {:?}; stopping until the next request", idle_for);
-            self.logs.push(
-                LogStream::Daemon,
-                &format!("idle for {}; stopping", humantime::format_duration(idle)),
-            );
-            if let Some(p) = self.current.take() {
-                self.retire(p);
-            }
-            self.state = State::Idle;
-        } else {
-            // Busy, or used recently: look again when it could be idle.
-            self.schedule_idle_check();
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let core = &self.core;
+        let current = core
+            .current()
+            .and_then(|p| Some((p, self.children.get(&p.id)?)));
+        let serving = core
+            .serving()
+            .filter(|p| p.ready_after.is_some())
+            .and_then(|p| self.children.get(&p.id))
+            .map(|r| Arc::clone(&r.gate));
+        let l = &core.target().lifecycle;
+        let since = |at: Instant| SystemTime::now() - Instant::now().saturating_duration_since(at);
+        Snapshot {
+            state: State::of(core.phase()),
+            serving,
+            launch_id: current
+                .map_or_else(|| core.target().launch.clone(), |(p, _)| p.launch.clone()),
+            target_launch_id: core.target().launch.clone(),
+            pid: current.map(|(_, r)| r.child.pid()),
+            port: current.map(|(_, r)| r.child.port()),
+            started_at: current.map(|(_, r)| r.started_at),
+            ready_after: current.and_then(|(p, _)| p.ready_after),
+            restarts: core.restarts,
+            last_error: core.last_error.clone(),
+            last_restart: core
+                .last_restart
+                .as_ref()
+                .map(|(at, why)| (since(*at), why.clone())),
+            queue_length: l.queue_length,
+            wait_timeout: l.wait_timeout,
+            on_demand: l.on_demand,
+            stopped_by_operator: matches!(core.phase(), Phase::Idle(Down::Operator)),
+            drained: core.drained,
+            cut: core.cut,
         }
     }
 
     fn publish(&self) {
-        let current = self.current.as_ref();
-        let serving = match self.state {
-            State::Ready => current
-                .filter(|p| p.ready_after.is_some())
-                .map(|p| Arc::clone(&p.gate)),
-            _ => None,
-        };
-        let l = &self.spec.config.lifecycle;
-        self.publish.send_replace(Snapshot {
-            state: self.state,
-            serving,
-            launch_id: current.map_or_else(|| self.spec.id.clone(), |p| p.id.clone()),
-            target_launch_id: self.spec.id.clone(),
-            pid: current.map(|p| p.process.pid()),
-            port: current.map(|p| p.gate.port()),
-            started_at: current.map(|p| p.started_at),
-            ready_after: current.and_then(|p| p.ready_after),
-            restarts: self.restarts,
-            last_error: self.last_error.clone(),
-            last_restart: self.last_restart.clone(),
-            queue_length: l.queue_length,
-            wait_timeout: l.wait_timeout,
-            on_demand: l.on_demand,
-            drained: self.drained,
-            cut: self.cut,
-        });
+        self.publish.send_replace(self.snapshot());
     }
 }
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -25,7 +25,7 @@ use rustix::process::{Pid, Signal};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::process::{RunningProcess, read_proc_stat, to_pid};
+use super::process::{read_proc_stat, to_pid};
 use crate::plan::launch::LaunchId;
 
 /// The state file's name inside the state directory.
@@ -66,22 +66,6 @@ pub struct InstanceRecord {
     pub start_time: u64,
     pub launch_id: LaunchId,
     pub port: u16,
-}
-
-impl InstanceRecord {
-    pub fn for_process(
-        model: &str,
-        launch_id: LaunchId,
-        process: &RunningProcess,
-    ) -> InstanceRecord {
-        InstanceRecord {
-            model: model.to_owned(),
-            pid: process.pid(),
-            start_time: process.start_time(),
-            launch_id,
-            port: process.port(),
-        }
-    }
 }
 
 #[derive(Serialize, Deserialize)]

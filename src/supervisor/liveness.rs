@@ -12,8 +12,6 @@
 //! of them in a row replace it. The price: a process spinning in a loop
 //! without answering is never replaced by this check.
 
-use tokio::sync::mpsc;
-
 use super::process::{ProcStat, RunningProcess, read_proc_stat};
 use super::readiness::{ProbeResult, probe_with_timeout};
 use crate::spec::Liveness;
@@ -78,13 +76,12 @@ impl Tracker {
     }
 }
 
-/// Probes `process` until it exits or the owner is gone, sending each
-/// result as `to_event(probe)`.
-pub async fn run<E: Send + 'static>(
+/// Probes `process` until it exits or `report` (which gets each result)
+/// returns `false` because the owner is gone.
+pub async fn run(
     process: RunningProcess,
     policy: Liveness,
-    events: mpsc::UnboundedSender<E>,
-    to_event: impl Fn(Probe) -> E + Send + 'static,
+    report: impl Fn(Probe) -> bool + Send + 'static,
 ) {
     if policy.failures == 0 {
         return;
@@ -105,7 +102,7 @@ pub async fn run<E: Send + 'static>(
             other => Some(other.to_string()),
         };
         let stat = read_proc_stat(process.pid()).ok();
-        if events.send(to_event(Probe { failure, stat })).is_err() {
+        if !report(Probe { failure, stat }) {
             return;
         }
     }

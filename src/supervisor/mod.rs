@@ -12,28 +12,30 @@
 //!   reaping of a previous daemon's children ([`StateFile`], [`reap_leftovers`]).
 //! - [`ports`]: picking a free loopback port ([`pick_free_port`]).
 
-pub mod backoff;
-pub mod gate;
-pub mod instance;
+pub(crate) mod backoff;
+pub(crate) mod gate;
+pub(crate) mod instance;
 pub mod leftovers;
-pub mod liveness;
+pub(crate) mod liveness;
 pub mod logs;
-pub mod ports;
+pub(crate) mod owner;
+pub(crate) mod ports;
 pub mod process;
 pub mod progress;
-pub mod readiness;
+pub(crate) mod readiness;
 
-pub use backoff::{Backoff, BackoffError, BackoffPolicy, Decision};
-pub use gate::{DrainOutcome, Gate, Lease};
+// Used beyond the crate (the binary, tests, benches).
+pub use backoff::{BackoffError, BackoffPolicy};
 pub use instance::{
-    AcquireError, InstanceHandle, InstanceSpec, OperateError, OperatorAction, Snapshot, State,
-    start_instance,
+    AcquireError, InstanceHandle, LaunchRecord, OperateError, OperatorAction, Snapshot, State,
 };
-pub use leftovers::{
-    InstanceRecord, Leftover, LeftoverError, LeftoverOutcome, STATE_FILE_NAME, StateFile,
-    reap_leftovers,
-};
-pub use logs::{LogError, LogLine, LogSink, LogStream};
-pub use ports::{PortError, pick_free_port};
-pub use process::{KILL_WAIT, RunningProcess, SpawnError, StopOutcome, spawn};
-pub use readiness::{ProbeResult, ReadyError, probe, wait_ready};
+pub use leftovers::{InstanceRecord, LeftoverOutcome, StateFile, reap_leftovers};
+pub use logs::{LogLine, LogSink, LogStream};
+pub use ports::pick_free_port;
+pub use process::{StopOutcome, spawn};
+pub use readiness::{ProbeResult, ReadyError, probe};
+
+// Used by the daemon and the proxy.
+pub(crate) use backoff::Backoff;
+pub(crate) use gate::Lease;
+pub(crate) use instance::{InstanceSpec, start_instance};

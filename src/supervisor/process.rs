@@ -152,6 +152,9 @@ pub fn spawn(launch: &Launch, port: u16, logs: LogSink) -> Result<RunningProcess
     let program = launch.program.clone();
     let upstream_key = random_key();
     let mut cmd = tokio::process::Command::new(&launch.program);
+    if !launch.working_dir.as_os_str().is_empty() {
+        cmd.current_dir(&launch.working_dir);
+    }
     cmd.args(&launch.args)
         .arg("--host")
         .arg("127.0.0.1")
@@ -430,11 +433,6 @@ impl RunningProcess {
     /// The port it was told to listen on (on 127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    /// When it was spawned.
-    pub fn started_at(&self) -> Instant {
-        self.started_at
     }
 
     /// The model's log buffer this process writes into.

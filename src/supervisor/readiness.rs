@@ -43,12 +43,6 @@ pub enum ProbeResult {
     Unreachable(String),
 }
 
-impl ProbeResult {
-    pub fn is_ready(&self) -> bool {
-        matches!(self, ProbeResult::Ready)
-    }
-}
-
 impl fmt::Display for ProbeResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

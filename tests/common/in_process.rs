@@ -30,7 +30,7 @@ pub struct Daemon {
     pub client: reqwest::Client,
     header: String,
     shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), rocm_llm::daemon::ServeError>>>,
 }
 
 impl Daemon {

@@ -233,9 +233,9 @@ pub fn is_public(path: &str) -> bool {
     )
 }
 
-const INDEX_HTML: &str = include_str!("../../assets/status-page/index.html");
-const PAGE_JS: &str = include_str!("../../assets/status-page/page.js");
-const PAGE_CSS: &str = include_str!("../../assets/status-page/page.css");
+const INDEX_HTML: &str = include_str!("../../../assets/status-page/index.html");
+const PAGE_JS: &str = include_str!("../../../assets/status-page/page.js");
+const PAGE_CSS: &str = include_str!("../../../assets/status-page/page.css");
 
 /// Nothing but this server: no CDN, no inline script, no framing (the
 /// action buttons cannot be clickjacked).
