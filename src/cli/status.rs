@@ -220,41 +220,111 @@ fn render_memory(status: &StatusReport) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use serde_json::{Value, json};
 
-    /// A report with one model `m` starting, with `progress`.
-    fn starting_with(progress: serde_json::Value) -> StatusReport {
-        serde_json::from_value(serde_json::json!({
-            "spec": "/specs/models.yaml", "generation": 1, "last_reload": null,
-            "reloads": 1, "reload_errors": 0, "api_key_file": null,
+    /// Seconds since the epoch of the fixed "now" the tests render at.
+    const NOW: u64 = 1_790_000_000;
+
+    /// A model in `state` with nothing else to show, then `overrides`.
+    fn model(state: &str, overrides: Value) -> Value {
+        let mut m = json!({
+            "state": state, "stopped_by_operator": false, "pid": null, "port": null,
+            "launch_id": "0123456789abcdef", "target_launch_id": "0123456789abcdef",
+            "restarts": 0, "aliases": [], "on_demand": false, "in_flight": 0,
+            "waiting": 0, "drained": 0, "cut": 0, "warnings": [], "log": [],
+            "launches": [], "memory": {"log_devices": {}, "log_total_bytes": 0},
+        });
+        for (k, v) in overrides.as_object().unwrap() {
+            m[k] = v.clone();
+        }
+        m
+    }
+
+    /// A report of `models`, with `daemon` overriding the daemon's fields.
+    fn report(models: Value, daemon: Value, devices: Value) -> StatusReport {
+        let mut r = json!({
+            "spec": "/etc/rocm-llm/models.yaml", "generation": 3, "last_reload": null,
+            "reloads": 3, "reload_errors": 0, "api_key_file": null,
             "listen": "127.0.0.1:8080", "control": "127.0.0.1:8081",
-            "devices": [], "reload_history": [],
-            "models": {"m": {
-                "state": "starting", "pid": 7, "port": 9000, "launch_id": "l",
-                "target_launch_id": "l", "restarts": 0, "aliases": [],
-                "on_demand": false, "in_flight": 0, "waiting": 0, "drained": 0,
-                "cut": 0, "warnings": [], "log": [], "progress": progress,
-                "memory": {"log_devices": {}, "log_total_bytes": 0},
-            }},
-        }))
-        .expect("a status report")
+            "devices": devices, "reload_history": [], "models": models,
+        });
+        for (k, v) in daemon.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        serde_json::from_value(r).expect("a status report")
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(NOW)
     }
 
     #[test]
     fn a_loading_model_shows_its_progress() {
         for (progress, expected) in [
             (
-                serde_json::json!({"stage": "reading tensors", "bytes_done": 2_100_000_000u64, "bytes_total": 4_900_000_000u64, "percent": 42.857}),
+                json!({"stage": "reading tensors", "bytes_done": 2_100_000_000u64, "bytes_total": 4_900_000_000u64, "percent": 42.857}),
                 Some("loading  m: reading tensors 2.1/4.9 GB (43%)"),
             ),
             (
-                serde_json::json!({"stage": "starting", "bytes_done": 0, "bytes_total": 0, "percent": null}),
+                json!({"stage": "starting", "bytes_done": 0, "bytes_total": 0, "percent": null}),
                 Some("loading  m: starting"),
             ),
-            (serde_json::Value::Null, None),
+            (Value::Null, None),
         ] {
-            let text = render(&starting_with(progress), SystemTime::UNIX_EPOCH);
+            let status = report(
+                json!({"m": model("starting", json!({"pid": 7, "progress": progress}))}),
+                json!({}),
+                json!([]),
+            );
+            let text = render(&status, now());
             let line = text.lines().find(|l| l.starts_with("loading"));
             assert_eq!(line, expected, "{text}");
         }
+    }
+
+    /// The table as a person reads it: a serving model with a crash behind
+    /// it and measured memory, an idle on-demand one, one loading, one that
+    /// failed, a GPU, and an edit that was rejected.
+    #[test]
+    fn the_status_table() {
+        let t = NOW as f64;
+        let parts = json!({"weights": 1_500_000_000u64, "kv": 268_435_456u64, "compute": 300_000_000u64, "output": 600_000, "overhead": 0});
+        let status = report(
+            json!({
+                "chat": model("ready", json!({
+                    "pid": 4242, "port": 40001, "ready_ms": 812.4,
+                    "started_at": t - 3725.0, "restarts": 1, "in_flight": 2,
+                    "aliases": ["assistant"],
+                    "last_restart": {"at": t - 3800.0, "reason": "llama-server (pid 4100) exited: signal 9 (SIGKILL)\nlast lines of its log"},
+                    "memory": {
+                        "log_devices": {"ROCm0": parts, "CPU": {"weights": 300_000_000u64, "kv": 0, "compute": 20_000_000u64, "output": 0, "overhead": 0}},
+                        "log_total_bytes": 2_389_035_456u64, "gpu_bytes": 2_400_000_000u64,
+                        "estimate": {
+                            "total_bytes": 2_490_000_000u64, "context": 4096, "context_per_slot": 2048,
+                            "slots": 2, "flash_attn": true, "gpu_layers": 29, "n_layer": 28,
+                            "devices": {"ROCm0": {"weights": 1_500_000_000u64, "kv": 268_435_456u64, "compute": 310_000_000u64, "output": 600_000, "overhead": 100_000_000u64}, "CPU": {"weights": 300_000_000u64, "kv": 0, "compute": 11_000_000u64, "output": 0, "overhead": 0}},
+                        },
+                    },
+                })),
+                "coder": model("idle", json!({"on_demand": true, "idle_timeout_s": 600.0})),
+                "vision": model("starting", json!({
+                    "pid": 4301, "port": 40002,
+                    "warnings": ["the ROCm build found no GPU; running on the CPU"],
+                    "progress": {"stage": "reading tensors", "bytes_done": 1_200_000_000u64, "bytes_total": 3_000_000_000u64, "percent": 40.0},
+                    "memory": {"log_devices": {}, "log_total_bytes": 0, "gpu_bytes": 0, "estimate_error": "vision.gguf: unknown architecture \"clip\""},
+                })),
+                "broken": model("failed", json!({
+                    "restarts": 6,
+                    "last_error": "start failed: llama-server exited with status 1 before it was ready\nerror: unknown argument: --no-such-flag",
+                })),
+            }),
+            json!({"last_reload": {
+                "ok": false, "at": {"secs_since_epoch": NOW - 60, "nanos_since_epoch": 0},
+                "errors": ["/etc/rocm-llm/models.yaml:7:15: models.chat.parallel: expected an integer from 1 to 256, found integer 0"],
+                "actions": [],
+            }, "reload_errors": 1}),
+            json!([{"name": "card0", "pci": "0000:03:00.0", "total": 17_163_091_968u64, "used": 2_684_354_560u64, "gtt_total": null, "gtt_used": null}]),
+        );
+        insta::assert_snapshot!(render(&status, now()));
     }
 }
