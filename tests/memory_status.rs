@@ -150,8 +150,11 @@ fn status_shows_the_estimate_per_device_on_vulkan() {
                   env: { GGML_VK_VISIBLE_DEVICES: \"0\" }\n";
     common::daemon::write_by_rename(&d.spec, &d.spec_text_with_server(models, &server));
     let status = d.wait_status("v's buffers on Vulkan0 and its estimate", |s| {
-        let m = &s.models["v"].memory;
-        m.log_devices.get("Vulkan0").is_some_and(|c| c.compute > 0) && m.estimate.is_some()
+        // `v` is listed once the edit is applied.
+        s.models.get("v").is_some_and(|v| {
+            let m = &v.memory;
+            m.log_devices.get("Vulkan0").is_some_and(|c| c.compute > 0) && m.estimate.is_some()
+        })
     });
     let mem = &status.models["v"].memory;
     let estimate = &mem.estimate.as_ref().unwrap().estimate;
