@@ -14,7 +14,7 @@ use crate::spec::{CacheType, LaunchOptions};
 /// A GPU the model may use, as llama-server names it (`ROCm0`, `CUDA0`,
 /// `Vulkan0`), with its free memory (used for the default layer split, as
 /// llama.cpp splits by free memory when `tensor_split` is unset).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Device {
     pub name: String,
     pub free: u64,
@@ -64,8 +64,7 @@ impl Device {
 }
 
 /// A backend, as the per-process overhead is kept by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Backend {
     Rocm,
     Cuda,
@@ -115,7 +114,7 @@ impl Backend {
 /// runtime context (HIP, CUDA, Vulkan) and its kernels, which llama-server
 /// does not print. The defaults are documented guesses (docs/memory.md),
 /// not measured here; the spec can override them per backend.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Overheads {
     bytes: BTreeMap<Backend, u64>,
 }

@@ -7,13 +7,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use super::{Device, Estimate, Overheads, Parts, estimate_model};
 use crate::spec::ModelConfig;
 
 /// A device as `llama-server --list-devices` prints it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListedDevice {
     pub name: String,
     pub description: String,

@@ -14,8 +14,6 @@ pub mod memory;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Serialize;
-
 pub use launch::{Launch, LaunchId};
 
 use crate::spec::Desired;
@@ -32,8 +30,7 @@ pub fn observed(desired: &Desired) -> Observed {
         .collect()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ActionKind {
     /// Owned but no longer wanted (removed, disabled): its owner drains and
     /// stops it and ends.
@@ -51,7 +48,7 @@ pub enum ActionKind {
     Keep,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Action {
     pub kind: ActionKind,
     pub model: String,

@@ -25,7 +25,7 @@ use crate::spec::{Desired, GpuLayers, ModelConfig};
 pub type EstimateFn<'a> = dyn Fn(&ModelConfig, &[Device]) -> Result<Estimate, String> + 'a;
 
 /// What one device may hold.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Budget {
     /// llama.cpp's name: `CPU` (the host, `ram`), `ROCm0`, `Vulkan0`, ...
     pub device: String,
@@ -55,7 +55,7 @@ impl fmt::Display for Budget {
 }
 
 /// What one model takes, per device.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Footprint {
     pub model: String,
     pub always_on: bool,
@@ -82,7 +82,7 @@ pub enum ShortKind {
 }
 
 /// A device that cannot hold what the spec asks of it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shortfall {
     /// The model whose key carries the error.
     pub model: String,
@@ -145,7 +145,7 @@ impl fmt::Display for Shortfall {
 }
 
 /// Everything admission found, for `validate` and `plan` to show.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fit {
     pub machine: Machine,
     /// Per device, in name order (`CPU` first when known).

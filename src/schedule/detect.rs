@@ -6,13 +6,11 @@
 
 use std::path::Path;
 
-use serde::Serialize;
-
 use crate::memory::plan::{ListedDevice, list_devices};
 use crate::memory::probe::{self, DeviceMemory, ProbeRoots};
 
 /// The machine as admission sees it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Machine {
     /// The GPUs llama-server lists, by llama.cpp's names (`ROCm0`).
     pub gpus: Vec<ListedDevice>,

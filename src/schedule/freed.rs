@@ -18,8 +18,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::memory::probe::{self, ProbeRoots};
 
 /// What to watch for one stopped process.
@@ -35,8 +33,7 @@ pub struct Watch {
     pub held: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FreedBy {
     /// The device's used memory dropped by what the process held.
     DeviceUsedDropped,

@@ -12,15 +12,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Serialize;
-
 use crate::memory::human_bytes;
 
 /// Bytes per device (llama.cpp's names: `CPU`, `ROCm0`, ...).
 pub type Bytes = BTreeMap<String, u64>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     /// Reserved before the spawn; loading.
     Loading,
@@ -31,14 +28,14 @@ pub enum Phase {
     Releasing,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reservation {
     pub bytes: Bytes,
     pub phase: Phase,
 }
 
 /// What a device lacks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceShort {
     pub device: String,
     pub need: u64,
@@ -69,7 +66,7 @@ pub enum ReserveError {
 }
 
 /// Budgets per device and who holds what.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     budgets: Bytes,
     held: BTreeMap<String, Reservation>,

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::ledger::{Bytes, DeviceShort, Ledger, Phase};
 
 /// A model that holds memory now, as the policy sees it.
@@ -30,8 +28,7 @@ impl Resident {
 }
 
 /// What a load that does not fit should do.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Room {
     /// It fits now: reserve and spawn.
     Fits,
