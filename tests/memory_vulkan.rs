@@ -27,10 +27,6 @@ use std::process::Command;
 use rocm_llm::gguf::shapes::{real_shapes, write_shape};
 use rocm_llm::memory::accuracy::{CaseResult, ci_settings, run_file_case_with_env};
 
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
-}
-
 fn vulkan_server() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ROCM_LLM_LLAMA_SERVER_VULKAN").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
@@ -148,13 +144,7 @@ fn check(r: &CaseResult, offloaded: &str) {
 fn vulkan_cases(shape_name: &str) {
     let test = format!("vulkan per-device accuracy ({shape_name})");
     let Some(server) = vulkan_server() else {
-        assert!(
-            !in_ci(),
-            "{test}: no Vulkan llama-server; a skip is a failure in CI (scripts/test.sh builds it)"
-        );
-        eprintln!(
-            "SKIPPED: {test}: no Vulkan llama-server (scripts/llama-server.sh --backend vulkan)"
-        );
+        common::skip("no Vulkan llama-server (scripts/llama-server.sh --backend vulkan)");
         return;
     };
     let shape = real_shapes()
@@ -198,13 +188,8 @@ fn llama3_8b_per_device_on_lavapipe() {
 /// says so instead of giving a figure.
 #[test]
 fn a_cache_tensor_over_the_limit_is_refused_like_llama_server_refuses_it() {
-    let test = "a_cache_tensor_over_the_limit_is_refused_like_llama_server_refuses_it";
     let Some(server) = vulkan_server() else {
-        assert!(
-            !in_ci(),
-            "{test}: no Vulkan llama-server; a skip is a failure in CI"
-        );
-        eprintln!("SKIPPED: {test}: no Vulkan llama-server");
+        common::skip("no Vulkan llama-server");
         return;
     };
     let shape = real_shapes()
