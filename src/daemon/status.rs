@@ -491,7 +491,8 @@ async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Body> {
         return route_whole(state, req).await.map(BodyExt::boxed_unsync);
     }
     if path == "/events" && req.method() == Method::GET {
-        let mut r = Response::new(crate::daemon::status_page::events::stream(state.clone()).boxed_unsync());
+        let mut r =
+            Response::new(crate::daemon::status_page::events::stream(state.clone()).boxed_unsync());
         let h = r.headers_mut();
         h.insert(
             hyper::header::CONTENT_TYPE,
@@ -503,7 +504,9 @@ async fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Body> {
         );
         return r;
     }
-    if let Some(r) = crate::daemon::status_page::action(&routes, req.method(), path, req.headers()).await {
+    if let Some(r) =
+        crate::daemon::status_page::action(&routes, req.method(), path, req.headers()).await
+    {
         return r.map(BodyExt::boxed_unsync);
     }
     route_whole(state, req).await.map(BodyExt::boxed_unsync)
