@@ -19,6 +19,9 @@
 //! - [`daemon`]: the reconcile loop over a closed set of events, the spec
 //!   watcher, the status API and page, and systemd notification.
 
+// Items are pub(crate) unless the crate exports them.
+#![warn(unreachable_pub)]
+
 pub mod daemon;
 pub mod gguf;
 pub mod http;

@@ -19,6 +19,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod body;
+pub mod error;
 pub mod metrics;
 pub mod route;
 pub mod routes;
@@ -42,7 +43,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::http::auth::{ApiKey, AuthError};
-use body::{Hold, ProxyBody, UpstreamBody, json_response, openai_error, unavailable};
+use body::{Hold, ProxyBody, UpstreamBody, json_response};
+use error::ProxyError;
 pub use metrics::ProxyMetrics;
 use route::Route;
 
@@ -187,13 +189,7 @@ async fn guarded(state: &Shared, req: Request<Incoming>, local: SocketAddr) -> R
         }
         Verdict::Forbidden { code, message } => {
             state.metrics.count_unrouted(403);
-            openai_error(
-                StatusCode::FORBIDDEN,
-                "invalid_request_error",
-                code,
-                None,
-                message,
-            )
+            ProxyError::Forbidden { code, message }.into_response()
         }
     }
 }
@@ -206,24 +202,10 @@ async fn handle(state: &Shared, table: &Routes, req: Request<Incoming>) -> Respo
     }
     if let Err(e) = table.key.check(req.headers()) {
         let response = match e {
-            AuthError::Unauthorized => {
-                let mut r = openai_error(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_request_error",
-                    "invalid_api_key",
-                    None,
-                    "missing or wrong API key: send it as `Authorization: Bearer <key>` (the key is in the file the spec's api_key_file names)",
-                );
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                r
-            }
-            AuthError::Unavailable(reason) => unavailable(
-                "api_key_unavailable",
-                5,
-                format!("the endpoint cannot check API keys: {reason}"),
-            ),
-        };
+            AuthError::Unauthorized => ProxyError::Unauthorized,
+            AuthError::Unavailable(reason) => ProxyError::KeyUnavailable(reason),
+        }
+        .into_response();
         state.metrics.count_unrouted(response.status().as_u16());
         return response;
     }
@@ -231,34 +213,17 @@ async fn handle(state: &Shared, table: &Routes, req: Request<Incoming>) -> Respo
         Route::Health => json_response(StatusCode::OK, &json!({"status": "ok"})),
         Route::ListModels => list_models(state, table),
         Route::GetModel(id) => get_model(state, table, &id),
-        Route::WrongMethod(allowed) => {
-            let mut r = openai_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "invalid_request_error",
-                "method_not_allowed",
-                None,
-                format!(
-                    "{} {} is not served; use {allowed}",
-                    req.method(),
-                    req.uri().path()
-                ),
-            );
-            if let Ok(v) = HeaderValue::from_str(allowed) {
-                r.headers_mut().insert(header::ALLOW, v);
-            }
-            r
+        Route::WrongMethod(allowed) => ProxyError::WrongMethod {
+            method: req.method().to_string(),
+            path: req.uri().path().to_owned(),
+            allowed,
         }
-        Route::NotFound => openai_error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "unknown_url",
-            None,
-            format!(
-                "unknown route {} {}: try POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, GET /v1/models, or /upstream/{{model}}/<path> for any other llama-server route",
-                req.method(),
-                req.uri().path()
-            ),
-        ),
+        .into_response(),
+        Route::NotFound => ProxyError::UnknownRoute {
+            method: req.method().to_string(),
+            path: req.uri().path().to_owned(),
+        }
+        .into_response(),
         Route::ByBody | Route::ByQuery | Route::Upstream { .. } => {
             return proxy(state, table, req, route, received).await;
         }
@@ -290,7 +255,7 @@ fn get_model(state: &Shared, routes: &Routes, id: &str) -> Response<ProxyBody> {
             StatusCode::OK,
             &model_object(state, routes, id, name, entry),
         ),
-        None => unknown_model(routes, id),
+        None => unknown_model(routes, id).into_response(),
     }
 }
 
@@ -330,25 +295,11 @@ fn model_object(
     o
 }
 
-fn unknown_model(routes: &Routes, id: &str) -> Response<ProxyBody> {
-    let ids = routes.all_ids();
-    let message = if ids.is_empty() {
-        format!(
-            "the model `{id}` does not exist: no models are being served (is the spec valid? see the status API)"
-        )
-    } else {
-        format!(
-            "the model `{id}` does not exist; available models: {}",
-            ids.join(", ")
-        )
-    };
-    openai_error(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
-        "model_not_found",
-        Some("model"),
-        message,
-    )
+fn unknown_model(routes: &Routes, id: &str) -> ProxyError {
+    ProxyError::UnknownModel {
+        id: id.to_owned(),
+        available: routes.all_ids(),
+    }
 }
 
 /// Reads the whole request body, within the size and time bounds.
@@ -356,20 +307,9 @@ async fn read_body(
     state: &Shared,
     headers: &HeaderMap,
     body: Incoming,
-) -> Result<Bytes, Response<ProxyBody>> {
+) -> Result<Bytes, ProxyError> {
     let max = state.config.max_body;
-    let too_large = || {
-        openai_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            "request_too_large",
-            None,
-            format!(
-                "the request body is larger than the limit of {} MiB",
-                max >> 20
-            ),
-        )
-    };
+    let too_large = || ProxyError::BodyTooLarge { max_bytes: max };
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -386,23 +326,8 @@ async fn read_body(
         {
             Err(too_large())
         }
-        Ok(Err(e)) => Err(openai_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "bad_body",
-            None,
-            format!("could not read the request body: {e}"),
-        )),
-        Err(_) => Err(openai_error(
-            StatusCode::REQUEST_TIMEOUT,
-            "invalid_request_error",
-            "request_timeout",
-            None,
-            format!(
-                "the request body did not arrive within {:?}",
-                state.config.body_timeout
-            ),
-        )),
+        Ok(Err(e)) => Err(ProxyError::BadBody(e.to_string())),
+        Err(_) => Err(ProxyError::BodyTimeout(state.config.body_timeout)),
     }
 }
 
@@ -411,57 +336,28 @@ enum Pick {
     Fallback,
 }
 
-/// The model entry for a request, or the answer explaining why there is none.
-fn resolve(
-    state: &Shared,
-    routes: &Routes,
-    pick: &Pick,
-) -> Result<RouteEntry, Response<ProxyBody>> {
+/// The model entry for a request, or why there is none.
+fn resolve(state: &Shared, routes: &Routes, pick: &Pick) -> Result<RouteEntry, ProxyError> {
     let found = match pick {
         Pick::Id(id) => routes.lookup(id).ok_or_else(|| unknown_model(routes, id)),
         Pick::Fallback => routes.fallback().ok_or_else(|| {
-            let ids = routes.all_ids();
             if routes.models.is_empty() {
-                unavailable("no_models", 5, "no models are being served (is the spec valid? see the status API)")
+                ProxyError::NoModels
             } else {
-                openai_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
-                    "model_required",
-                    Some("model"),
-                    format!(
-                        "this request names no model and {} models are served with none marked `default: true`: set \"model\" to one of: {} (or mark one model `default: true` in the spec)",
-                        routes.models.len(),
-                        ids.join(", ")
-                    ),
-                )
+                ProxyError::ModelRequired {
+                    models: routes.models.len(),
+                    available: routes.all_ids(),
+                }
             }
         }),
     };
-    found.cloned().map_err(|r| {
+    found.cloned().map_err(|e| {
         if state.shutdown.is_cancelled() {
-            unavailable("shutting_down", 5, "rocm-llm is shutting down")
+            ProxyError::ShuttingDown
         } else {
-            r
+            e
         }
     })
-}
-
-fn acquire_error(e: &AcquireError) -> Response<ProxyBody> {
-    match e {
-        AcquireError::QueueFull { .. } => unavailable("queue_full", 2, e.to_string()),
-        AcquireError::Timeout { .. } => unavailable(
-            "model_loading",
-            5,
-            format!("{e}; it is still loading, try again"),
-        ),
-        AcquireError::Failed { .. } => unavailable("model_failed", 30, e.to_string()),
-        AcquireError::Gone { .. } => unavailable(
-            "model_unavailable",
-            1,
-            format!("{e} or is being replaced; try again"),
-        ),
-    }
 }
 
 /// Waits for a serving instance of `pick`'s model. A model that went away
@@ -470,7 +366,7 @@ async fn lease(
     state: &Shared,
     pick: &Pick,
     mut entry: RouteEntry,
-) -> Result<(InstanceHandle, Lease, Duration), Response<ProxyBody>> {
+) -> Result<(InstanceHandle, Lease, Duration), ProxyError> {
     let start = Instant::now();
     let mut again = true;
     loop {
@@ -480,7 +376,7 @@ async fn lease(
                 again = false;
                 entry = resolve(state, &state.routes.borrow().clone(), pick)?;
             }
-            Err(e) => return Err(acquire_error(&e)),
+            Err(e) => return Err(ProxyError::Acquire(e)),
         }
     }
 }
@@ -536,9 +432,9 @@ async fn proxy(
     let (parts, body) = req.into_parts();
     let body = match read_body(state, &parts.headers, body).await {
         Ok(b) => b,
-        Err(r) => {
-            state.metrics.count_unrouted(r.status().as_u16());
-            return r;
+        Err(e) => {
+            state.metrics.count_unrouted(e.status().as_u16());
+            return e.into_response();
         }
     };
     let query = parts.uri.query();
@@ -562,13 +458,7 @@ async fn proxy(
                 && let Err(message) = browser::json_content_type(&parts.headers, body.is_empty())
             {
                 state.metrics.count_unrouted(415);
-                return openai_error(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "invalid_request_error",
-                    "unsupported_media_type",
-                    None,
-                    message,
-                );
+                return ProxyError::UnsupportedMediaType(message.to_string()).into_response();
             }
             match route::body_info(content_type, &body) {
                 Ok(info) => {
@@ -581,13 +471,7 @@ async fn proxy(
                 }
                 Err(e) => {
                     state.metrics.count_unrouted(400);
-                    return openai_error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request_error",
-                        "invalid_json",
-                        None,
-                        e.0,
-                    );
+                    return ProxyError::InvalidJson(e.0).into_response();
                 }
             }
         }
@@ -613,18 +497,18 @@ async fn proxy(
     // Wait for a serving instance, counted as in flight from here on.
     let entry = match resolve(state, table, &pick) {
         Ok(e) => e,
-        Err(r) => {
-            state.metrics.count_unrouted(r.status().as_u16());
-            return r;
+        Err(e) => {
+            state.metrics.count_unrouted(e.status().as_u16());
+            return e.into_response();
         }
     };
     let model = state.metrics.model(entry.handle.name());
     let in_flight = model.enter();
     let (mut handle, mut lease, waited) = match lease(state, &pick, entry).await {
         Ok(l) => l,
-        Err(r) => {
-            model.count_status(r.status().as_u16());
-            return r;
+        Err(e) => {
+            model.count_status(e.status().as_u16());
+            return e.into_response();
         }
     };
     model.queue_wait.observe(waited);
@@ -635,13 +519,7 @@ async fn proxy(
             Ok(u) => u,
             Err(e) => {
                 model.count_status(400);
-                return openai_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
-                    "bad_path",
-                    None,
-                    format!("cannot forward this path: {e}"),
-                );
+                return ProxyError::BadPath(e.to_string()).into_response();
             }
         };
         let mut up = Request::new(Full::new(body.clone()));
@@ -676,25 +554,19 @@ async fn proxy(
                         handle = h;
                         lease = l;
                     }
-                    Err(r) => {
-                        model.count_status(r.status().as_u16());
-                        return r;
+                    Err(e) => {
+                        model.count_status(e.status().as_u16());
+                        return e.into_response();
                     }
                 }
             }
             Err(e) => {
                 model.count_status(502);
-                return openai_error(
-                    StatusCode::BAD_GATEWAY,
-                    "server_error",
-                    "upstream_unreachable",
-                    None,
-                    format!(
-                        "model {}'s llama-server did not answer: {}",
-                        handle.name(),
-                        chain(&e)
-                    ),
-                );
+                return ProxyError::UpstreamUnreachable {
+                    model: handle.name().to_owned(),
+                    reason: chain(&e),
+                }
+                .into_response();
             }
         }
     };
@@ -743,7 +615,7 @@ async fn lease_on(
     handle: &InstanceHandle,
     state: &Shared,
     pick: &Pick,
-) -> Result<(InstanceHandle, Lease), Response<ProxyBody>> {
+) -> Result<(InstanceHandle, Lease), ProxyError> {
     match handle.acquire().await {
         Ok(l) => Ok((handle.clone(), l)),
         Err(AcquireError::Gone { .. }) => {
@@ -752,7 +624,7 @@ async fn lease_on(
                 .await
                 .map(|(h, l, _)| (h, l))
         }
-        Err(e) => Err(acquire_error(&e)),
+        Err(e) => Err(ProxyError::Acquire(e)),
     }
 }
 

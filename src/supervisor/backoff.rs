@@ -95,7 +95,7 @@ impl BackoffPolicy {
 
 /// What to do after a failure.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// Wait this long, then start again.
     pub delay: Duration,
     /// The model has failed too often in a row: show it as `failed`
@@ -107,7 +107,7 @@ pub struct Decision {
 
 /// One model's restart state.
 #[derive(Clone, Debug)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     policy: BackoffPolicy,
     failures: u32,
     ready_since: Option<Instant>,
@@ -117,13 +117,13 @@ pub struct Backoff {
 
 impl Backoff {
     /// A backoff with random jitter.
-    pub fn new(policy: BackoffPolicy) -> Result<Backoff, BackoffError> {
+    pub(crate) fn new(policy: BackoffPolicy) -> Result<Backoff, BackoffError> {
         Backoff::with_random(policy, rand::random::<f64>)
     }
 
     /// A backoff whose jitter comes from `random` (values in `[0, 1)`;
     /// out-of-range values are clamped), for deterministic tests.
-    pub fn with_random(
+    pub(crate) fn with_random(
         policy: BackoffPolicy,
         random: fn() -> f64,
     ) -> Result<Backoff, BackoffError> {
@@ -138,18 +138,18 @@ impl Backoff {
 
     /// Failures in a row so far.
     #[cfg(test)]
-    pub fn failures(&self) -> u32 {
+    pub(crate) fn failures(&self) -> u32 {
         self.failures
     }
 
     /// Whether the model currently counts as `failed`.
-    pub fn is_failed(&self) -> bool {
+    pub(crate) fn is_failed(&self) -> bool {
         self.failures >= self.policy.failed_after
     }
 
     /// The instance is ready (or still ready) at `now`. Once it has been
     /// ready for `healthy_reset`, the failure count is forgotten.
-    pub fn on_healthy(&mut self, now: Instant) {
+    pub(crate) fn on_healthy(&mut self, now: Instant) {
         let since = *self.ready_since.get_or_insert(now);
         if now.saturating_duration_since(since) >= self.policy.healthy_reset {
             self.failures = 0;
@@ -157,7 +157,7 @@ impl Backoff {
     }
 
     /// A start failed, or an instance died unexpectedly, at `now`.
-    pub fn on_failure(&mut self, now: Instant) -> Decision {
+    pub(crate) fn on_failure(&mut self, now: Instant) -> Decision {
         if let Some(since) = self.ready_since.take()
             && now.saturating_duration_since(since) >= self.policy.healthy_reset
         {
@@ -181,7 +181,7 @@ impl Backoff {
     }
 
     /// Forget everything: after a deliberate stop or a new launch identity.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.failures = 0;
         self.ready_since = None;
     }

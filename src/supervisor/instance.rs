@@ -500,7 +500,7 @@ struct Running {
 /// model is on demand. With `predecessor` (an earlier owner of the same
 /// model, still shutting down), nothing starts before it has finished, so
 /// there are never two instances of one model.
-pub fn start_instance(
+pub(crate) fn start_instance(
     spec: InstanceSpec,
     state_file: StateFile,
     backoff: Backoff,

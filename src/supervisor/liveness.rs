@@ -18,7 +18,7 @@ use crate::spec::Liveness;
 
 /// What one probe found.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Probe {
+pub(crate) struct Probe {
     /// `None` when `/health` said 200; otherwise what it said instead.
     pub failure: Option<String>,
     /// The process's state and CPU time right after the probe (`None` if it
@@ -28,7 +28,7 @@ pub struct Probe {
 
 /// What the owner should make of the probes so far.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Alive,
     /// The probe failed while the process worked (used CPU): not counted.
     Busy,
@@ -40,13 +40,13 @@ pub enum Verdict {
 
 /// Consecutive failures of one process, judged against its CPU use.
 #[derive(Clone, Debug, Default)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     failures: u32,
     last_cpu: Option<u64>,
 }
 
 impl Tracker {
-    pub fn observe(&mut self, policy: &Liveness, probe: &Probe) -> Verdict {
+    pub(crate) fn observe(&mut self, policy: &Liveness, probe: &Probe) -> Verdict {
         let cpu = probe.stat.map(|s| s.cpu_ticks);
         let progressed = matches!((self.last_cpu, cpu), (Some(before), Some(now)) if now > before);
         if cpu.is_some() {
@@ -78,7 +78,7 @@ impl Tracker {
 
 /// Probes `process` until it exits or `report` (which gets each result)
 /// returns `false` because the owner is gone.
-pub async fn run(
+pub(crate) async fn run(
     process: RunningProcess,
     policy: Liveness,
     report: impl Fn(Probe) -> bool + Send + 'static,

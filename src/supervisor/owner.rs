@@ -257,7 +257,7 @@ impl Core {
     /// A new owner and its first effects. With `predecessor`, an earlier
     /// owner of the model is still shutting down: nothing starts before
     /// [`Event::PredecessorGone`].
-    pub fn new(
+    pub(crate) fn new(
         model: &str,
         target: Target,
         backoff: Backoff,
@@ -287,25 +287,25 @@ impl Core {
         (core, fx)
     }
 
-    pub fn phase(&self) -> &Phase {
+    pub(crate) fn phase(&self) -> &Phase {
         &self.phase
     }
 
-    pub fn target(&self) -> &Target {
+    pub(crate) fn target(&self) -> &Target {
         &self.target
     }
 
     #[cfg(test)]
-    pub fn leaving(&self) -> &[Leaving] {
+    pub(crate) fn leaving(&self) -> &[Leaving] {
         &self.leaving
     }
 
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         matches!(self.phase, Phase::Stopped)
     }
 
     /// When the executor must send [`Event::Timeout`], if ever.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Backoff { until, .. } => Some(*until),
             Phase::Ready {
@@ -325,7 +325,7 @@ impl Core {
 
     /// The process whose pid and port people see: the serving one, or the
     /// one loading to serve.
-    pub fn current(&self) -> Option<&Proc> {
+    pub(crate) fn current(&self) -> Option<&Proc> {
         match &self.phase {
             Phase::Starting(p) => Some(p),
             Phase::Ready { serving, .. } => Some(serving),
@@ -334,7 +334,7 @@ impl Core {
     }
 
     /// The process that admits requests, if one does.
-    pub fn serving(&self) -> Option<&Proc> {
+    pub(crate) fn serving(&self) -> Option<&Proc> {
         match &self.phase {
             Phase::Ready { serving, .. } => Some(serving),
             _ => None,
@@ -343,7 +343,7 @@ impl Core {
 
     /// Every process the phase holds (not those leaving).
     #[cfg(test)]
-    pub fn procs(&self) -> Vec<ProcId> {
+    pub(crate) fn procs(&self) -> Vec<ProcId> {
         match &self.phase {
             Phase::Starting(p) => vec![p.id],
             Phase::Ready {
@@ -357,7 +357,7 @@ impl Core {
     }
 
     /// Handles one event at `now`.
-    pub fn step(&mut self, event: Event, now: Instant) -> Vec<Effect> {
+    pub(crate) fn step(&mut self, event: Event, now: Instant) -> Vec<Effect> {
         let mut fx = Vec::new();
         match event {
             Event::Replace(target) => self.on_replace(target, &mut fx),

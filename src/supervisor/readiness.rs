@@ -21,11 +21,11 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Time between two polls in [`wait_ready`].
-pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How long one health request may take (connect + response) before it
 /// counts as unreachable.
-pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Health responses bigger than this are not read (llama-server's is ~15 B).
 const MAX_BODY: usize = 64 * 1024;
@@ -104,7 +104,7 @@ fn format_tail(lines: &[String]) -> String {
 /// Polls `/health` on `127.0.0.1:port` until it answers 200, `timeout`
 /// passes, or `exited` (typically [`RunningProcess::wait`](super::RunningProcess::wait))
 /// completes. Returns how long it took. Cancellation-safe.
-pub async fn wait_ready(
+pub(crate) async fn wait_ready(
     port: u16,
     timeout: Duration,
     exited: impl Future<Output = ExitStatus>,
@@ -164,7 +164,7 @@ pub async fn probe(port: u16) -> ProbeResult {
 }
 
 /// One `/health` check on a fresh connection, bounded by `timeout`.
-pub async fn probe_with_timeout(port: u16, timeout: Duration) -> ProbeResult {
+pub(crate) async fn probe_with_timeout(port: u16, timeout: Duration) -> ProbeResult {
     let mut client = HealthClient::new(port);
     match tokio::time::timeout(timeout, client.probe()).await {
         Ok(r) => r,
