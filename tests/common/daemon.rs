@@ -216,6 +216,9 @@ impl Drop for Daemon {
                 .arg("-TERM")
                 .arg(child.id().to_string())
                 .status();
+            // Cleanup polls for the exit without `eventually`: a drop must
+            // not panic (the test may be unwinding already), so it gives up
+            // quietly and SIGKILLs.
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
