@@ -281,6 +281,14 @@ fn post_action(d: &Daemon, model: &str, action: &str) -> (u16, String) {
 }
 
 /// The state text of a model's row, as JavaScript.
+/// Clicks `model`'s `action` button once it is on the page (checked and
+/// clicked in one evaluation, so a render between the two cannot miss).
+fn click(model: &str, action: &str) -> String {
+    format!(
+        "(() => {{ const b = document.querySelector('tr[data-model=\"{model}\"] button[data-action={action}]'); if (!b) return false; b.click(); return true; }})()"
+    )
+}
+
 fn row_state(model: &str) -> String {
     format!(
         "(document.querySelector('tr[data-model=\"{model}\"] .state') || {{}}).textContent || ''"
@@ -367,7 +375,11 @@ fn the_stop_button_stops_an_on_demand_model() {
         &format!("{} === 'idle'", row_state("lazy")),
     );
     // Its start button starts it.
-    b.eval("document.querySelector('tr[data-model=\"lazy\"] button[data-action=start]').click()");
+    b.wait_js(
+        Duration::from_secs(5),
+        "the start button clicked",
+        &click("lazy", "start"),
+    );
     let status = d.wait_ready(&["lazy"]);
     let pid = Daemon::pid(&status, "lazy");
     b.wait_js(
@@ -375,7 +387,11 @@ fn the_stop_button_stops_an_on_demand_model() {
         "the page shows it ready",
         &format!("{} === 'ready'", row_state("lazy")),
     );
-    b.eval("document.querySelector('tr[data-model=\"lazy\"] button[data-action=stop]').click()");
+    b.wait_js(
+        Duration::from_secs(5),
+        "the stop button clicked",
+        &click("lazy", "stop"),
+    );
     d.wait_status("lazy stopped", |s| {
         state(s, "lazy") == Some(State::Idle) && s.models["lazy"].pid.is_none()
     });
@@ -499,7 +515,11 @@ fn with_an_api_key_a_visitor_without_it_sees_only_the_prompt() {
         "nothing kept beyond the tab"
     );
     // The key-guarded start button works from the page.
-    b.eval("document.querySelector('tr[data-model=\"secretmodel\"] button[data-action=start]').click()");
+    b.wait_js(
+        Duration::from_secs(5),
+        "the start button clicked",
+        &click("secretmodel", "start"),
+    );
     b.wait_js(
         Duration::from_secs(10),
         "the model starts",
