@@ -278,6 +278,12 @@ def run_processes(run_id, any_comm=False):
         env = read(f"/proc/{pid}/environ", "rb")
         if not env or token not in env.split(b"\0"):
             continue
+        # The daemon's `llama-server --list-devices` probes run with a
+        # model's env (it changes which GPUs are seen); they are not
+        # instances.
+        argv = (read(f"/proc/{pid}/cmdline", "rb") or b"").split(b"\0")
+        if b"--list-devices" in argv:
+            continue
         vars_ = dict(v.split(b"=", 1) for v in env.split(b"\0") if b"=" in v)
         st = proc_stat(pid)
         if not st:

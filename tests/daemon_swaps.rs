@@ -46,6 +46,27 @@ fn most_at_once(lives: &[(f64, Option<f64>)]) -> usize {
         .unwrap_or(0)
 }
 
+/// The launch identity each model gets from the spec as it is on disk now,
+/// computed as the daemon computes it.
+fn launches_on_disk(d: &Daemon) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(&d.spec).unwrap();
+    let ctx = rocm_llm::spec::validate::Context {
+        spec_path: &d.spec,
+        // The spec names its llama_server.
+        default_llama_server: "llama-server".into(),
+        probe: &rocm_llm::spec::validate::Disk,
+    };
+    let desired = rocm_llm::spec::validate::load(&text, &ctx).unwrap_or_else(|e| panic!("{e}"));
+    desired
+        .models
+        .values()
+        .map(|m| {
+            let id = rocm_llm::plan::Launch::for_model(m, &desired.llama_server).identity();
+            (m.name.clone(), id.to_string())
+        })
+        .collect()
+}
+
 fn converged(s: &StatusReport) -> bool {
     ["a", "b"].iter().all(|m| {
         state(s, m) == Some(State::Ready) && s.models[*m].launch_id == s.models[*m].target_launch_id
@@ -65,8 +86,13 @@ fn swaps_crashes_and_mid_load_edits_never_overlap_two_instances() {
         d.write_spec(&models(64 + 16 * i));
         // Every other edit lands while the previous one may still load.
         if i % 2 == 0 {
+            // Serving what the file now says: a generation count alone could
+            // be the previous edit's reload.
+            let wanted = launches_on_disk(&d);
             d.wait_status("the edit applied and serving", |s| {
-                s.daemon.generation > generation && converged(s)
+                s.daemon.generation > generation
+                    && converged(s)
+                    && wanted.iter().all(|(m, id)| s.models[m].launch_id == *id)
             });
             expected += 1;
         }

@@ -83,7 +83,9 @@ fuzz_target!(|data: &[u8]| {
         };
         // With no GPU and with one: placement, KV, compute and output.
         for gpus in [vec![], vec![memory::Device::new("ROCm0", 16 << 30)]] {
-            if let Ok(e) = memory::estimate_model(&h, &options, &gpus) {
+            if let Ok(e) =
+                memory::estimate_model(&h, &options, &gpus, &memory::Overheads::default())
+            {
                 let _ = memory::human_bytes(e.total_bytes());
             }
         }
