@@ -552,6 +552,25 @@ impl Core {
 
     /// When an on-demand model that became ready at `now` should first be
     /// looked at: its gate has been empty since the spawn.
+    /// A replacement that did not come up: the serving process keeps
+    /// serving, and the replacement is retried after a backoff.
+    fn replacement_failed(
+        &mut self,
+        message: String,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) -> Replacement {
+        let decision = self.backoff.on_failure(now);
+        fx.push(Effect::Log(format!(
+            "{message}; the previous instance keeps serving; retrying in {:?}",
+            decision.delay
+        )));
+        self.last_error = Some(message);
+        Replacement::Backoff {
+            until: now + decision.delay,
+        }
+    }
+
     fn idle_check_after_ready(&self, ready_after: Duration, now: Instant) -> Option<Instant> {
         let l = &self.target.lifecycle;
         let idle = l.idle_timeout.filter(|_| l.on_demand)?;
@@ -703,18 +722,11 @@ impl Core {
                         fx.push(Effect::WaitReady { proc, timeout });
                         Replacement::Loading(n)
                     }
-                    Err(e) => {
-                        let message = format!("could not start the replacement: {e}");
-                        let decision = self.backoff.on_failure(now);
-                        fx.push(Effect::Log(format!(
-                            "{message}; the previous instance keeps serving; retrying in {:?}",
-                            decision.delay
-                        )));
-                        self.last_error = Some(message);
-                        Replacement::Backoff {
-                            until: now + decision.delay,
-                        }
-                    }
+                    Err(e) => self.replacement_failed(
+                        format!("could not start the replacement: {e}"),
+                        now,
+                        fx,
+                    ),
                 };
                 self.phase = Phase::Ready {
                     serving,
@@ -802,17 +814,12 @@ impl Core {
                         }
                     } else {
                         // The old process keeps serving; the edit is reported.
-                        let message = format!("start failed: {}", failure.message);
                         self.restarts += 1;
-                        let decision = self.backoff.on_failure(now);
-                        fx.push(Effect::Log(format!(
-                            "{message}; the previous instance keeps serving; retrying in {:?}",
-                            decision.delay
-                        )));
-                        self.last_error = Some(message);
-                        Replacement::Backoff {
-                            until: now + decision.delay,
-                        }
+                        self.replacement_failed(
+                            format!("start failed: {}", failure.message),
+                            now,
+                            fx,
+                        )
                     };
                     self.phase = Phase::Ready {
                         serving,
