@@ -42,24 +42,6 @@ fn skip(_test: &str, why: &str) {
     common::skip(why);
 }
 
-/// The cached llama-server of `backend`, or None.
-fn backend_server(backend: &str) -> Option<PathBuf> {
-    let var = format!("ROCM_LLM_LLAMA_SERVER_{}", backend.to_uppercase());
-    if let Some(p) = std::env::var_os(&var).filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "{var}={} is not a file", p.display());
-        return Some(p);
-    }
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/llama-server.sh"))
-        .args(["--backend", backend, "--check"])
-        .output()
-        .expect("run scripts/llama-server.sh --check");
-    out.status
-        .success()
-        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-}
-
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -358,7 +340,7 @@ fn llvm_tool(server: &Path, tool: &str) -> Command {
 #[test]
 fn rocm_build_targets_the_requested_gfx_with_wmma_flash_attention() {
     let test = "rocm_build_targets_the_requested_gfx_with_wmma_flash_attention";
-    let Some(server) = backend_server("rocm") else {
+    let Some(server) = common::backend_server("rocm") else {
         return skip(
             test,
             "no ROCm llama-server (scripts/llama-server.sh --backend rocm)",
@@ -536,7 +518,7 @@ fn rocm_llm_status_cli(d: &Daemon) -> String {
 #[test]
 fn rocm_build_without_a_gpu_answers_on_the_cpu_and_status_warns() {
     let test = "rocm_build_without_a_gpu_answers_on_the_cpu_and_status_warns";
-    let Some(server) = backend_server("rocm") else {
+    let Some(server) = common::backend_server("rocm") else {
         return skip(
             test,
             "no ROCm llama-server (scripts/llama-server.sh --backend rocm)",
@@ -577,7 +559,7 @@ fn rocm_build_without_a_gpu_answers_on_the_cpu_and_status_warns() {
 #[test]
 fn vulkan_on_lavapipe_takes_the_gpu_layers_asked_for() {
     let test = "vulkan_on_lavapipe_takes_the_gpu_layers_asked_for";
-    let Some(server) = backend_server("vulkan") else {
+    let Some(server) = common::backend_server("vulkan") else {
         return skip(
             test,
             "no Vulkan llama-server (scripts/llama-server.sh --backend vulkan)",

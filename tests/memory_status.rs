@@ -110,22 +110,7 @@ fn status_shows_what_llama_server_reported_and_it_matches_the_estimate() {
 /// carries the Vulkan overhead, which llama-server does not print.
 #[test]
 fn status_shows_the_estimate_per_device_on_vulkan() {
-    let server = std::env::var_os("ROCM_LLM_LLAMA_SERVER_VULKAN")
-        .filter(|p| !p.is_empty())
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            let out = std::process::Command::new("bash")
-                .arg(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/scripts/llama-server.sh"
-                ))
-                .args(["--backend", "vulkan", "--check"])
-                .output()
-                .ok()?;
-            out.status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).trim().into())
-        });
+    let server = common::backend_server("vulkan");
     let Some(server) = server else {
         common::skip("no Vulkan llama-server (scripts/llama-server.sh --backend vulkan)");
         return;

@@ -21,30 +21,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use rocm_llm::gguf::shapes::{real_shapes, write_shape};
 use rocm_llm::memory::accuracy::{CaseResult, ci_settings, run_file_case_with_env};
 
 fn vulkan_server() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("ROCM_LLM_LLAMA_SERVER_VULKAN").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "ROCM_LLM_LLAMA_SERVER_VULKAN={} is not a file",
-            p.display()
-        );
-        return Some(p);
-    }
-    let out = Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/llama-server.sh"))
-        .args(["--backend", "vulkan", "--check"])
-        .output()
-        .expect("run scripts/llama-server.sh --check");
-    out.status
-        .success()
-        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    common::backend_server("vulkan")
 }
 
 const MIB: f64 = 1024.0 * 1024.0;

@@ -109,22 +109,7 @@ fn plan_json_has_the_estimate_per_device_and_the_command_line() {
 /// Vulkan overhead there.
 #[test]
 fn plan_json_lists_the_devices_a_models_env_makes_visible() {
-    let server = std::env::var_os("ROCM_LLM_LLAMA_SERVER_VULKAN")
-        .filter(|p| !p.is_empty())
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            let out = Command::new("bash")
-                .arg(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/scripts/llama-server.sh"
-                ))
-                .args(["--backend", "vulkan", "--check"])
-                .output()
-                .ok()?;
-            out.status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).trim().into())
-        });
+    let server = common::backend_server("vulkan");
     let Some(server) = server else {
         common::skip("no Vulkan llama-server");
         return;

@@ -66,6 +66,26 @@ pub fn llama_server() -> Option<PathBuf> {
     )
 }
 
+/// The llama-server of `backend` (`rocm`, `vulkan`): the path in
+/// `ROCM_LLM_LLAMA_SERVER_<BACKEND>`, else the one scripts/llama-server.sh
+/// has cached, else `None` (the caller skips).
+pub fn backend_server(backend: &str) -> Option<PathBuf> {
+    let var = format!("ROCM_LLM_LLAMA_SERVER_{}", backend.to_uppercase());
+    if let Some(p) = std::env::var_os(&var).filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "{var}={} is not a file", p.display());
+        return Some(p);
+    }
+    let out = std::process::Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/llama-server.sh"))
+        .args(["--backend", backend, "--check"])
+        .output()
+        .expect("run scripts/llama-server.sh --check");
+    out.status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
 /// The fake llama-server, for faults a real one cannot be made to show.
 pub fn fake_llama_server() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-llama-server.sh")
