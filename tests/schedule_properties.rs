@@ -21,10 +21,10 @@ fn build(budget: u64, models: &[Model]) -> (Ledger, Vec<Resident>) {
         let name = format!("m{i}");
         // Only what fits is loaded, as the ledger would have it.
         if ledger
-            .reserve(&name, Bytes::from([("ROCm0".to_owned(), held * MIB)]))
+            .reserve(&name, 1, Bytes::from([("ROCm0".to_owned(), held * MIB)]))
             .is_ok()
         {
-            ledger.loaded(&name, None);
+            ledger.loaded(&name, 1, None);
             residents.push(Resident {
                 model: name,
                 priority: *priority,
@@ -32,6 +32,7 @@ fn build(budget: u64, models: &[Model]) -> (Ledger, Vec<Resident>) {
                 queued: *queued,
                 last_used: *last_used,
                 on_demand: *on_demand,
+                loaded_for: std::time::Duration::ZERO,
             });
         }
     }
@@ -48,7 +49,7 @@ proptest! {
         let (ledger, residents) = build(budget, &models);
         let need = Bytes::from([("ROCm0".to_owned(), need * MIB)]);
         let room = make_room(&ledger, "new", &need, &residents);
-        let held = |m: &str| ledger.get(m).map_or(0, |r| r.bytes["ROCm0"]);
+        let held = |m: &str| ledger.holds(m, "ROCm0");
         let fits_after = |victims: &[String]| {
             let freed: u64 = victims.iter().map(|v| held(v)).sum();
             need["ROCm0"] <= ledger.free("ROCm0") + freed

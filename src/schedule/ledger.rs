@@ -57,19 +57,23 @@ impl fmt::Display for DeviceShort {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReserveError {
-    #[error("{model} already holds a reservation")]
-    AlreadyHeld { model: String },
+    #[error("{model} process {proc} already holds a reservation")]
+    AlreadyHeld { model: String, proc: u64 },
     #[error("{loading} is loading on {device}; loads on one device go one at a time")]
     DeviceLoading { device: String, loading: String },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
     Short(Vec<DeviceShort>),
 }
 
+/// Who holds a reservation: a model and the owner's number for one of its
+/// processes (a `blue_green` swap holds two at once).
+pub type Holder = (String, u64);
+
 /// Budgets per device and who holds what.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     budgets: Bytes,
-    held: BTreeMap<String, Reservation>,
+    held: BTreeMap<Holder, Reservation>,
 }
 
 impl Ledger {
@@ -80,6 +84,12 @@ impl Ledger {
             budgets: budgets.into_iter().collect(),
             held: BTreeMap::new(),
         }
+    }
+
+    /// The same reservations against new budgets (a reload): what runs keeps
+    /// what it holds, even above a smaller budget, until it stops.
+    pub fn set_budgets(&mut self, budgets: impl IntoIterator<Item = (String, u64)>) {
+        self.budgets = budgets.into_iter().collect();
     }
 
     pub fn budget(&self, device: &str) -> Option<u64> {
@@ -106,12 +116,47 @@ impl Ledger {
         }
     }
 
-    pub fn get(&self, model: &str) -> Option<&Reservation> {
-        self.held.get(model)
+    pub fn get(&self, model: &str, proc: u64) -> Option<&Reservation> {
+        self.held.get(&(model.to_owned(), proc))
     }
 
-    pub fn reservations(&self) -> impl Iterator<Item = (&String, &Reservation)> {
+    /// Every reservation, by holder.
+    pub fn reservations(&self) -> impl Iterator<Item = (&Holder, &Reservation)> {
         self.held.iter()
+    }
+
+    fn of<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Reservation> + 'a {
+        self.held
+            .iter()
+            .filter(move |((m, _), _)| m == model)
+            .map(|(_, r)| r)
+    }
+
+    /// What `model`'s processes hold on `device`, in every phase.
+    pub fn holds(&self, model: &str, device: &str) -> u64 {
+        self.of(model)
+            .map(|r| r.bytes.get(device).copied().unwrap_or(0))
+            .sum()
+    }
+
+    /// What `model`'s processes on their way out hold on `device`.
+    pub fn releasing(&self, model: &str, device: &str) -> u64 {
+        self.of(model)
+            .filter(|r| r.phase == Phase::Releasing)
+            .map(|r| r.bytes.get(device).copied().unwrap_or(0))
+            .sum()
+    }
+
+    /// Whether one of `model`'s processes is in `phase`.
+    pub fn has(&self, model: &str, phase: Phase) -> bool {
+        self.of(model).any(|r| r.phase == phase)
+    }
+
+    /// The models holding anything, each once.
+    pub fn models(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.held.keys().map(|(m, _)| m.as_str()).collect();
+        v.dedup();
+        v
     }
 
     /// The devices where `need` does not fit in what is free now.
@@ -126,9 +171,9 @@ impl Ledger {
             .collect()
     }
 
-    /// The model loading on one of `need`'s devices, if any.
+    /// The model loading on one of `need`'s devices, if any: `(device, model)`.
     pub fn loading_on(&self, need: &Bytes) -> Option<(String, String)> {
-        self.held.iter().find_map(|(m, r)| {
+        self.held.iter().find_map(|((m, _), r)| {
             (r.phase == Phase::Loading)
                 .then(|| {
                     need.keys()
@@ -139,11 +184,13 @@ impl Ledger {
         })
     }
 
-    /// Reserves `need` for `model` before its spawn.
-    pub fn reserve(&mut self, model: &str, need: Bytes) -> Result<(), ReserveError> {
-        if self.held.contains_key(model) {
+    /// Reserves `need` for process `proc` of `model` before its spawn.
+    pub fn reserve(&mut self, model: &str, proc: u64, need: Bytes) -> Result<(), ReserveError> {
+        let key = (model.to_owned(), proc);
+        if self.held.contains_key(&key) {
             return Err(ReserveError::AlreadyHeld {
                 model: model.into(),
+                proc,
             });
         }
         if let Some((device, loading)) = self.loading_on(&need) {
@@ -154,7 +201,7 @@ impl Ledger {
             return Err(ReserveError::Short(short));
         }
         self.held.insert(
-            model.into(),
+            key,
             Reservation {
                 bytes: need,
                 phase: Phase::Loading,
@@ -163,10 +210,11 @@ impl Ledger {
         Ok(())
     }
 
-    /// The model loaded; `measured` (when known) replaces the reservation,
-    /// even above it: the ledger records what the device really holds.
-    pub fn loaded(&mut self, model: &str, measured: Option<Bytes>) {
-        if let Some(r) = self.held.get_mut(model) {
+    /// The process loaded; `measured` (when known) replaces the
+    /// reservation, even above it: the ledger records what the device
+    /// really holds.
+    pub fn loaded(&mut self, model: &str, proc: u64, measured: Option<Bytes>) {
+        if let Some(r) = self.held.get_mut(&(model.to_owned(), proc)) {
             if let Some(m) = measured {
                 r.bytes = m;
             }
@@ -175,16 +223,16 @@ impl Ledger {
     }
 
     /// The process exited (or is being stopped): its memory still counts.
-    pub fn exited(&mut self, model: &str) {
-        if let Some(r) = self.held.get_mut(model) {
+    pub fn exited(&mut self, model: &str, proc: u64) {
+        if let Some(r) = self.held.get_mut(&(model.to_owned(), proc)) {
             r.phase = Phase::Releasing;
         }
     }
 
-    /// The memory is seen free (or the bounded wait for it ran out): the
-    /// reservation goes.
-    pub fn freed(&mut self, model: &str) -> Option<Reservation> {
-        self.held.remove(model)
+    /// The memory is seen free (or the bounded wait for it ran out), or the
+    /// process never started: the reservation goes.
+    pub fn freed(&mut self, model: &str, proc: u64) -> Option<Reservation> {
+        self.held.remove(&(model.to_owned(), proc))
     }
 }
 
@@ -202,45 +250,48 @@ mod tests {
     #[test]
     fn a_reservation_lives_until_its_memory_is_seen_free() {
         let mut l = Ledger::new([("ROCm0".to_owned(), 15 * GIB)]);
-        l.reserve("a", bytes(&[("ROCm0", 6 * GIB)])).unwrap();
+        l.reserve("a", 1, bytes(&[("ROCm0", 6 * GIB)])).unwrap();
         assert_eq!(l.free("ROCm0"), 9 * GIB);
         // One load per device at a time.
         assert_eq!(
-            l.reserve("b", bytes(&[("ROCm0", GIB)])),
+            l.reserve("b", 1, bytes(&[("ROCm0", GIB)])),
             Err(ReserveError::DeviceLoading {
                 device: "ROCm0".into(),
                 loading: "a".into()
             })
         );
         // The measured figure replaces the reservation.
-        l.loaded("a", Some(bytes(&[("ROCm0", 7 * GIB)])));
+        l.loaded("a", 1, Some(bytes(&[("ROCm0", 7 * GIB)])));
         assert_eq!(l.free("ROCm0"), 8 * GIB);
-        let err = l.reserve("b", bytes(&[("ROCm0", 9 * GIB)])).unwrap_err();
+        let err = l.reserve("b", 1, bytes(&[("ROCm0", 9 * GIB)])).unwrap_err();
         assert_eq!(
             err.to_string(),
             "short by 1.00 GiB on ROCm0 (needs 9.00 GiB, 8.00 GiB free)"
         );
         // Exited is not free yet.
-        l.exited("a");
+        l.exited("a", 1);
         assert_eq!(l.free("ROCm0"), 8 * GIB);
-        assert!(l.reserve("b", bytes(&[("ROCm0", 9 * GIB)])).is_err());
-        assert_eq!(l.freed("a").map(|r| r.phase), Some(Phase::Releasing));
+        assert!(l.reserve("b", 1, bytes(&[("ROCm0", 9 * GIB)])).is_err());
+        assert_eq!(l.freed("a", 1).map(|r| r.phase), Some(Phase::Releasing));
         assert_eq!(l.free("ROCm0"), 15 * GIB);
-        l.reserve("b", bytes(&[("ROCm0", 9 * GIB)])).unwrap();
+        l.reserve("b", 1, bytes(&[("ROCm0", 9 * GIB)])).unwrap();
         assert_eq!(
-            l.reserve("b", bytes(&[("ROCm0", GIB)])),
-            Err(ReserveError::AlreadyHeld { model: "b".into() })
+            l.reserve("b", 1, bytes(&[("ROCm0", GIB)])),
+            Err(ReserveError::AlreadyHeld {
+                model: "b".into(),
+                proc: 1
+            })
         );
     }
 
     #[test]
     fn devices_are_independent_and_unbudgeted_ones_unlimited() {
         let mut l = Ledger::new([("ROCm0".to_owned(), 4 * GIB), ("CPU".to_owned(), 8 * GIB)]);
-        l.reserve("gpu", bytes(&[("ROCm0", 4 * GIB), ("CPU", GIB)]))
+        l.reserve("gpu", 1, bytes(&[("ROCm0", 4 * GIB), ("CPU", GIB)]))
             .unwrap();
-        l.loaded("gpu", None);
+        l.loaded("gpu", 1, None);
         // The host is not loading anything of `gpu` any more, and has room.
-        l.reserve("cpu", bytes(&[("CPU", 7 * GIB), ("Vulkan0", 100 * GIB)]))
+        l.reserve("cpu", 1, bytes(&[("CPU", 7 * GIB), ("Vulkan0", 100 * GIB)]))
             .unwrap();
         assert_eq!(l.free("CPU"), 0);
         assert_eq!(l.free("Vulkan0"), u64::MAX);

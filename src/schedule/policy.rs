@@ -19,6 +19,8 @@ pub struct Resident {
     pub last_used: u64,
     /// Only on-demand models may be stopped to make room.
     pub on_demand: bool,
+    /// How long it has served since it became ready: its turn so far.
+    pub loaded_for: Duration,
 }
 
 impl Resident {
@@ -44,124 +46,217 @@ pub enum Room {
     Never { short: Vec<DeviceShort> },
 }
 
-/// Decides how `model` (not holding anything yet) gets `need`.
+/// What stopping a set of models gives back on `device`: all of what the
+/// `whole` ones hold, and what the `releasing` ones already give back.
+fn gain(ledger: &Ledger, releasing: &[&str], whole: &[&str], device: &str) -> u64 {
+    let r: u64 = releasing
+        .iter()
+        .filter(|m| !whole.contains(m))
+        .map(|m| ledger.releasing(m, device))
+        .sum();
+    let w: u64 = whole.iter().map(|m| ledger.holds(m, device)).sum();
+    r + w
+}
+
+fn fits_with(ledger: &Ledger, need: &Bytes, releasing: &[&str], whole: &[&str]) -> bool {
+    need.iter().all(|(d, b)| {
+        *b <= ledger
+            .free(d)
+            .saturating_add(gain(ledger, releasing, whole, d))
+    })
+}
+
+/// The models with memory on its way back (`model`'s own earlier process
+/// included: a `stop_first` swap waits for it).
+fn releasing(ledger: &Ledger) -> Vec<&str> {
+    ledger
+        .models()
+        .into_iter()
+        .filter(|m| ledger.has(m, Phase::Releasing))
+        .collect()
+}
+
+/// An on-demand model, other than `model`, that has loaded and loads
+/// nothing now: one that may be stopped to make room.
+fn stoppable<'a>(ledger: &Ledger, model: &str, r: &'a Resident) -> Option<&'a Resident> {
+    (r.model != model
+        && r.on_demand
+        && ledger.has(&r.model, Phase::Loaded)
+        && !ledger.has(&r.model, Phase::Loading))
+    .then_some(r)
+}
+
+/// Takes candidates in order until `need` fits, then spares, from the most
+/// valuable back, every one not needed. `None` when all of them do not do.
+fn choose<'a>(
+    ledger: &Ledger,
+    need: &Bytes,
+    releasing: &[&str],
+    candidates: &[&'a str],
+) -> Option<Vec<&'a str>> {
+    let mut taken: Vec<&str> = Vec::new();
+    for m in candidates {
+        if fits_with(ledger, need, releasing, &taken) {
+            break;
+        }
+        // Only a model that frees something where memory is short helps.
+        let helps = need.iter().any(|(d, b)| {
+            *b > ledger
+                .free(d)
+                .saturating_add(gain(ledger, releasing, &taken, d))
+                && ledger.holds(m, d) > 0
+        });
+        if helps {
+            taken.push(m);
+        }
+    }
+    if !fits_with(ledger, need, releasing, &taken) {
+        return None;
+    }
+    let mut i = taken.len();
+    while i > 0 {
+        i -= 1;
+        let without: Vec<&str> = taken.iter().copied().filter(|m| *m != taken[i]).collect();
+        if fits_with(ledger, need, releasing, &without) {
+            taken = without;
+        }
+    }
+    Some(taken)
+}
+
+/// Decides how `model` gets `need` (for a process that holds nothing yet).
 ///
 /// - Fits in what is free and no other load runs on its devices: [`Room::Fits`].
 /// - Cannot fit even if every on-demand model were stopped (the always-on
 ///   ones hold the rest): [`Room::Never`].
-/// - Memory already on its way back (exited models) covers it, or a load
-///   runs on the device: [`Room::Wait`].
+/// - Memory already on its way back (exited processes, `model`'s own
+///   included) covers it, or a load runs on the device: [`Room::Wait`].
 /// - Else idle on-demand models, lowest priority first, then least recently
 ///   used, are taken until it fits, and any that turn out not to be needed
 ///   are spared: [`Room::Evict`]. A model with requests in flight or queued
 ///   is never a victim.
 /// - If the idle ones are not enough, nothing is evicted: [`Room::Wait`] on
-///   the busy ones, which drain first.
+///   the busy ones, which drain first (see [`yielders`] for when one of
+///   them must give its turn up).
 pub fn make_room(ledger: &Ledger, model: &str, need: &Bytes, residents: &[Resident]) -> Room {
-    let resident = |m: &str| residents.iter().find(|r| r.model == m);
-    let holds = |m: &str, d: &str| {
-        ledger
-            .get(m)
-            .and_then(|r| r.bytes.get(d).copied())
-            .unwrap_or(0)
-    };
-    let releasing: Vec<&String> = ledger
-        .reservations()
-        .filter(|(m, r)| r.phase == Phase::Releasing && m.as_str() != model)
-        .map(|(m, _)| m)
-        .collect();
+    let releasing = releasing(ledger);
     // Everything that could ever be given back: on-demand residents and
     // what is already being released.
-    let reclaimable: Vec<&String> = ledger
-        .reservations()
-        .filter(|(m, r)| {
-            m.as_str() != model
-                && (r.phase == Phase::Releasing || resident(m).is_some_and(|x| x.on_demand))
-        })
-        .map(|(m, _)| m)
+    let reclaimable: Vec<&str> = residents
+        .iter()
+        .filter(|r| r.model != model && r.on_demand)
+        .map(|r| r.model.as_str())
         .collect();
-    let gain = |set: &[&String], d: &str| -> u64 { set.iter().map(|m| holds(m, d)).sum() };
     let never: Vec<DeviceShort> = need
         .iter()
-        .filter(|(d, b)| **b > ledger.free(d).saturating_add(gain(&reclaimable, d)))
-        .map(|(d, b)| DeviceShort {
-            device: d.clone(),
-            need: *b,
-            free: ledger.free(d).saturating_add(gain(&reclaimable, d)),
+        .filter_map(|(d, b)| {
+            let could = ledger
+                .free(d)
+                .saturating_add(gain(ledger, &releasing, &reclaimable, d));
+            (*b > could).then(|| DeviceShort {
+                device: d.clone(),
+                need: *b,
+                free: could,
+            })
         })
         .collect();
     if !never.is_empty() {
         return Room::Never { short: never };
     }
-    let fits_with = |set: &[&String]| {
-        need.iter()
-            .all(|(d, b)| *b <= ledger.free(d).saturating_add(gain(set, d)))
-    };
     if let Some((_, loading)) = ledger.loading_on(need) {
         return Room::Wait {
             held_by: vec![loading],
         };
     }
-    if fits_with(&[]) {
+    if fits_with(ledger, need, &[], &[]) {
         return Room::Fits;
     }
-    if fits_with(&releasing) {
+    if fits_with(ledger, need, &releasing, &[]) {
         return Room::Wait {
-            held_by: releasing.into_iter().cloned().collect(),
+            held_by: releasing.iter().map(|m| (*m).to_owned()).collect(),
         };
     }
     let mut idle: Vec<&Resident> = residents
         .iter()
-        .filter(|r| {
-            r.model != model
-                && r.on_demand
-                && r.idle()
-                && ledger
-                    .get(&r.model)
-                    .is_some_and(|x| x.phase == Phase::Loaded)
-        })
+        .filter_map(|r| stoppable(ledger, model, r))
+        .filter(|r| r.idle())
         .collect();
     idle.sort_by(|a, b| {
         (a.priority, a.last_used, &a.model).cmp(&(b.priority, b.last_used, &b.model))
     });
-    let mut taken: Vec<&String> = releasing.clone();
-    let mut victims: Vec<&String> = Vec::new();
-    for r in idle {
-        if fits_with(&taken) {
-            break;
-        }
-        // Only a model that frees something where memory is short helps.
-        let helps = need.iter().any(|(d, b)| {
-            *b > ledger.free(d).saturating_add(gain(&taken, d)) && holds(&r.model, d) > 0
-        });
-        if helps {
-            taken.push(&r.model);
-            victims.push(&r.model);
-        }
-    }
-    if !fits_with(&taken) {
-        let mut held_by: Vec<String> = residents
-            .iter()
-            .filter(|r| r.model != model && r.on_demand && !r.idle())
-            .map(|r| r.model.clone())
-            .collect();
-        held_by.extend(releasing.into_iter().cloned());
-        held_by.sort();
-        return Room::Wait { held_by };
-    }
-    // Spare, from the most valuable back, every victim not needed.
-    let mut i = victims.len();
-    while i > 0 {
-        i -= 1;
-        let without: Vec<&String> = taken.iter().copied().filter(|m| *m != victims[i]).collect();
-        if fits_with(&without) {
-            taken = without;
-            victims.remove(i);
+    let candidates: Vec<&str> = idle.iter().map(|r| r.model.as_str()).collect();
+    match choose(ledger, need, &releasing, &candidates) {
+        Some(victims) => Room::Evict {
+            victims: victims.into_iter().map(str::to_owned).collect(),
+        },
+        None => {
+            let mut held_by: Vec<String> = residents
+                .iter()
+                .filter(|r| r.model != model && r.on_demand && !r.idle())
+                .map(|r| r.model.clone())
+                .chain(releasing.iter().map(|m| (*m).to_owned()))
+                .collect();
+            held_by.sort();
+            held_by.dedup();
+            Room::Wait { held_by }
         }
     }
-    Room::Evict {
-        victims: victims.into_iter().cloned().collect(),
+}
+
+/// When [`make_room`] says [`Room::Wait`] because busy models hold the
+/// room: the models to stop now so that `waiting` gets its turn, or none.
+///
+/// A busy model yields when [`next_swap`] says its turn is over for
+/// `waiting` (its turn has lasted `fairness` and `waiting`'s oldest
+/// request has waited as long). Yielding models stop taking requests, their
+/// in-flight ones finish (never cut), then they stop. Idle on-demand models
+/// go as well when they are needed too. Lowest priority, then least
+/// recently used, first; any not needed is spared. Nothing when even all
+/// of them would not make room.
+pub fn yielders(
+    ledger: &Ledger,
+    need: &Bytes,
+    residents: &[Resident],
+    waiting: &Waiting,
+    fairness: Duration,
+) -> Vec<String> {
+    let releasing = releasing(ledger);
+    let over = |r: &Resident| {
+        r.idle()
+            || next_swap(
+                &Loaded {
+                    model: r.model.clone(),
+                    in_flight: r.in_flight,
+                    queued: r.queued,
+                    loaded_for: r.loaded_for,
+                },
+                std::slice::from_ref(waiting),
+                fairness,
+            ) == Swap::To(waiting.model.clone())
+    };
+    let mut eligible: Vec<&Resident> = residents
+        .iter()
+        .filter_map(|r| stoppable(ledger, &waiting.model, r))
+        .filter(|r| over(r))
+        .collect();
+    // The idle ones first (nothing to drain), then by priority and recency.
+    eligible.sort_by(|a, b| {
+        (!a.idle(), a.priority, a.last_used, &a.model).cmp(&(
+            !b.idle(),
+            b.priority,
+            b.last_used,
+            &b.model,
+        ))
+    });
+    let candidates: Vec<&str> = eligible.iter().map(|r| r.model.as_str()).collect();
+    if !eligible.iter().any(|r| !r.idle()) {
+        return vec![];
     }
+    choose(ledger, need, &releasing, &candidates)
+        .unwrap_or_default()
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The model loaded now, in a contest for the same memory.
@@ -241,11 +336,11 @@ mod tests {
     fn setup(held: &[(&str, u64, Phase)], budget: u64) -> Ledger {
         let mut l = Ledger::new([("ROCm0".to_owned(), budget * GIB)]);
         for (m, g, phase) in held {
-            l.reserve(m, bytes(&[("ROCm0", g * GIB)])).unwrap();
+            l.reserve(m, 1, bytes(&[("ROCm0", g * GIB)])).unwrap();
             match phase {
                 Phase::Loading => {}
-                Phase::Loaded => l.loaded(m, None),
-                Phase::Releasing => l.exited(m),
+                Phase::Loaded => l.loaded(m, 1, None),
+                Phase::Releasing => l.exited(m, 1),
             }
         }
         l
@@ -266,6 +361,7 @@ mod tests {
             queued,
             last_used,
             on_demand,
+            loaded_for: Duration::from_secs(60),
         }
     }
 
@@ -424,6 +520,122 @@ mod tests {
         for (i, (held, budget, residents, need, want)) in cases.into_iter().enumerate() {
             let ledger = setup(held, budget);
             let got = make_room(&ledger, "new", &bytes(&[("ROCm0", need * GIB)]), &residents);
+            assert_eq!(got, want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn yielders_table() {
+        use Phase::*;
+        let s = Duration::from_secs;
+        // A resident with (name, priority, in flight, loaded for s, last used).
+        let busy = |m: &str, priority, in_flight, loaded_for, last_used| Resident {
+            loaded_for: s(loaded_for),
+            ..r(m, priority, in_flight, 0, last_used, true)
+        };
+        let waiting = |oldest| Waiting {
+            model: "new".into(),
+            queued: 1,
+            oldest: s(oldest),
+        };
+        let names = |v: &[&str]| v.iter().map(|m| (*m).to_owned()).collect::<Vec<_>>();
+        type Case<'a> = (
+            &'a [(&'a str, u64, Phase)],
+            Vec<Resident>,
+            u64,
+            Waiting,
+            Vec<String>,
+        );
+        let held2: &[(&str, u64, Phase)] = &[("a", 8, Loaded), ("b", 6, Loaded)];
+        let cases: Vec<Case> = vec![
+            // The waiter has not waited the bound: nobody yields.
+            (
+                held2,
+                vec![busy("a", 0, 1, 90, 1), busy("b", 0, 1, 90, 2)],
+                8,
+                waiting(39),
+                vec![],
+            ),
+            // Past the bound, but both turns just began: nobody yields.
+            (
+                held2,
+                vec![busy("a", 0, 1, 10, 1), busy("b", 0, 1, 10, 2)],
+                8,
+                waiting(90),
+                vec![],
+            ),
+            // Both turns over: the lower priority one yields, one is enough.
+            (
+                held2,
+                vec![busy("a", 1, 1, 90, 1), busy("b", 0, 1, 90, 2)],
+                6,
+                waiting(40),
+                names(&["b"]),
+            ),
+            // b alone would not do: a goes instead (b is spared).
+            (
+                held2,
+                vec![busy("a", 1, 1, 90, 1), busy("b", 0, 1, 90, 2)],
+                8,
+                waiting(40),
+                names(&["a"]),
+            ),
+            // Same priority: the least recently used yields.
+            (
+                held2,
+                vec![busy("a", 0, 1, 90, 1), busy("b", 0, 1, 90, 2)],
+                6,
+                waiting(40),
+                names(&["a"]),
+            ),
+            // Only a's turn is over, and a is enough.
+            (
+                held2,
+                vec![busy("a", 0, 1, 90, 1), busy("b", 0, 1, 5, 2)],
+                8,
+                waiting(40),
+                names(&["a"]),
+            ),
+            // Only b's turn is over, and b alone is not enough: wait on.
+            (
+                held2,
+                vec![busy("a", 0, 1, 5, 1), busy("b", 0, 1, 90, 2)],
+                12,
+                waiting(40),
+                vec![],
+            ),
+            // An idle one goes with a busy one when both are needed.
+            (
+                held2,
+                vec![busy("a", 0, 1, 90, 1), r("b", 0, 0, 0, 9, true)],
+                12,
+                waiting(40),
+                names(&["b", "a"]),
+            ),
+            // Always-on models never yield.
+            (
+                held2,
+                vec![
+                    Resident {
+                        on_demand: false,
+                        ..busy("a", 0, 1, 90, 1)
+                    },
+                    busy("b", 0, 1, 5, 2),
+                ],
+                8,
+                waiting(90),
+                vec![],
+            ),
+        ];
+        for (i, (held, residents, need, w, want)) in cases.into_iter().enumerate() {
+            let ledger = setup(held, 15);
+            let got = yielders(
+                &ledger,
+                &bytes(&[("ROCm0", need * GIB)]),
+                &residents,
+                &w,
+                DEFAULT_FAIRNESS,
+            );
             assert_eq!(got, want, "case {i}");
         }
     }
