@@ -70,6 +70,11 @@ enum Command {
         /// Log filter (also RUST_LOG), e.g. `info,llama_server=warn`.
         #[arg(long, env = "RUST_LOG", default_value = "info")]
         log: String,
+        /// Where the GPU memory probes read sysfs (amdgpu's
+        /// `mem_info_vram_*`, KFD's processes): `/sys`, or a copy of it in
+        /// a container or a test.
+        #[arg(long, default_value = "/sys")]
+        sys_root: PathBuf,
     },
     /// Show the running daemon's models at a glance.
     Status {
@@ -136,7 +141,8 @@ pub fn main() -> ExitCode {
             state_dir,
             debounce,
             log,
-        } => serve::run(spec, state_dir, debounce, &log),
+            sys_root,
+        } => serve::run(spec, state_dir, debounce, &log, sys_root),
         Command::Status {
             control,
             watch: true,

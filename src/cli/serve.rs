@@ -8,7 +8,13 @@ use rocm_llm::daemon::{self, ServeOptions, watch::WatchTiming};
 use rocm_llm::supervisor::BackoffPolicy;
 use tokio_util::sync::CancellationToken;
 
-pub fn run(spec: PathBuf, state_dir: Option<PathBuf>, debounce: Duration, log: &str) -> ExitCode {
+pub fn run(
+    spec: PathBuf,
+    state_dir: Option<PathBuf>,
+    debounce: Duration,
+    log: &str,
+    sys_root: PathBuf,
+) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a person at a terminal, not for journald or files.
@@ -29,6 +35,10 @@ pub fn run(spec: PathBuf, state_dir: Option<PathBuf>, debounce: Duration, log: &
         },
         leftover_grace: Duration::from_secs(30),
         backoff: BackoffPolicy::default(),
+        probe_roots: rocm_llm::memory::probe::ProbeRoots {
+            sys: sys_root,
+            ..Default::default()
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

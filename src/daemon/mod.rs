@@ -33,6 +33,9 @@ use crate::proxy::{
     self,
     routes::{RouteEntry, Routes},
 };
+use crate::schedule::admission::Fit;
+use crate::schedule::arbiter::{Arbiter, FreeWatch};
+use crate::schedule::measured::Measured;
 use crate::spec::validate::{self, Context, Disk};
 use crate::spec::{DEFAULT_CONTROL, DEFAULT_LISTEN, Desired};
 use crate::supervisor::{
@@ -52,6 +55,9 @@ pub struct ServeOptions {
     /// Grace for stopping children left by an earlier run.
     pub leftover_grace: Duration,
     pub backoff: BackoffPolicy,
+    /// Where the GPU probes look (`/sys`, `/proc`, `nvidia-smi`): fixture
+    /// trees in tests.
+    pub probe_roots: crate::memory::probe::ProbeRoots,
 }
 
 /// The result of the latest reload, as the status API shows it.
@@ -84,7 +90,8 @@ pub struct DaemonInfo {
 
 /// A spec read and validated once: what a reload acts on.
 enum CheckedSpec {
-    Valid(Desired),
+    /// With what admission found: the budgets and each model's footprint.
+    Valid(Desired, Box<Fit>),
     /// Nothing is applied. `partial` (absent when the file could not be
     /// read) still says where to listen and which key guards the endpoint.
     Invalid {
@@ -97,7 +104,7 @@ impl CheckedSpec {
     /// Where to listen and which key file to read, for the first start.
     fn addresses(&self) -> (SocketAddr, SocketAddr, Option<PathBuf>) {
         match self {
-            CheckedSpec::Valid(d)
+            CheckedSpec::Valid(d, _)
             | CheckedSpec::Invalid {
                 partial: Some(d), ..
             } => (d.listen, d.control, d.api_key_file.clone()),
@@ -133,6 +140,10 @@ struct Daemon {
     info_tx: tokio::sync::watch::Sender<DaemonInfo>,
     routes_tx: tokio::sync::watch::Sender<Arc<Routes>>,
     notify: SdNotify,
+    /// The one arbiter of memory every owner reserves through.
+    arbiter: Arbiter,
+    /// What admission found at the last valid reload.
+    fit: Fit,
 }
 
 /// Why the daemon could not start. Once it runs, nothing stops it but a
@@ -254,7 +265,17 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> Result
     }
     spawn_signal_handlers(events_tx.clone(), shutdown.clone()).map_err(ServeError::Signals)?;
 
+    let arbiter = Arbiter::start(
+        Vec::new(),
+        Some(Measured::new(&options.state_dir)),
+        FreeWatch {
+            roots: options.probe_roots.clone(),
+            ..FreeWatch::default()
+        },
+    );
     let mut daemon = Daemon {
+        arbiter,
+        fit: Fit::default(),
         options,
         backoff,
         state_file,
@@ -334,9 +355,9 @@ fn check_spec(options: &ServeOptions, read: SpecRead) -> CheckedSpec {
         default_llama_server: options.default_llama_server.clone(),
         probe: &Disk,
     };
-    let (desired, diagnostics) = validate::check(&text, &ctx);
+    let (desired, fit, diagnostics) = validate::check_with_fit(&text, &ctx);
     if diagnostics.is_empty() {
-        return CheckedSpec::Valid(desired);
+        return CheckedSpec::Valid(desired, Box::new(fit));
     }
     let errors: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
     for line in &errors {
@@ -384,10 +405,18 @@ impl Daemon {
     }
 
     fn reload(&mut self, checked: CheckedSpec) {
-        let desired = match checked {
-            CheckedSpec::Valid(desired) => desired,
+        let (desired, fit) = match checked {
+            CheckedSpec::Valid(desired, fit) => (desired, *fit),
             CheckedSpec::Invalid { errors, .. } => return self.reject(errors),
         };
+        // The budgets follow every valid spec (and what was detected).
+        self.arbiter.set_budgets(
+            fit.budgets
+                .iter()
+                .map(|b| (b.device.clone(), b.available()))
+                .collect(),
+        );
+        self.fit = fit;
         // The key is read here, before any routes are published: every
         // table the proxy sees carries the key of the spec that made it.
         let key = self.key.reloaded(desired.api_key_file.as_deref());
@@ -471,7 +500,7 @@ impl Daemon {
             let spec = desired
                 .models
                 .get(&name)
-                .map(|config| InstanceSpec::new(config.clone(), &desired.llama_server));
+                .map(|config| self.instance_spec(desired, config));
             match (action.kind, spec) {
                 (ActionKind::Stop, _) => self.stop_owner(&name),
                 (ActionKind::Restart, Some(spec)) => {
@@ -515,6 +544,17 @@ impl Daemon {
         }
     }
 
+    /// What an owner runs, with the footprint admission found for it.
+    fn instance_spec(&self, desired: &Desired, config: &crate::spec::ModelConfig) -> InstanceSpec {
+        let mut spec = InstanceSpec::new(config.clone(), &desired.llama_server);
+        if let Some(f) = self.fit.footprints.iter().find(|f| f.model == config.name) {
+            spec.memory.need = f.devices.clone();
+            spec.memory.declared = f.source == "declared";
+        }
+        spec.memory.overheads = crate::memory::Overheads::from_spec(&desired.memory.overheads);
+        spec
+    }
+
     fn start_owner(&mut self, name: &str, spec: InstanceSpec) {
         let previous = self.leaving.remove(name);
         let handle = start_instance(
@@ -522,6 +562,7 @@ impl Daemon {
             self.state_file.clone(),
             self.backoff.clone(),
             previous,
+            Some(self.arbiter.clone()),
         );
         self.owners.insert(name.to_owned(), handle);
     }

@@ -84,7 +84,9 @@ fn acquire_message(e: &AcquireError) -> String {
     match e {
         AcquireError::Timeout { .. } => format!("{e}; it is still loading, try again"),
         AcquireError::Gone { .. } => format!("{e} or is being replaced; try again"),
-        AcquireError::QueueFull { .. } | AcquireError::Failed { .. } => e.to_string(),
+        AcquireError::QueueFull { .. }
+        | AcquireError::Failed { .. }
+        | AcquireError::NoRoom { .. } => e.to_string(),
     }
 }
 
@@ -99,6 +101,7 @@ impl ProxyError {
             ProxyError::Acquire(AcquireError::Timeout { .. }) => ("model_loading", 5),
             ProxyError::Acquire(AcquireError::Failed { .. }) => ("model_failed", 30),
             ProxyError::Acquire(AcquireError::Gone { .. }) => ("model_unavailable", 1),
+            ProxyError::Acquire(AcquireError::NoRoom { .. }) => ("insufficient_memory", 10),
             _ => return None,
         })
     }

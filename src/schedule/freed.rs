@@ -85,3 +85,24 @@ pub async fn wait_freed(roots: &ProbeRoots, w: &Watch, bound: Duration, poll: Du
 /// The bound used when the caller has none: AMD has been seen to take
 /// seconds to return VRAM after a large process exits.
 pub const DEFAULT_BOUND: Duration = Duration::from_secs(30);
+
+/// The driver's name (`card0`, `nvidia0`) for a device llama.cpp names
+/// (`ROCm0`, `CUDA1`, `Vulkan0`): the N-th GPU of the kind the backend
+/// uses, in the order the probes list them (amdgpu cards by number, then
+/// NVIDIA's by index). llama.cpp orders its devices the way the runtime
+/// does, which for one GPU per kind (the common box) is this order; with
+/// several, set `HIP_VISIBLE_DEVICES` or the like so they agree.
+pub fn driver_device(llama: &str, drivers: &[probe::DeviceMemory]) -> Option<String> {
+    let digits = llama.trim_start_matches(|c: char| !c.is_ascii_digit());
+    let index: usize = digits.parse().ok()?;
+    let backend = &llama[..llama.len() - digits.len()];
+    let amd = |d: &&probe::DeviceMemory| d.name.starts_with("card");
+    let nvidia = |d: &&probe::DeviceMemory| d.name.starts_with("nvidia");
+    let of_kind: Vec<&probe::DeviceMemory> = match backend {
+        "ROCm" | "HIP" => drivers.iter().filter(amd).collect(),
+        "CUDA" => drivers.iter().filter(nvidia).collect(),
+        "Vulkan" => drivers.iter().collect(),
+        _ => return None,
+    };
+    of_kind.get(index).map(|d| d.name.clone())
+}

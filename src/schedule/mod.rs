@@ -8,6 +8,7 @@
 //! launch took, remembered in the state directory).
 
 pub mod admission;
+pub mod arbiter;
 pub mod detect;
 pub mod freed;
 pub mod ledger;

@@ -116,6 +116,25 @@ impl Gate {
             .unwrap_or(Duration::ZERO)
     }
 
+    /// Turns new requests away (those inside go on).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes the gate only if no request is inside; `false` (and the gate
+    /// open) otherwise. A request that tried to enter in between was turned
+    /// away and waits for the owner's next snapshot, so the caller must
+    /// publish one after a `false`.
+    pub fn close_if_idle(&self) -> bool {
+        self.closed.store(true, Ordering::SeqCst);
+        // `enter` counts before it checks: a request counted now is inside.
+        if self.in_flight() == 0 {
+            return true;
+        }
+        self.closed.store(false, Ordering::SeqCst);
+        false
+    }
+
     /// Closes the gate and waits until every request inside has left, or
     /// `timeout` has passed.
     pub async fn drain(&self, timeout: Duration) -> DrainOutcome {
@@ -171,6 +190,17 @@ mod tests {
         let _held = gate.enter().unwrap();
         let out = gate.drain(Duration::from_secs(3)).await;
         assert_eq!(out, DrainOutcome { drained: 0, cut: 1 });
+    }
+
+    #[test]
+    fn only_an_empty_gate_closes_if_idle() {
+        let gate = Gate::new(1);
+        let lease = gate.enter().unwrap();
+        assert!(!gate.close_if_idle(), "a request is inside");
+        assert!(gate.enter().is_some(), "and the gate is open again");
+        drop(lease);
+        assert!(gate.close_if_idle());
+        assert!(gate.enter().is_none());
     }
 
     #[tokio::test]

@@ -40,6 +40,8 @@ pub use super::owner::{OperateError, OperatorAction};
 use super::ports::pick_free_port;
 use super::process::{RunningProcess, StopOutcome, spawn};
 use crate::plan::{Launch, LaunchId};
+use crate::schedule::arbiter::{Arbiter, Ask, Grant, Occupancy, Tenant};
+use crate::schedule::ledger::Bytes;
 use crate::spec::{Liveness, ModelConfig};
 
 /// What an owner is asked to run: the model's options and its launch.
@@ -48,13 +50,32 @@ pub struct InstanceSpec {
     pub config: ModelConfig,
     pub launch: Launch,
     pub id: LaunchId,
+    /// What the memory arbiter reserves before each spawn.
+    pub memory: MemoryNeed,
+}
+
+/// A model's footprint as admission found it (docs/scheduler.md).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemoryNeed {
+    /// Bytes per device (llama.cpp's names); empty when unknown.
+    pub need: Bytes,
+    /// The spec's `memory:`, which stays the reservation after the load.
+    pub declared: bool,
+    /// Added to what llama-server's log says a GPU holds (the driver's and
+    /// runtime's own share, which the log does not show).
+    pub overheads: crate::memory::Overheads,
 }
 
 impl InstanceSpec {
     pub fn new(config: ModelConfig, program: &std::path::Path) -> InstanceSpec {
         let launch = Launch::for_model(&config, program);
         let id = launch.identity();
-        InstanceSpec { config, launch, id }
+        InstanceSpec {
+            config,
+            launch,
+            id,
+            memory: MemoryNeed::default(),
+        }
     }
 
     fn target(&self) -> Target {
@@ -150,6 +171,15 @@ pub struct Snapshot {
     pub drained: u64,
     /// Requests cut because a drain timed out.
     pub cut: u64,
+    /// When memory is short, lower priorities yield first.
+    pub priority: i32,
+    /// Starts refused because the model could not fit in memory; the
+    /// reason is `last_error`.
+    pub no_room: u64,
+    /// Times it was stopped to make room for another model.
+    pub made_room: u64,
+    /// The last `blue_green` swap done `stop_first` for lack of memory.
+    pub swap_fallback: Option<String>,
 }
 
 /// One process the owner started: the daemon's own record of when it
@@ -192,6 +222,9 @@ pub enum AcquireError {
     Failed { model: String, reason: String },
     #[error("model {model} has been removed")]
     Gone { model: String },
+    /// It cannot fit in memory now, even with every idle model stopped.
+    #[error("{reason}")]
+    NoRoom { model: String, reason: String },
 }
 
 /// What the owner's task is sent.
@@ -203,6 +236,13 @@ enum Input {
     Shutdown(oneshot::Sender<()>),
     /// From a helper task.
     Report(Event),
+    /// The memory arbiter's answer for a spawn.
+    Granted(ProcId, Grant),
+    /// The memory arbiter asks it to stop for another model.
+    MakeRoom {
+        for_model: String,
+        yield_turn: bool,
+    },
 }
 
 /// A cheap, cloneable view of one owner.
@@ -225,6 +265,8 @@ impl std::fmt::Debug for Input {
             Input::Operate(a, _) => write!(f, "Operate({a:?})"),
             Input::Shutdown(_) => f.write_str("Shutdown"),
             Input::Report(e) => write!(f, "Report({e:?})"),
+            Input::Granted(p, g) => write!(f, "Granted({p}, {g:?})"),
+            Input::MakeRoom { for_model, .. } => write!(f, "MakeRoom({for_model})"),
         }
     }
 }
@@ -314,9 +356,9 @@ impl InstanceHandle {
         if let Some(lease) = rx.borrow().serving.as_ref().and_then(Gate::enter) {
             return Ok(lease);
         }
-        let (limit, wait) = {
+        let (limit, wait, refusals) = {
             let s = rx.borrow();
-            (s.queue_length, s.wait_timeout)
+            (s.queue_length, s.wait_timeout, s.no_room)
         };
         // A request for an idle model starts it even when it cannot wait
         // for it (queue_length 0): the client's retry will find it up.
@@ -349,6 +391,14 @@ impl InstanceHandle {
                     }),
                     State::Stopped | State::Stopping => Some(AcquireError::Gone {
                         model: self.name.to_string(),
+                    }),
+                    // Refused since this request came: it cannot fit now.
+                    State::Idle if s.no_room > refusals => Some(AcquireError::NoRoom {
+                        model: self.name.to_string(),
+                        reason: s
+                            .last_error
+                            .clone()
+                            .unwrap_or_else(|| "it does not fit in memory now".into()),
                     }),
                     State::Idle if s.on_demand => {
                         let _ = self.inbox.send(Input::Demand);
@@ -389,6 +439,35 @@ impl InstanceHandle {
                 }
             }
         }
+    }
+}
+
+/// What the memory arbiter reads and asks of the model.
+impl Tenant for InstanceHandle {
+    fn occupancy(&self) -> Occupancy {
+        let s = self.snapshot.borrow();
+        let gate = s.serving.as_ref();
+        Occupancy {
+            in_flight: gate.map_or(0, |g| g.in_flight() as u32),
+            queued: self.waiting() as u32,
+            idle_for: gate.map_or(Duration::ZERO, |g| g.idle_for()),
+            loaded_for: match (s.started_at, s.ready_after, gate) {
+                (Some(at), Some(after), Some(_)) => SystemTime::now()
+                    .duration_since(at)
+                    .unwrap_or_default()
+                    .saturating_sub(after),
+                _ => Duration::ZERO,
+            },
+            on_demand: s.on_demand,
+            priority: s.priority,
+        }
+    }
+
+    fn stop_for(&self, for_model: &str, yield_turn: bool) {
+        let _ = self.inbox.send(Input::MakeRoom {
+            for_model: for_model.to_owned(),
+            yield_turn,
+        });
     }
 }
 
@@ -500,11 +579,15 @@ struct Running {
 /// model is on demand. With `predecessor` (an earlier owner of the same
 /// model, still shutting down), nothing starts before it has finished, so
 /// there are never two instances of one model.
+///
+/// With `arbiter`, every spawn first reserves the model's memory
+/// ([`InstanceSpec::memory`]) and waits for it.
 pub(crate) fn start_instance(
     spec: InstanceSpec,
     state_file: StateFile,
     backoff: Backoff,
     predecessor: Option<tokio::task::JoinHandle<()>>,
+    arbiter: Option<Arbiter>,
 ) -> InstanceHandle {
     start_with(
         spec,
@@ -512,6 +595,7 @@ pub(crate) fn start_instance(
         backoff,
         predecessor,
         Arc::new(ProcessSpawner),
+        arbiter,
     )
 }
 
@@ -521,6 +605,7 @@ pub(crate) fn start_with(
     backoff: Backoff,
     predecessor: Option<tokio::task::JoinHandle<()>>,
     spawner: Arc<dyn Spawner>,
+    arbiter: Option<Arbiter>,
 ) -> InstanceHandle {
     let (inbox_tx, inbox) = mpsc::unbounded_channel();
     let name = spec.config.name.clone();
@@ -539,6 +624,7 @@ pub(crate) fn start_with(
         launches: History::default(),
         shutdown_replies: Vec::new(),
         reply: None,
+        arbiter: arbiter.clone(),
     };
     let (publish, snapshot) = watch::channel(executor.snapshot());
     executor.publish = publish;
@@ -550,6 +636,9 @@ pub(crate) fn start_with(
         logs,
         launches: Arc::clone(&executor.launches),
     };
+    if let Some(a) = &arbiter {
+        a.register(&name, Arc::new(handle.clone()));
+    }
     if let Some(p) = predecessor {
         tokio::spawn(async move {
             // Requests wait while the previous instance of this model leaves.
@@ -585,6 +674,10 @@ fn placeholder() -> Snapshot {
         stopped_by_operator: false,
         drained: 0,
         cut: 0,
+        priority: 0,
+        no_room: 0,
+        made_room: 0,
+        swap_fallback: None,
     }
 }
 
@@ -603,6 +696,8 @@ struct Executor {
     shutdown_replies: Vec<oneshot::Sender<()>>,
     /// The reply to the operator action being handled.
     reply: Option<oneshot::Sender<Result<(), OperateError>>>,
+    /// Reserves memory before each spawn; `None`: no budget is kept.
+    arbiter: Option<Arbiter>,
 }
 
 impl Executor {
@@ -633,10 +728,32 @@ impl Executor {
                     Event::Shutdown
                 }
                 Input::Report(event) => event,
+                Input::Granted(proc, grant) => match self.granted(proc, grant) {
+                    Some(event) => event,
+                    None => {
+                        self.publish();
+                        continue;
+                    }
+                },
+                Input::MakeRoom {
+                    for_model,
+                    yield_turn,
+                } => match self.make_room(for_model, yield_turn) {
+                    Some(event) => event,
+                    None => {
+                        // Wakes a request turned away while the gate was
+                        // shut for a moment.
+                        self.publish();
+                        continue;
+                    }
+                },
             };
             self.handle(event);
             self.publish();
             if self.core.is_stopped() {
+                if let Some(a) = &self.arbiter {
+                    a.unregister(&self.name);
+                }
                 for reply in self.shutdown_replies.drain(..) {
                     let _ = reply.send(());
                 }
@@ -654,15 +771,32 @@ impl Executor {
                     if *reaped {
                         self.record_exit(*proc);
                     }
+                    self.memory_gone(*proc);
                     Some(*proc)
                 }
                 Event::Exited { proc, .. } => {
                     self.record_exit(*proc);
+                    if self.core.serving().is_some_and(|p| p.id == *proc) {
+                        self.memory_gone(*proc);
+                    }
                     None
                 }
                 _ => None,
             };
+            let loaded = match &event {
+                Event::Ready {
+                    proc,
+                    result: Ok(_),
+                } => Some(*proc),
+                _ => None,
+            };
             let effects = self.core.step(event, Instant::now());
+            if let Some(proc) = loaded
+                && self.core.serving().is_some_and(|p| p.id == proc)
+                && let Some(a) = &self.arbiter
+            {
+                a.loaded(&self.name, proc, Some(self.measured()));
+            }
             for effect in effects {
                 self.perform(effect, &mut queue);
             }
@@ -684,27 +818,32 @@ impl Executor {
 
     fn perform(&mut self, effect: Effect, queue: &mut VecDeque<Event>) {
         match effect {
-            Effect::Spawn { proc, launch } => {
+            Effect::Spawn {
+                proc,
+                launch,
+                beside,
+            } => {
                 debug_assert_eq!(launch, self.spec.id, "the core spawns its target");
-                let spawned_at = SystemTime::now();
-                let result = match self.spawner.spawn(&self.spec, &self.logs) {
-                    Ok(child) => {
-                        let pid = child.pid();
-                        tracing::info!(model = %self.name, pid, port = child.port(), "starting llama-server");
-                        self.record_launch(pid, launch, spawned_at);
-                        self.children.insert(
-                            proc,
-                            Running {
-                                gate: Gate::with_key(child.port(), child.upstream_key()),
-                                child,
-                                started_at: SystemTime::now(),
-                            },
-                        );
-                        Ok(pid)
-                    }
-                    Err(e) => Err(e),
-                };
-                queue.push_back(Event::Spawned { proc, result });
+                if let Some(arbiter) = &self.arbiter {
+                    // The spawn waits for the memory; the answer comes back
+                    // as `Input::Granted`.
+                    let answer = arbiter.reserve(Ask {
+                        model: self.name.clone(),
+                        proc,
+                        launch_id: self.spec.id.to_string(),
+                        need: self.spec.memory.need.clone(),
+                        declared: self.spec.memory.declared,
+                        beside,
+                        on_demand: self.spec.config.lifecycle.on_demand,
+                    });
+                    let inbox = self.inbox.clone();
+                    tokio::spawn(async move {
+                        let grant = answer.await;
+                        let _ = inbox.send(Input::Granted(proc, grant));
+                    });
+                    return;
+                }
+                queue.push_back(self.spawn_now(proc, launch));
             }
             Effect::Record { proc } => {
                 let Some(r) = self.children.get(&proc) else {
@@ -759,6 +898,9 @@ impl Executor {
             }
             Effect::Retire { proc, drain } => {
                 let Some(r) = self.children.get(&proc) else {
+                    if let Some(a) = &self.arbiter {
+                        a.cancel(&self.name, proc);
+                    }
                     queue.push_back(Event::Retired {
                         proc,
                         reaped: true,
@@ -768,6 +910,9 @@ impl Executor {
                     return;
                 };
                 let (child, gate) = (Arc::clone(&r.child), Arc::clone(&r.gate));
+                if let Some(a) = &self.arbiter {
+                    a.stopping(&self.name, proc);
+                }
                 let grace = self.spec.config.lifecycle.stop_grace;
                 let inbox = self.inbox.clone();
                 let name = self.name.clone();
@@ -812,6 +957,118 @@ impl Executor {
             }
             Effect::Stopped => {}
         }
+    }
+
+    /// Starts process `proc` of the target; the answer for the core.
+    fn spawn_now(&mut self, proc: ProcId, launch: LaunchId) -> Event {
+        let spawned_at = SystemTime::now();
+        let result = match self.spawner.spawn(&self.spec, &self.logs) {
+            Ok(child) => {
+                let pid = child.pid();
+                tracing::info!(model = %self.name, pid, port = child.port(), "starting llama-server");
+                self.record_launch(pid, launch, spawned_at);
+                self.children.insert(
+                    proc,
+                    Running {
+                        gate: Gate::with_key(child.port(), child.upstream_key()),
+                        child,
+                        started_at: SystemTime::now(),
+                    },
+                );
+                Ok(pid)
+            }
+            Err(e) => {
+                if let Some(a) = &self.arbiter {
+                    a.cancel(&self.name, proc);
+                }
+                Err(e)
+            }
+        };
+        Event::Spawned { proc, result }
+    }
+
+    /// Whether the core still waits to spawn `proc` (it may have moved on
+    /// while the memory was being found).
+    fn awaits_spawn(&self, proc: ProcId) -> bool {
+        match self.core.phase() {
+            Phase::Starting(p) => p.id == proc && p.pid.is_none(),
+            Phase::Ready {
+                replacement: super::owner::Replacement::Loading(n),
+                ..
+            } => n.id == proc && n.pid.is_none(),
+            _ => false,
+        }
+    }
+
+    /// The arbiter's answer for `proc`: the event for the core, if any.
+    fn granted(&mut self, proc: ProcId, grant: Grant) -> Option<Event> {
+        if !self.awaits_spawn(proc) || self.children.contains_key(&proc) {
+            if let Some(a) = &self.arbiter {
+                a.cancel(&self.name, proc);
+            }
+            return None;
+        }
+        Some(match grant {
+            Grant::Granted => self.spawn_now(proc, self.spec.id.clone()),
+            Grant::NoRoom(reason) => Event::NoRoom { proc, reason },
+            Grant::NotBeside(reason) => {
+                if let Some(a) = &self.arbiter {
+                    a.fell_back();
+                }
+                Event::NotBeside { proc, reason }
+            }
+            Grant::Withdrawn => Event::Withdrawn { proc },
+        })
+    }
+
+    /// The arbiter asks the model to stop for another. It closes the gate
+    /// here, on the owner's task, so the check that no request is inside
+    /// and the close are one step: an eviction decided on a stale reading
+    /// is refused, never a cut request.
+    fn make_room(&mut self, for_model: String, yield_turn: bool) -> Option<Event> {
+        if !self.spec.config.lifecycle.on_demand {
+            return None;
+        }
+        let serving = self.core.serving()?;
+        let gate = &self.children.get(&serving.id)?.gate;
+        if yield_turn {
+            gate.close();
+        } else if !gate.close_if_idle() {
+            tracing::debug!(model = %self.name, "a request came in; not stopping for {for_model}");
+            return None;
+        }
+        Some(Event::MakeRoom {
+            for_model,
+            yield_turn,
+        })
+    }
+
+    /// `proc` has exited: the arbiter watches for its memory to come back.
+    fn memory_gone(&self, proc: ProcId) {
+        if let Some(a) = &self.arbiter {
+            match self.children.get(&proc) {
+                Some(r) => a.gone(&self.name, proc, r.child.pid().unsigned_abs()),
+                None => a.cancel(&self.name, proc),
+            }
+        }
+    }
+
+    /// What the current llama-server said it allocated per device, plus
+    /// each GPU backend's overhead (the log does not show the runtime's).
+    fn measured(&self) -> Bytes {
+        self.logs
+            .memory()
+            .devices
+            .iter()
+            .map(|(d, parts)| {
+                let overhead = if d == crate::schedule::HOST {
+                    0
+                } else {
+                    self.spec.memory.overheads.of_device(d)
+                };
+                (d.clone(), parts.total() + overhead)
+            })
+            .collect()
     }
 
     /// Notes the spawn in the launch history.
@@ -882,6 +1139,10 @@ impl Executor {
             stopped_by_operator: matches!(core.phase(), Phase::Idle(Down::Operator)),
             drained: core.drained,
             cut: core.cut,
+            priority: l.priority,
+            no_room: core.no_room,
+            made_room: core.made_room,
+            swap_fallback: core.fallback.clone(),
         }
     }
 

@@ -35,6 +35,11 @@ const BIND_RETRIES: u32 = 3;
 /// The shortest wait before looking again whether a model is idle.
 const IDLE_RECHECK: Duration = Duration::from_millis(50);
 
+/// How long a model stopped to make room for another may take to finish
+/// its in-flight requests: in effect no bound, because such a stop never
+/// cuts a request (a hung process is the liveness probe's business).
+pub(crate) const MAKE_ROOM_DRAIN: Duration = Duration::from_secs(24 * 3600);
+
 /// What a person may ask of a model (the status page's buttons).
 ///
 /// - `Start`: start it now. An idle model (on demand, kept down by its
@@ -128,14 +133,43 @@ pub(crate) enum Event {
     },
     /// [`Core::deadline`] has passed.
     Timeout,
+    /// The memory arbiter's answers to a spawn's reservation (the spawn
+    /// waits for one): the model cannot fit now, even with every idle
+    /// model stopped.
+    NoRoom {
+        proc: ProcId,
+        reason: String,
+    },
+    /// A `blue_green` replacement does not fit beside the serving process.
+    NotBeside {
+        proc: ProcId,
+        reason: String,
+    },
+    /// Nobody waits for the on-demand model any more.
+    Withdrawn {
+        proc: ProcId,
+    },
+    /// Stop serving to make room for another model. The executor sends it
+    /// only for an on-demand model that serves, after closing its gate (at
+    /// once when no request was inside, or with `yield_turn`, whose
+    /// in-flight requests then finish first).
+    MakeRoom {
+        for_model: String,
+        yield_turn: bool,
+    },
 }
 
 /// What the executor must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Effect {
     /// Start a process of `launch` (always the current target) and answer
-    /// with [`Event::Spawned`].
-    Spawn { proc: ProcId, launch: LaunchId },
+    /// with [`Event::Spawned`] (or one of the memory arbiter's refusals).
+    /// `beside`: a `blue_green` replacement next to the serving process.
+    Spawn {
+        proc: ProcId,
+        launch: LaunchId,
+        beside: bool,
+    },
     /// Write it into the state file (for leftover reaping after a crash).
     Record { proc: ProcId },
     /// Poll its `/health` for up to `timeout`; answer with [`Event::Ready`].
@@ -251,6 +285,13 @@ pub(crate) struct Core {
     pub drained: u64,
     /// Requests cut because a drain ran out of time.
     pub cut: u64,
+    /// Starts refused because the model cannot fit in memory now.
+    pub no_room: u64,
+    /// Times it was stopped to make room for another model.
+    pub made_room: u64,
+    /// The last `blue_green` swap done `stop_first` because both processes
+    /// did not fit, and why.
+    pub fallback: Option<String>,
 }
 
 impl Core {
@@ -279,6 +320,9 @@ impl Core {
             last_restart: None,
             drained: 0,
             cut: 0,
+            no_room: 0,
+            made_room: 0,
+            fallback: None,
         };
         let mut fx = Vec::new();
         if !core.target.lifecycle.on_demand {
@@ -404,8 +448,107 @@ impl Core {
             Event::Liveness { proc, probe } => self.on_liveness(proc, &probe, now, &mut fx),
             Event::IdleFor { proc, idle } => self.on_idle_for(proc, idle, now, &mut fx),
             Event::Timeout => self.on_timeout(now, &mut fx),
+            Event::NoRoom { proc, reason } => self.on_no_room(proc, reason, now, &mut fx),
+            Event::NotBeside { proc, reason } => self.on_not_beside(proc, reason, &mut fx),
+            Event::Withdrawn { proc } => {
+                if let Phase::Starting(p) = &self.phase
+                    && p.id == proc
+                    && p.pid.is_none()
+                {
+                    let Phase::Starting(p) = std::mem::replace(&mut self.phase, Phase::Stopping)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    fx.push(Effect::Log(
+                        "nobody waits for it any more; not starting it".into(),
+                    ));
+                    self.retire(p, &mut fx);
+                    self.phase = Phase::Idle(Down::OnDemand);
+                }
+            }
+            Event::MakeRoom {
+                for_model,
+                yield_turn,
+            } => self.on_make_room(&for_model, yield_turn, &mut fx),
         }
         fx
+    }
+
+    /// The process never started: memory for it cannot be had now. An
+    /// on-demand model goes back to idle (its waiting requests fail at once
+    /// with this reason; the next request asks again); an always-on one
+    /// backs off and retries.
+    fn on_no_room(&mut self, proc: ProcId, reason: String, now: Instant, fx: &mut Vec<Effect>) {
+        let Phase::Starting(p) = &self.phase else {
+            return;
+        };
+        if p.id != proc || p.pid.is_some() {
+            return;
+        }
+        self.no_room += 1;
+        let Phase::Starting(p) = std::mem::replace(&mut self.phase, Phase::Stopping) else {
+            unreachable!("matched above")
+        };
+        self.retire(p, fx);
+        if self.target.lifecycle.on_demand {
+            fx.push(Effect::Log(format!(
+                "{reason}; its requests fail until memory is free"
+            )));
+            self.last_error = Some(reason);
+            self.phase = Phase::Idle(Down::OnDemand);
+        } else {
+            self.failed_start(reason, now, fx);
+        }
+    }
+
+    /// `blue_green` needs the old and the new process in memory at once;
+    /// when both do not fit, the swap is done `stop_first`.
+    fn on_not_beside(&mut self, proc: ProcId, reason: String, fx: &mut Vec<Effect>) {
+        let is_it = matches!(&self.phase, Phase::Ready { replacement: Replacement::Loading(n), .. } if n.id == proc && n.pid.is_none());
+        if !is_it {
+            return;
+        }
+        let Phase::Ready {
+            serving,
+            replacement: Replacement::Loading(n),
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Stopping)
+        else {
+            unreachable!("matched above")
+        };
+        let message = format!("blue_green swap done stop_first: {reason}");
+        fx.push(Effect::Log(message.clone()));
+        self.fallback = Some(message);
+        self.retire(n, fx);
+        self.retire(serving, fx);
+        self.start(0, true, fx);
+    }
+
+    /// Another model needs the memory: stop serving (the executor closed
+    /// the gate already) and go idle until the next request.
+    fn on_make_room(&mut self, for_model: &str, yield_turn: bool, fx: &mut Vec<Effect>) {
+        if !self.target.lifecycle.on_demand || !matches!(self.phase, Phase::Ready { .. }) {
+            return;
+        }
+        let Phase::Ready {
+            serving,
+            replacement,
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Stopping)
+        else {
+            unreachable!("matched above")
+        };
+        fx.push(Effect::Log(if yield_turn {
+            format!("its turn is over: {for_model} waits for the memory; finishing the requests in flight, then stopping")
+        } else {
+            format!("idle: stopping to make room for {for_model}")
+        }));
+        self.made_room += 1;
+        if let Replacement::Loading(n) = replacement {
+            self.retire(n, fx);
+        }
+        self.retire_within(serving, MAKE_ROOM_DRAIN, fx);
+        self.phase = Phase::Idle(Down::OnDemand);
     }
 
     /// The one place a process is started. Every other process of this
@@ -438,6 +581,7 @@ impl Core {
         fx.push(Effect::Spawn {
             proc: proc.id,
             launch: proc.launch.clone(),
+            beside: beside.is_some(),
         });
         Some(proc)
     }

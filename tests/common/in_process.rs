@@ -65,6 +65,7 @@ impl Daemon {
             },
             leftover_grace: Duration::from_secs(5),
             backoff,
+            probe_roots: Default::default(),
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(daemon::serve(options, shutdown.clone()));

@@ -131,6 +131,7 @@ fn owner(options: &str) -> (InstanceHandle, Arc<FakeSpawner>, tempfile::TempDir)
         Backoff::new(BackoffPolicy::default()).unwrap(),
         None,
         Arc::new(Shared(Arc::clone(&fake))),
+        None,
     );
     (handle, fake, dir)
 }

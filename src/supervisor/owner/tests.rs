@@ -149,7 +149,7 @@ fn event(words: &str, lifecycle: &Lifecycle) -> (Event, Duration) {
 
 fn render_effect(e: &Effect) -> Option<String> {
     Some(match e {
-        Effect::Spawn { proc, launch } => format!("spawn {proc}@{launch}"),
+        Effect::Spawn { proc, launch, .. } => format!("spawn {proc}@{launch}"),
         Effect::Record { proc } => format!("record {proc}"),
         Effect::WaitReady { proc, .. } => format!("wait {proc}"),
         Effect::Watch { proc } => format!("watch {proc}"),
@@ -627,7 +627,7 @@ impl World {
     ) -> Result<(), String> {
         for e in effects {
             match e {
-                Effect::Spawn { proc, launch } => {
+                Effect::Spawn { proc, launch, .. } => {
                     if launch != core.target().launch {
                         return Err(format!(
                             "spawned {launch}, not the target {}",
