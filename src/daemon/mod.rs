@@ -223,7 +223,17 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> Result
         })?;
     tracing::info!("status API on http://{control}");
     let proxy_metrics = Arc::new(proxy::ProxyMetrics::default());
+    let arbiter = Arbiter::start(
+        Vec::new(),
+        Some(Measured::new(&options.state_dir)),
+        FreeWatch {
+            roots: options.probe_roots.clone(),
+            ..FreeWatch::default()
+        },
+    );
     let status_state = status::StatusState {
+        scheduler: arbiter.subscribe(),
+        probe_roots: options.probe_roots.clone(),
         info: info_rx.clone(),
         routes: routes_rx.clone(),
         proxy: Arc::clone(&proxy_metrics),
@@ -265,14 +275,6 @@ pub async fn serve(options: ServeOptions, shutdown: CancellationToken) -> Result
     }
     spawn_signal_handlers(events_tx.clone(), shutdown.clone()).map_err(ServeError::Signals)?;
 
-    let arbiter = Arbiter::start(
-        Vec::new(),
-        Some(Measured::new(&options.state_dir)),
-        FreeWatch {
-            roots: options.probe_roots.clone(),
-            ..FreeWatch::default()
-        },
-    );
     let mut daemon = Daemon {
         arbiter,
         fit: Fit::default(),
@@ -415,6 +417,10 @@ impl Daemon {
                 .iter()
                 .map(|b| (b.device.clone(), b.available()))
                 .collect(),
+            desired
+                .memory
+                .fairness
+                .unwrap_or(crate::schedule::policy::DEFAULT_FAIRNESS),
         );
         self.fit = fit;
         // The key is read here, before any routes are published: every

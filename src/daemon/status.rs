@@ -29,6 +29,10 @@ pub struct StatusState {
     pub proxy: Arc<crate::proxy::ProxyMetrics>,
     /// What the status page needs besides (state since, reload history).
     pub page: Arc<crate::daemon::status_page::Observer>,
+    /// The memory arbiter's ledger, budgets and counters.
+    pub scheduler: tokio::sync::watch::Receiver<crate::schedule::arbiter::MemoryReport>,
+    /// Where the GPU probes look (the daemon's `--sys-root`).
+    pub probe_roots: crate::memory::probe::ProbeRoots,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -102,6 +106,25 @@ pub struct ModelMemory {
     pub estimate: Option<EstimateReport>,
     /// Why there is no estimate (an unreadable model, an unknown shape).
     pub estimate_error: Option<String>,
+    /// What the memory arbiter holds for it, per device (all its
+    /// processes, releasing ones included).
+    #[serde(default)]
+    pub reserved: std::collections::BTreeMap<String, u64>,
+    /// Set while its start waits for memory: the models holding it.
+    #[serde(default)]
+    pub waiting_for: Option<Vec<String>>,
+    /// Why its last start was refused for lack of memory, until one succeeds.
+    #[serde(default)]
+    pub refused: Option<String>,
+    /// When memory is short, lower priorities yield first.
+    #[serde(default)]
+    pub priority: i32,
+    /// Times it was stopped to make room for another model.
+    #[serde(default)]
+    pub made_room: u64,
+    /// The last `blue_green` swap done `stop_first` for lack of memory.
+    #[serde(default)]
+    pub swap_fallback: Option<String>,
 }
 
 /// The estimate in `GET /status`: per device the same parts as
@@ -124,6 +147,11 @@ pub struct StatusReport {
     /// The latest reloads, newest first, with errors rendered against the
     /// spec's source.
     pub reload_history: Vec<crate::daemon::status_page::ReloadRecord>,
+    /// The memory budget at run time: per device budget, reserved,
+    /// measured and free; per model what it holds and what it waits for;
+    /// the scheduler's counters (docs/scheduler.md).
+    #[serde(default)]
+    pub scheduler: crate::schedule::arbiter::MemoryReport,
 }
 
 /// `State` is read back as it is written (`snake_case`, as
@@ -166,6 +194,7 @@ fn model_status(
     entry: &crate::proxy::routes::RouteEntry,
     probes: &Probes,
     since: Option<SystemTime>,
+    holding: Option<&crate::schedule::arbiter::Holding>,
 ) -> ModelStatus {
     let loading = matches!(
         snap.state,
@@ -196,6 +225,17 @@ fn model_status(
             .pid
             .and_then(|p| u32::try_from(p).ok())
             .map(|pid| crate::memory::probe::process_gpu_bytes(&probes.roots, pid, &probes.nvidia)),
+        reserved: holding.map(|h| h.reserved.clone()).unwrap_or_default(),
+        // Only while it is starting: a reservation answered a moment ago
+        // is not a wait.
+        waiting_for: holding.and_then(|h| h.waiting_for.clone()).filter(|_| {
+            snap.state == crate::supervisor::State::Starting
+                || snap.state == crate::supervisor::State::Swapping
+        }),
+        refused: holding.and_then(|h| h.refused.clone()),
+        priority: snap.priority,
+        made_room: snap.made_room,
+        swap_fallback: snap.swap_fallback.clone(),
     };
     ModelStatus {
         memory,
@@ -251,9 +291,9 @@ impl Probes {
         }
     }
 
-    /// [`Probes::read`] of the real roots, at most once a second: a client
+    /// [`Probes::read`] of `roots`, at most once a second: a client
     /// polling `/status` does not run `nvidia-smi` at its pace.
-    pub fn read_cached() -> Probes {
+    pub fn read_cached(roots: &crate::memory::probe::ProbeRoots) -> Probes {
         use std::sync::Mutex;
         use std::time::{Duration, Instant};
         static LAST: Mutex<Option<(Instant, Probes)>> = Mutex::new(None);
@@ -262,10 +302,11 @@ impl Probes {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((at, p)) = last.as_ref()
             && at.elapsed() < Duration::from_secs(1)
+            && p.roots == *roots
         {
             return p.clone();
         }
-        let p = Probes::read(Default::default());
+        let p = Probes::read(roots.clone());
         *last = Some((Instant::now(), p.clone()));
         p
     }
@@ -274,6 +315,7 @@ impl Probes {
 /// `GET /status`, with one reading of the GPU probes for every model.
 pub fn report(state: &StatusState, probes: Probes) -> StatusReport {
     let routes = state.routes.borrow().clone();
+    let scheduler = state.scheduler.borrow().clone();
     let models = routes
         .models
         .iter()
@@ -285,6 +327,7 @@ pub fn report(state: &StatusState, probes: Probes) -> StatusReport {
                     entry,
                     &probes,
                     state.page.since(name),
+                    scheduler.models.get(name),
                 ),
             )
         })
@@ -294,6 +337,7 @@ pub fn report(state: &StatusState, probes: Probes) -> StatusReport {
         models,
         devices: probes.devices,
         reload_history: state.page.history(),
+        scheduler,
     }
 }
 
@@ -444,6 +488,103 @@ pub fn metrics(state: &StatusState, probes: Probes) -> String {
         "Each GPU's memory as its driver reports it.",
         device_rows,
     );
+    let scheduler = state.scheduler.borrow().clone();
+    let mut budget_rows = Vec::new();
+    for d in &scheduler.devices {
+        for (kind, bytes) in [
+            ("budget", d.budget_bytes),
+            ("reserved", d.reserved_bytes),
+            ("measured", d.measured_bytes),
+            ("free", d.free_bytes),
+        ] {
+            budget_rows.push((
+                format!("{{device=\"{}\",kind=\"{kind}\"}}", escape_label(&d.device)),
+                bytes.to_string(),
+            ));
+        }
+    }
+    family(
+        "rocm_llm_memory_budget_bytes",
+        "gauge",
+        "The scheduler's memory budget per llama.cpp device: budget (total minus reserve), reserved, measured and free.",
+        budget_rows,
+    );
+    let mut reserved_rows = Vec::new();
+    let mut waiting_rows = Vec::new();
+    for name in routes.models.keys() {
+        let h = scheduler.models.get(name);
+        for (device, bytes) in h.map(|h| h.reserved.clone()).unwrap_or_default() {
+            reserved_rows.push((
+                format!(
+                    "{{model=\"{}\",device=\"{}\"}}",
+                    escape_label(name),
+                    escape_label(&device)
+                ),
+                bytes.to_string(),
+            ));
+        }
+        waiting_rows.push((
+            format!("{{model=\"{}\"}}", escape_label(name)),
+            u8::from(h.is_some_and(|h| h.waiting_for.is_some())).to_string(),
+        ));
+    }
+    family(
+        "rocm_llm_model_memory_reserved_bytes",
+        "gauge",
+        "What the memory arbiter holds for the model, by device.",
+        reserved_rows,
+    );
+    family(
+        "rocm_llm_model_waiting_for_memory",
+        "gauge",
+        "1 while the model's start waits for memory held by other models.",
+        waiting_rows,
+    );
+    let c = scheduler.counters;
+    for (name, help, value) in [
+        (
+            "rocm_llm_scheduler_evictions_total",
+            "Idle on-demand models stopped to make room.",
+            c.evictions,
+        ),
+        (
+            "rocm_llm_scheduler_yields_total",
+            "Busy models whose turn ran out, drained and stopped for a waiting one.",
+            c.yields,
+        ),
+        (
+            "rocm_llm_scheduler_refused_total",
+            "Starts refused at once because the model cannot fit now.",
+            c.refused,
+        ),
+        (
+            "rocm_llm_scheduler_memory_waits_total",
+            "Starts that waited for memory.",
+            c.waits,
+        ),
+        (
+            "rocm_llm_scheduler_swaps_total",
+            "Starts that needed other models stopped first.",
+            c.swaps,
+        ),
+        (
+            "rocm_llm_scheduler_blue_green_fallbacks_total",
+            "blue_green swaps done stop_first because both did not fit.",
+            c.fallbacks,
+        ),
+        (
+            "rocm_llm_scheduler_free_wait_timeouts_total",
+            "Waits for a stopped model's memory to be seen free that ran out of time.",
+            c.free_timeouts,
+        ),
+    ] {
+        family(
+            name,
+            "counter",
+            help,
+            vec![(String::new(), value.to_string())],
+        );
+    }
     family(
         "rocm_llm_reloads_total",
         "counter",
@@ -571,7 +712,10 @@ async fn route_whole(state: &StatusState, req: &Request<Incoming>) -> Response<F
     // threads.
     let probes = match (req.method(), req.uri().path()) {
         (&Method::GET, "/status" | "/metrics") => {
-            tokio::task::spawn_blocking(Probes::read_cached).await.ok()
+            let roots = state.probe_roots.clone();
+            tokio::task::spawn_blocking(move || Probes::read_cached(&roots))
+                .await
+                .ok()
         }
         _ => None,
     };
@@ -579,7 +723,7 @@ async fn route_whole(state: &StatusState, req: &Request<Incoming>) -> Response<F
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/status") => match serde_json::to_string_pretty(&report(
             state,
-            probes.unwrap_or_else(Probes::read_cached),
+            probes.unwrap_or_else(|| Probes::read(state.probe_roots.clone())),
         )) {
             Ok(json) => respond(StatusCode::OK, "application/json", json),
             Err(e) => respond(
@@ -591,7 +735,10 @@ async fn route_whole(state: &StatusState, req: &Request<Incoming>) -> Response<F
         (&Method::GET, "/metrics") => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            metrics(state, probes.unwrap_or_else(Probes::read_cached)),
+            metrics(
+                state,
+                probes.unwrap_or_else(|| Probes::read(state.probe_roots.clone())),
+            ),
         ),
         (_, "/healthz" | "/status" | "/metrics" | "/events") => respond(
             StatusCode::METHOD_NOT_ALLOWED,

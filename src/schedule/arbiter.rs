@@ -124,7 +124,7 @@ enum Msg {
         proc: u64,
         by: FreedBy,
     },
-    Budgets(Vec<(String, u64)>),
+    Budgets(Vec<(String, u64)>, Duration),
     FellBack,
 }
 
@@ -151,7 +151,7 @@ impl Default for FreeWatch {
 pub struct MemoryReport {
     pub devices: Vec<DeviceBudget>,
     /// Per model: what it holds and what it waits for.
-    pub models: BTreeMap<String, ModelMemory>,
+    pub models: BTreeMap<String, Holding>,
     pub counters: Counters,
 }
 
@@ -168,7 +168,7 @@ pub struct DeviceBudget {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ModelMemory {
+pub struct Holding {
     /// Bytes per device its processes hold, all phases.
     pub reserved: Bytes,
     /// What its loaded process measured, per device.
@@ -240,6 +240,7 @@ impl Arbiter {
             tx: tx.downgrade(),
             report: report_tx,
             epoch: Instant::now(),
+            fairness: policy::DEFAULT_FAIRNESS,
         };
         tokio::spawn(task.run(rx));
         Arbiter { tx, report }
@@ -295,9 +296,9 @@ impl Arbiter {
         let _ = self.tx.send(Msg::FellBack);
     }
 
-    /// New budgets (a reload).
-    pub fn set_budgets(&self, budgets: Vec<(String, u64)>) {
-        let _ = self.tx.send(Msg::Budgets(budgets));
+    /// New budgets and fairness bound (a reload).
+    pub fn set_budgets(&self, budgets: Vec<(String, u64)>, fairness: Duration) {
+        let _ = self.tx.send(Msg::Budgets(budgets, fairness));
     }
 
     pub fn report(&self) -> MemoryReport {
@@ -339,6 +340,7 @@ struct Task {
     tx: mpsc::WeakUnboundedSender<Msg>,
     report: watch::Sender<MemoryReport>,
     epoch: Instant,
+    fairness: Duration,
 }
 
 impl Task {
@@ -450,7 +452,10 @@ impl Task {
                 self.ledger.freed(&model, proc);
                 self.granted.remove(&(model, proc));
             }
-            Msg::Budgets(b) => self.ledger.set_budgets(b),
+            Msg::Budgets(b, fairness) => {
+                self.ledger.set_budgets(b);
+                self.fairness = fairness;
+            }
             Msg::FellBack => self.counters.fallbacks += 1,
         }
     }
@@ -605,13 +610,8 @@ impl Task {
                     queued: tenant.map_or(1, |t| t.occupancy().queued.max(1)),
                     oldest: p.since.elapsed(),
                 };
-                let turn_over = policy::yielders(
-                    &self.ledger,
-                    &ask.need,
-                    &residents,
-                    &waiting,
-                    policy::DEFAULT_FAIRNESS,
-                );
+                let turn_over =
+                    policy::yielders(&self.ledger, &ask.need, &residents, &waiting, self.fairness);
                 for v in &turn_over {
                     self.ask_to_stop(v, &ask.model, true);
                 }
@@ -646,7 +646,7 @@ impl Task {
     }
 
     fn publish(&self) {
-        let mut models: BTreeMap<String, ModelMemory> = BTreeMap::new();
+        let mut models: BTreeMap<String, Holding> = BTreeMap::new();
         for ((m, proc), r) in self.ledger.reservations() {
             let e = models.entry(m.clone()).or_default();
             for (d, b) in &r.bytes {

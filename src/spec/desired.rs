@@ -35,6 +35,9 @@ pub struct MemoryBudget {
     /// The host's memory (llama.cpp's `CPU` device).
     pub ram: Pool,
     pub overheads: BackendOverheads,
+    /// The anti-thrash bound; `None`: the default
+    /// ([`crate::schedule::policy::DEFAULT_FAIRNESS`]).
+    pub fairness: Option<std::time::Duration>,
 }
 
 pub const DEFAULT_VRAM_RESERVE: u64 = 512 << 20;

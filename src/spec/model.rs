@@ -489,6 +489,13 @@ pub struct MemorySpec {
     /// replacing the built-in guesses (docs/memory.md, "Overhead").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overhead: Option<OverheadSpec>,
+    /// The anti-thrash bound (docs/scheduler.md): a busy on-demand model
+    /// keeps the memory for a turn this long, and gives it up once a
+    /// request for a model that cannot load beside it has waited as long.
+    /// Default `40s`; `0s` swaps at each request for the other model (what
+    /// FIFO schedulers do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fairness: Option<HumanDuration>,
 }
 
 /// One kind of memory: how much there is and how much to leave alone.

@@ -869,5 +869,6 @@ fn memory_budget(spec: Option<&super::model::MemorySpec>) -> MemoryBudget {
             vulkan: o.vulkan.map(|s| s.0),
             cpu: o.cpu.map(|s| s.0),
         },
+        fairness: spec.and_then(|s| s.fairness).map(|d| d.0),
     }
 }

@@ -68,9 +68,10 @@ pub fn stream(state: StatusState) -> ChannelBody {
             return;
         }
         loop {
-            let probes = tokio::task::spawn_blocking(Probes::read_cached)
+            let roots = state.probe_roots.clone();
+            let probes = tokio::task::spawn_blocking(move || Probes::read_cached(&roots))
                 .await
-                .unwrap_or_else(|_| Probes::read(Default::default()));
+                .unwrap_or_else(|_| Probes::read(state.probe_roots.clone()));
             let json = serde_json::to_string(&report(&state, probes)).unwrap_or_default();
             let chunk = if json != last {
                 quiet = Duration::ZERO;
