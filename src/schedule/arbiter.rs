@@ -14,7 +14,8 @@
 //! can delay a load but never cut a request.
 //!
 //! While anything waits it looks again every [`TICK`], because a drain
-//! finishing or a request leaving has no message of its own.
+//! finishing has no message of its own; a model's last request leaving
+//! has one ([`Arbiter::look_again`]), so an idle model gives way at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -126,6 +127,8 @@ enum Msg {
     },
     Budgets(Vec<(String, u64)>, Duration),
     FellBack,
+    /// Something the arbiter reads changed (a model's last request left).
+    LookAgain,
 }
 
 /// How the arbiter watches for freed memory.
@@ -291,6 +294,12 @@ impl Arbiter {
         });
     }
 
+    /// Decide again now, not at the next [`TICK`]: a model's last request
+    /// has left, so a waiting load may evict it (or its turn may end).
+    pub fn look_again(&self) {
+        let _ = self.tx.send(Msg::LookAgain);
+    }
+
     /// A `blue_green` swap was done `stop_first` (counted for the status).
     pub fn fell_back(&self) {
         let _ = self.tx.send(Msg::FellBack);
@@ -358,6 +367,9 @@ impl Task {
                 }
             };
             if let Some(msg) = msg {
+                if matches!(msg, Msg::LookAgain) && self.pending.is_empty() {
+                    continue;
+                }
                 self.handle(msg);
             }
             self.decide();
@@ -457,6 +469,7 @@ impl Task {
                 self.fairness = fairness;
             }
             Msg::FellBack => self.counters.fallbacks += 1,
+            Msg::LookAgain => {}
         }
     }
 

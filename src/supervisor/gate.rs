@@ -2,7 +2,7 @@
 //! drained before it is stopped.
 
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -21,6 +21,16 @@ pub struct Gate {
     closed: AtomicBool,
     emptied: Notify,
     last_used: Mutex<Instant>,
+    /// Called each time the last request inside leaves.
+    on_empty: OnceLock<OnEmpty>,
+}
+
+struct OnEmpty(Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for OnEmpty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnEmpty")
+    }
 }
 
 /// One request's hold on a process. Dropping it lets the process drain.
@@ -71,7 +81,14 @@ impl Gate {
             closed: AtomicBool::new(false),
             emptied: Notify::new(),
             last_used: Mutex::new(Instant::now()),
+            on_empty: OnceLock::new(),
         })
+    }
+
+    /// Calls `f` each time the last request inside leaves (the memory
+    /// arbiter looks again at once: an idle model may now give way).
+    pub fn call_when_empty(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_empty.set(OnEmpty(Box::new(f)));
     }
 
     pub fn port(&self) -> u16 {
@@ -98,6 +115,9 @@ impl Gate {
         }
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.emptied.notify_waiters();
+            if let Some(f) = self.on_empty.get() {
+                (f.0)();
+            }
         }
     }
 
@@ -210,5 +230,22 @@ mod tests {
             gate.drain(Duration::from_secs(60)).await,
             DrainOutcome { drained: 0, cut: 0 }
         );
+    }
+
+    #[test]
+    fn the_callback_runs_each_time_the_last_request_leaves() {
+        let gate = Gate::new(1);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        gate.call_when_empty(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+        });
+        let (a, b) = (gate.enter().unwrap(), gate.enter().unwrap());
+        drop(a);
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "one request is still inside");
+        drop(b);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        drop(gate.enter().unwrap());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

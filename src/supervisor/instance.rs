@@ -967,10 +967,17 @@ impl Executor {
                 let pid = child.pid();
                 tracing::info!(model = %self.name, pid, port = child.port(), "starting llama-server");
                 self.record_launch(pid, launch, spawned_at);
+                let gate = Gate::with_key(child.port(), child.upstream_key());
+                if let Some(a) = self.arbiter.clone() {
+                    // A request leaving has no message of its own: without
+                    // this a waiting load would see the model idle only at
+                    // the arbiter's next tick.
+                    gate.call_when_empty(move || a.look_again());
+                }
                 self.children.insert(
                     proc,
                     Running {
-                        gate: Gate::with_key(child.port(), child.upstream_key()),
+                        gate,
                         child,
                         started_at: SystemTime::now(),
                     },
