@@ -101,8 +101,12 @@ pub struct Ask {
 }
 
 enum Msg {
-    Register(String, Arc<dyn Tenant>),
-    Unregister(String),
+    /// An owner (by its number, unique in the daemon's life) begins.
+    Register(String, u64, Arc<dyn Tenant>),
+    /// It ended; a later owner of the same model may have registered since.
+    Unregister(String, u64),
+    /// A model did stop for another (it may refuse a request to).
+    MadeRoom { yield_turn: bool },
     Reserve(Ask, oneshot::Sender<Grant>),
     /// The process will not start after all (or its start failed).
     Cancel(String, u64),
@@ -246,12 +250,19 @@ impl Arbiter {
         Arbiter { tx, report }
     }
 
-    pub fn register(&self, model: &str, tenant: Arc<dyn Tenant>) {
-        let _ = self.tx.send(Msg::Register(model.into(), tenant));
+    /// `owner`: a number no other owner in this process has (see
+    /// [`next_owner_id`]).
+    pub fn register(&self, model: &str, owner: u64, tenant: Arc<dyn Tenant>) {
+        let _ = self.tx.send(Msg::Register(model.into(), owner, tenant));
     }
 
-    pub fn unregister(&self, model: &str) {
-        let _ = self.tx.send(Msg::Unregister(model.into()));
+    pub fn unregister(&self, model: &str, owner: u64) {
+        let _ = self.tx.send(Msg::Unregister(model.into(), owner));
+    }
+
+    /// The model stopped for another, as [`Tenant::stop_for`] asked.
+    pub fn made_room(&self, yield_turn: bool) {
+        let _ = self.tx.send(Msg::MadeRoom { yield_turn });
     }
 
     /// Asks for room; the answer comes when there is some (or never will
@@ -322,7 +333,8 @@ struct Pending {
 
 struct Task {
     ledger: Ledger,
-    tenants: BTreeMap<String, Arc<dyn Tenant>>,
+    /// The current owner of each model: its number and its view.
+    tenants: BTreeMap<String, (u64, Arc<dyn Tenant>)>,
     pending: Vec<Pending>,
     /// Models asked to stop for another, and when.
     asked: BTreeMap<String, Instant>,
@@ -367,13 +379,17 @@ impl Task {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Register(model, tenant) => {
-                self.tenants.insert(model, tenant);
+            Msg::Register(model, owner, tenant) => {
+                self.tenants.insert(model, (owner, tenant));
             }
-            Msg::Unregister(model) => {
-                self.tenants.remove(&model);
-                self.refused.remove(&model);
+            Msg::Unregister(model, owner) => {
+                if self.tenants.get(&model).is_some_and(|(o, _)| *o == owner) {
+                    self.tenants.remove(&model);
+                    self.refused.remove(&model);
+                }
             }
+            Msg::MadeRoom { yield_turn: true } => self.counters.yields += 1,
+            Msg::MadeRoom { yield_turn: false } => self.counters.evictions += 1,
             Msg::Reserve(mut ask, reply) => {
                 if !ask.declared
                     && let Some(m) = self.measured.as_ref().and_then(|m| m.get(&ask.launch_id))
@@ -484,7 +500,7 @@ impl Task {
         self.tenants
             .iter()
             .filter(|(m, _)| self.ledger.models().contains(&m.as_str()))
-            .map(|(m, t)| {
+            .map(|(m, (_, t))| {
                 let o = t.occupancy();
                 Resident {
                     model: m.clone(),
@@ -553,7 +569,7 @@ impl Task {
     /// One waiting reservation: its answer, or `None` to keep waiting.
     fn try_grant(&mut self, p: &mut Pending, blocked: &BTreeSet<String>) -> Option<Grant> {
         let ask = &p.ask;
-        let tenant = self.tenants.get(&ask.model).cloned();
+        let tenant = self.tenants.get(&ask.model).map(|(_, t)| Arc::clone(t));
         if ask.beside {
             return match self.ledger.reserve(&ask.model, ask.proc, ask.need.clone()) {
                 Ok(()) => Some(Grant::Granted),
@@ -628,19 +644,14 @@ impl Task {
         if self.asked.contains_key(victim) {
             return;
         }
-        let Some(t) = self.tenants.get(victim) else {
+        let Some((_, t)) = self.tenants.get(victim) else {
             return;
         };
-        tracing::info!(
+        tracing::debug!(
             model = %victim,
-            "{} to make room for {for_model}",
-            if yield_turn { "its turn is over: draining and stopping" } else { "idle: stopping" }
+            "asked to stop for {for_model} ({})",
+            if yield_turn { "its turn is over" } else { "idle" }
         );
-        if yield_turn {
-            self.counters.yields += 1;
-        } else {
-            self.counters.evictions += 1;
-        }
         t.stop_for(for_model, yield_turn);
         self.asked.insert(victim.to_owned(), Instant::now());
     }
@@ -703,6 +714,21 @@ impl Task {
             changed
         });
     }
+}
+
+/// A number for a new owner, unique for the process's life: it tells a
+/// model's successive owners apart, and makes the ledger's holders (owner
+/// number and process number together, [`holder`]) unique.
+pub fn next_owner_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The ledger's number for process `proc` of owner `owner`: a model's
+/// earlier owner may still be releasing its process 1 when the next owner
+/// starts its own process 1.
+pub fn holder(owner: u64, proc: u64) -> u64 {
+    (owner << 32) | (proc & 0xffff_ffff)
 }
 
 /// For messages: `1.50 GiB on ROCm0, 2.00 MiB on CPU`.
