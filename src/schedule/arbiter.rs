@@ -106,7 +106,9 @@ enum Msg {
     /// It ended; a later owner of the same model may have registered since.
     Unregister(String, u64),
     /// A model did stop for another (it may refuse a request to).
-    MadeRoom { yield_turn: bool },
+    MadeRoom {
+        yield_turn: bool,
+    },
     Reserve(Ask, oneshot::Sender<Grant>),
     /// The process will not start after all (or its start failed).
     Cancel(String, u64),
