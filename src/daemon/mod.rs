@@ -557,13 +557,14 @@ impl Daemon {
         let ids: Vec<String> = desired
             .models
             .values()
-            .map(|m| InstanceSpec::new(m.clone(), &desired.llama_server).id.to_string())
+            .map(|m| {
+                InstanceSpec::new(m.clone(), &desired.llama_server)
+                    .id
+                    .to_string()
+            })
             .collect();
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let measured = Measured::new(&self.options.state_dir);
-        if let Err(e) = measured.retain(&ids) {
-            tracing::warn!("cannot prune {}: {e}", measured.path().display());
-        }
+        // The arbiter is the file's one writer.
+        self.arbiter.keep_measured(ids);
     }
 
     /// What an owner runs, with the footprint admission found for it.
