@@ -65,6 +65,9 @@ pub trait Tenant: Send + Sync + 'static {
     /// new ones wait for its next start; without, the owner stops only if
     /// no request is inside at that moment.
     fn stop_for(&self, for_model: &str, yield_turn: bool);
+    /// Its start waits for memory these models hold (`None`: no longer),
+    /// so its requests can say why they wait.
+    fn memory_wait(&self, held_by: Option<Vec<String>>);
 }
 
 /// The answer to [`Arbiter::reserve`].
@@ -339,6 +342,8 @@ struct Pending {
     /// Set when other models were stopped for it.
     made_room: bool,
     held_by: Vec<String>,
+    /// What its owner was last told it waits for.
+    told: Option<Vec<String>>,
 }
 
 struct Task {
@@ -414,6 +419,7 @@ impl Task {
                     waited: false,
                     made_room: false,
                     held_by: Vec::new(),
+                    told: None,
                 });
             }
             Msg::Cancel(model, proc) => {
@@ -548,8 +554,14 @@ impl Task {
             if p.reply.is_closed() {
                 continue;
             }
+            let tenant = self.tenants.get(&p.ask.model).map(|(_, t)| Arc::clone(t));
             match self.try_grant(&mut p, &blocked) {
                 Some(grant) => {
+                    if p.told.is_some()
+                        && let Some(t) = &tenant
+                    {
+                        t.memory_wait(None);
+                    }
                     if grant == Grant::Granted {
                         if p.made_room {
                             self.counters.swaps += 1;
@@ -578,6 +590,12 @@ impl Task {
                             .filter(|(_, b)| **b > 0)
                             .map(|(d, _)| d.clone()),
                     );
+                    if p.told.as_ref() != Some(&p.held_by)
+                        && let Some(t) = &tenant
+                    {
+                        t.memory_wait(Some(p.held_by.clone()));
+                        p.told = Some(p.held_by.clone());
+                    }
                     self.pending.push(p);
                 }
             }
@@ -783,6 +801,7 @@ mod tests {
                 .unwrap()
                 .push((for_model.into(), yield_turn));
         }
+        fn memory_wait(&self, _: Option<Vec<String>>) {}
     }
 
     fn cpu(mib: u64) -> Bytes {
