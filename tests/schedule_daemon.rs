@@ -165,3 +165,326 @@ fn chat_at(listen: &str, model: &str) -> String {
         answer
     }
 }
+
+/// What a streaming chat completion got.
+#[derive(Debug, Default)]
+struct Streamed {
+    status: u16,
+    /// `data:` lines other than `[DONE]`.
+    chunks: usize,
+    done: bool,
+    finish_reason: Option<String>,
+    /// Seconds since the Unix epoch (the daemon's launch records' clock).
+    first_chunk_at: f64,
+    ended_at: f64,
+    error: Option<String>,
+}
+
+fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Streams a chat completion for `model` of `max_tokens` tokens, EOS
+/// ignored, on a thread of its own; `chunks_seen` counts as they come.
+fn stream_chat(listen: &str, model: &str, max_tokens: u32) -> std::thread::JoinHandle<Streamed> {
+    stream_chat_counted(listen, model, max_tokens, Arc::new(AtomicUsize::new(0)))
+}
+
+fn stream_chat_counted(
+    listen: &str,
+    model: &str,
+    max_tokens: u32,
+    chunks_seen: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<Streamed> {
+    let url = format!("http://{listen}/v1/chat/completions");
+    let body = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+        "ignore_eos": true,
+        "stream": true,
+    });
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut out = Streamed::default();
+            let resp = match reqwest::Client::new().post(&url).json(&body).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    out.error = Some(e.to_string());
+                    return out;
+                }
+            };
+            out.status = resp.status().as_u16();
+            let mut resp = resp;
+            let mut pending = String::new();
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(bytes)) => {
+                        pending.push_str(&String::from_utf8_lossy(&bytes));
+                        while let Some(end) = pending.find('\n') {
+                            let line: String = pending.drain(..=end).collect();
+                            let Some(data) = line.trim_end().strip_prefix("data: ") else {
+                                continue;
+                            };
+                            if data == "[DONE]" {
+                                out.done = true;
+                                continue;
+                            }
+                            if out.chunks == 0 {
+                                out.first_chunk_at = epoch_now();
+                            }
+                            out.chunks += 1;
+                            chunks_seen.fetch_add(1, Ordering::SeqCst);
+                            let v: serde_json::Value =
+                                serde_json::from_str(data).unwrap_or_default();
+                            if let Some(r) = v["choices"][0]["finish_reason"].as_str() {
+                                out.finish_reason = Some(r.to_owned());
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        out.error = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            out.ended_at = epoch_now();
+            out
+        })
+    })
+}
+
+/// `memory:` with a ram budget, then `models` (indented by two).
+fn with_budget(d: &Daemon, ram: &str, fairness: &str, models: &str) -> String {
+    d.spec_text(models).replace(
+        "models:\n",
+        &format!(
+            "memory:\n  ram: {{ total: {ram}, reserve: 0B }}\n  fairness: {fairness}\nmodels:\n"
+        ),
+    )
+}
+
+/// The CPU budget as the status shows it.
+fn cpu_budget(
+    s: &rocm_llm::daemon::status::StatusReport,
+) -> rocm_llm::schedule::arbiter::DeviceBudget {
+    s.scheduler
+        .devices
+        .iter()
+        .find(|b| b.device == "CPU")
+        .cloned()
+        .unwrap_or_else(|| panic!("no CPU budget: {}", pretty(s)))
+}
+
+/// Tokens A streams: about 2000 take 2-3 s here, and the time grows
+/// faster than the count (attention over the whole context), so 4000 run
+/// several times a 1 s fairness bound even on a fast machine.
+const LONG_STREAM_TOKENS: u32 = 4000;
+
+/// What happened while A streamed and B waited for A's memory.
+struct Contest {
+    d: Daemon,
+    stream: Streamed,
+    /// When B was asked for, and answered (epoch seconds).
+    b_asked_at: f64,
+    b_answered_at: f64,
+    b_line: String,
+    /// Every `memory.waiting_for` B showed while it waited.
+    b_waited_for: Vec<Vec<String>>,
+    /// Whether the yield counter moved while A's stream still ran.
+    yielded_mid_stream: bool,
+    /// The last status.
+    last: rocm_llm::daemon::status::StatusReport,
+}
+
+/// Two on-demand models of 60 MiB declared in a 100 MiB ram budget: a
+/// long stream on A, and, while it runs, a request for B.
+fn long_stream_on_a_while_b_waits(fairness: &str) -> Option<Contest> {
+    let d = Daemon::start(&["a", "b"], "")?;
+    // A context of 4096 for A's long stream (the default tiny model trains
+    // on 2048, which llama-server would cap the context at).
+    rocm_llm::gguf::write_tiny_llama(
+        &d.dir.path().join("a.gguf"),
+        &rocm_llm::gguf::TinyModel {
+            n_ctx_train: 4096,
+            ..rocm_llm::gguf::TinyModel::with_seed(1, "a")
+        },
+    )
+    .unwrap();
+    common::daemon::write_by_rename(
+        &d.spec,
+        &with_budget(
+            &d,
+            "100MiB",
+            fairness,
+            "  a:\n    model: a.gguf\n    on_demand: true\n    memory: 60MiB\n    ctx_size: 4096\n  b:\n    model: b.gguf\n    on_demand: true\n    memory: 60MiB\n    wait_timeout: 5m\n",
+        ),
+    );
+    d.wait_status("the budget applied", |s| {
+        s.scheduler
+            .devices
+            .iter()
+            .any(|b| b.device == "CPU" && b.budget_bytes == 100 * MIB)
+            && s.models.len() == 2
+    });
+
+    let chunks = Arc::new(AtomicUsize::new(0));
+    let stream = stream_chat_counted(&d.listen, "a", LONG_STREAM_TOKENS, chunks.clone());
+    common::eventually(common::PATIENCE, "A streams", || {
+        chunks.load(Ordering::SeqCst) > 0 || stream.is_finished()
+    });
+    assert!(
+        !stream.is_finished(),
+        "A's stream ended at once: {:?}",
+        stream.join().unwrap()
+    );
+
+    let b_asked_at = epoch_now();
+    let listen = d.listen.clone();
+    let b = std::thread::spawn(move || {
+        let line = chat_at(&listen, "b");
+        (line, epoch_now())
+    });
+    let (mut b_waited_for, mut yielded_mid_stream) = (Vec::new(), false);
+    // Samples the status until B is answered.
+    common::eventually(common::PATIENCE * 2, "B is answered", || {
+        let s = d.status();
+        if let Some(w) = &s.models["b"].memory.waiting_for {
+            b_waited_for.push(w.clone());
+        }
+        if s.scheduler.counters.yields > 0 && !stream.is_finished() {
+            yielded_mid_stream = true;
+        }
+        b.is_finished()
+    });
+    let (b_line, b_answered_at) = b.join().unwrap();
+    let stream = stream.join().unwrap();
+    let last = d.status();
+    Some(Contest {
+        d,
+        stream,
+        b_asked_at,
+        b_answered_at,
+        b_line,
+        b_waited_for,
+        yielded_mid_stream,
+        last,
+    })
+}
+
+/// What both fairness bounds must show: A's stream whole, B served after
+/// it on a process started after A's exited, and B seen waiting for A.
+fn assert_a_finished_then_b_served(c: &Contest) {
+    let (d, s, st) = (&c.d, &c.last, &c.stream);
+    assert_eq!(st.error, None, "A's stream broke: {st:?}\n{}", d.log());
+    assert_eq!(st.status, 200, "{st:?}");
+    assert!(
+        st.done,
+        "A's stream did not reach data: [DONE]: {st:?}\n{}",
+        d.log()
+    );
+    assert_eq!(st.finish_reason.as_deref(), Some("length"), "{st:?}");
+    assert!(
+        st.chunks >= LONG_STREAM_TOKENS as usize,
+        "A streamed {} chunks of {LONG_STREAM_TOKENS} tokens",
+        st.chunks
+    );
+    assert_eq!(s.models["a"].cut, 0, "A's request was cut: {}", pretty(s));
+    assert!(c.b_line.contains(" 200 "), "B: {}\n{}", c.b_line, d.log());
+    assert!(
+        c.b_answered_at > st.ended_at,
+        "B answered at {} before A's stream ended at {}",
+        c.b_answered_at,
+        st.ended_at
+    );
+    assert!(
+        !c.b_waited_for.is_empty(),
+        "B was never seen waiting for memory"
+    );
+    assert!(
+        c.b_waited_for.iter().all(|w| w == &["a".to_owned()]),
+        "B waited for {:?}",
+        c.b_waited_for
+    );
+    // The daemon's own records: B's llama-server started after A's exited.
+    let a_exit = s.models["a"]
+        .launches
+        .last()
+        .and_then(|l| l.exited_at)
+        .unwrap_or_else(|| panic!("A has not exited: {}", pretty(s)));
+    let b_spawn = s.models["b"]
+        .launches
+        .last()
+        .unwrap_or_else(|| panic!("B never started: {}", pretty(s)))
+        .spawned_at;
+    assert!(
+        b_spawn >= a_exit,
+        "B spawned at {b_spawn}, before A exited at {a_exit}: {}",
+        pretty(s)
+    );
+    assert_eq!(s.models["a"].launches.len(), 1, "{}", pretty(s));
+    assert_eq!(s.models["b"].launches.len(), 1, "{}", pretty(s));
+    let cpu = cpu_budget(s);
+    assert!(cpu.reserved_bytes <= cpu.budget_bytes, "{}", pretty(s));
+    eprintln!(
+        "A streamed {} chunks in {:.1} s; B asked {:.1} s after A's first chunk, waited {:.1} s (A's stream ended {:.1} s after B was asked); counters {:?}",
+        st.chunks,
+        st.ended_at - st.first_chunk_at,
+        c.b_asked_at - st.first_chunk_at,
+        c.b_answered_at - c.b_asked_at,
+        st.ended_at - c.b_asked_at,
+        s.scheduler.counters
+    );
+}
+
+#[test]
+fn a_long_stream_whose_turn_is_over_yields_to_the_waiting_model_and_finishes_uncut() {
+    let Some(c) = long_stream_on_a_while_b_waits("1s") else {
+        return;
+    };
+    assert_a_finished_then_b_served(&c);
+    let counters = c.last.scheduler.counters;
+    assert!(
+        c.yielded_mid_stream,
+        "A was not asked to yield while it streamed: {counters:?}\n{}",
+        c.d.log()
+    );
+    assert_eq!(counters.yields, 1, "{counters:?}");
+    assert_eq!(
+        counters.evictions, 0,
+        "A was busy, never idle: {counters:?}"
+    );
+    assert_eq!(counters.swaps, 1, "{counters:?}");
+    assert_eq!(counters.refused, 0, "{counters:?}");
+    assert_eq!(c.last.models["a"].memory.made_room, 1);
+    assert!(
+        c.d.log().contains("its turn is over"),
+        "the log says A yielded:\n{}",
+        c.d.log()
+    );
+}
+
+#[test]
+fn a_long_stream_within_its_turn_keeps_the_memory_until_it_is_idle() {
+    let Some(c) = long_stream_on_a_while_b_waits("60s") else {
+        return;
+    };
+    assert_a_finished_then_b_served(&c);
+    let counters = c.last.scheduler.counters;
+    assert!(!c.yielded_mid_stream);
+    assert_eq!(counters.yields, 0, "A's turn was not over: {counters:?}");
+    assert_eq!(
+        counters.evictions, 1,
+        "A was evicted once idle: {counters:?}"
+    );
+    assert_eq!(counters.swaps, 1, "{counters:?}");
+    assert_eq!(c.last.models["a"].memory.made_room, 1);
+}
