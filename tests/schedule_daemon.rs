@@ -488,3 +488,246 @@ fn a_long_stream_within_its_turn_keeps_the_memory_until_it_is_idle() {
     assert_eq!(counters.swaps, 1, "{counters:?}");
     assert_eq!(c.last.models["a"].memory.made_room, 1);
 }
+
+/// `rocm-llm plan --json` on `spec_text`: each model's CPU figure in `.fit`.
+fn planned_cpu_bytes(d: &Daemon, spec_text: &str) -> std::collections::BTreeMap<String, u64> {
+    let path = d.dir.path().join("plan.yaml");
+    std::fs::write(&path, spec_text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocm-llm"))
+        .args(["plan", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "plan --json: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["fit"]["models"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no .fit.models in {v:#}"))
+        .iter()
+        .map(|(m, f)| {
+            let cpu = f["devices"]["CPU"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{m} has no CPU figure: {f:#}"));
+            (m.clone(), cpu)
+        })
+        .collect()
+}
+
+fn read_measured(d: &Daemon) -> serde_json::Value {
+    std::fs::read(d.dir.path().join("state/measured.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// The CPU bytes `model` has in `measured.json` under its current launch,
+/// once they are there, and what its llama-server's log says it holds.
+fn wait_measured(d: &Daemon, model: &str) -> (u64, u64) {
+    common::eventually(
+        common::PATIENCE,
+        &format!("{model}'s figure is remembered"),
+        || {
+            let s = d.status();
+            let m = &s.models[model];
+            let logged = m.memory.log_devices.get("CPU").map(|p| p.total());
+            let stored = read_measured(d)[&m.launch_id]["CPU"].as_u64();
+            match (stored, logged) {
+                (Some(stored), Some(logged)) => Ok((stored, logged)),
+                _ => Err(format!(
+                    "measured.json: {}\nstatus: {}",
+                    read_measured(d),
+                    pretty(&s)
+                )),
+            }
+        },
+    )
+}
+
+#[test]
+fn a_model_whose_measured_size_grew_past_the_room_is_refused_at_once_and_evicts_nothing() {
+    let Some(d) = Daemon::start(&["a", "big"], "") else {
+        return;
+    };
+    // Estimate-based footprints (no `memory:`); big's wait is long, so a
+    // refusal that waited for it would show.
+    let models = "  a:\n    model: a.gguf\n  big:\n    model: big.gguf\n    on_demand: true\n    wait_timeout: 60s\n";
+    let planned = planned_cpu_bytes(&d, &d.spec_text(models));
+    // Room for both as estimated, and a MiB.
+    let budget = planned["a"] + planned["big"] + MIB;
+    common::daemon::write_by_rename(
+        &d.spec,
+        &with_budget(&d, &format!("{budget}B"), "1s", models),
+    );
+    let s = d.wait_status("the budget applied and a ready", |s| {
+        s.scheduler
+            .devices
+            .iter()
+            .any(|b| b.device == "CPU" && b.budget_bytes == budget)
+            && common::daemon::state(s, "a") == Some(rocm_llm::supervisor::State::Ready)
+            && s.models.contains_key("big")
+    });
+    let a_pid = Daemon::pid(&s, "a");
+
+    // The figure a's load measured is remembered under its launch, and it
+    // is what its llama-server's log says.
+    let (stored, logged) = wait_measured(&d, "a");
+    assert_eq!(stored, logged);
+    let s = d.status();
+    let a_reserved = s.scheduler.models["a"].reserved["CPU"];
+    assert_eq!(a_reserved, logged, "a's reservation is its measured figure");
+
+    // big's last start "measured" more than is left beside a.
+    let big_launch = s.models["big"].target_launch_id.clone();
+    let grown = budget - a_reserved + MIB;
+    let mut measured = read_measured(&d);
+    measured[&big_launch] = serde_json::json!({ "CPU": grown });
+    std::fs::write(
+        d.dir.path().join("state/measured.json"),
+        serde_json::to_vec(&measured).unwrap(),
+    )
+    .unwrap();
+
+    let asked = Instant::now();
+    let answer = chat_at(&d.listen, "big");
+    let took = asked.elapsed();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    assert!(head.starts_with("HTTP/1.1 503 "), "{answer}\n{}", d.log());
+    assert!(
+        head.lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("retry-after:")),
+        "no Retry-After: {head}"
+    );
+    let error: serde_json::Value =
+        serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert_eq!(error["error"]["code"], "insufficient_memory", "{error:#}");
+    assert!(
+        took < Duration::from_secs(60),
+        "the refusal waited {took:?}, as long as big's wait_timeout"
+    );
+
+    let s = d.status();
+    assert_eq!(
+        common::daemon::state(&s, "a"),
+        Some(rocm_llm::supervisor::State::Ready)
+    );
+    assert_eq!(Daemon::pid(&s, "a"), a_pid, "a was not touched");
+    let c = s.scheduler.counters;
+    assert_eq!((c.refused, c.evictions, c.yields), (1, 0, 0), "{c:?}");
+    let why = s.models["big"]
+        .memory
+        .refused
+        .clone()
+        .unwrap_or_else(|| panic!("no refusal shown: {}", pretty(&s)));
+    assert!(
+        why.contains("does not fit") && why.contains("CPU"),
+        "memory.refused: {why}"
+    );
+    assert!(
+        s.models["big"].launches.is_empty(),
+        "big was started: {}",
+        pretty(&s)
+    );
+
+    // Forgotten, big is the estimate again: it fits beside a.
+    std::fs::remove_file(d.dir.path().join("state/measured.json")).unwrap();
+    let line = chat_at(&d.listen, "big");
+    assert!(line.contains(" 200 "), "{line}\n{}", d.log());
+    let s = d.status();
+    assert_eq!(Daemon::pid(&s, "a"), a_pid, "a was not touched");
+    assert_eq!(s.models["big"].memory.refused, None, "{}", pretty(&s));
+    assert_eq!(s.scheduler.counters.refused, 1);
+    let (stored, logged) = wait_measured(&d, "big");
+    assert_eq!(stored, logged);
+    eprintln!(
+        "planned a {} B, big {} B, budget {budget} B; a reserved {a_reserved} B; big's grown figure {grown} B refused in {took:?}; big measured {stored} B",
+        planned["a"], planned["big"]
+    );
+}
+
+/// An always-on model with `swap: blue_green`, 60 MiB declared, in a ram
+/// budget of `ram_mib`: its ctx_size is edited; returns the last status.
+fn blue_green_edit(ram_mib: u64) -> Option<(Daemon, rocm_llm::daemon::status::StatusReport)> {
+    let d = Daemon::start(&["a"], "")?;
+    let model = |ctx: u32| {
+        format!(
+            "  a:\n    model: a.gguf\n    swap: blue_green\n    memory: 60MiB\n    ctx_size: {ctx}\n"
+        )
+    };
+    common::daemon::write_by_rename(
+        &d.spec,
+        &with_budget(&d, &format!("{ram_mib}MiB"), "1s", &model(256)),
+    );
+    let first = d.wait_ready(&["a"]).models["a"].launch_id.clone();
+    common::daemon::write_by_rename(
+        &d.spec,
+        &with_budget(&d, &format!("{ram_mib}MiB"), "1s", &model(512)),
+    );
+    let s = d.wait_status(
+        "the replacement serves and the first process is gone",
+        |s| {
+            let a = &s.models["a"];
+            a.state == rocm_llm::supervisor::State::Ready
+                && a.launch_id != first
+                && a.launches.len() == 2
+                && a.launches[0].exited_at.is_some()
+        },
+    );
+    Some((d, s))
+}
+
+#[test]
+fn a_blue_green_swap_that_does_not_fit_twice_is_done_stop_first() {
+    let Some((d, s)) = blue_green_edit(100) else {
+        return;
+    };
+    let a = &s.models["a"];
+    let (old, new) = (&a.launches[0], &a.launches[1]);
+    assert!(
+        new.spawned_at >= old.exited_at.unwrap(),
+        "the two overlapped: {:?}",
+        a.launches
+    );
+    let why = a
+        .memory
+        .swap_fallback
+        .clone()
+        .unwrap_or_else(|| panic!("no swap_fallback: {}", pretty(&s)));
+    assert!(why.contains("does not fit beside"), "swap_fallback: {why}");
+    assert_eq!(
+        s.scheduler.counters.fallbacks, 1,
+        "{:?}",
+        s.scheduler.counters
+    );
+    assert!(
+        d.log().contains("blue_green swap done stop_first"),
+        "the log says why:\n{}",
+        d.log()
+    );
+    let cpu = cpu_budget(&s);
+    assert_eq!(cpu.reserved_bytes, 60 * MIB, "{}", pretty(&s));
+}
+
+#[test]
+fn a_blue_green_swap_that_fits_twice_overlaps() {
+    let Some((d, s)) = blue_green_edit(150) else {
+        return;
+    };
+    let a = &s.models["a"];
+    let (old, new) = (&a.launches[0], &a.launches[1]);
+    assert!(
+        new.spawned_at < old.exited_at.unwrap(),
+        "the replacement started after the old one exited: {:?}\n{}",
+        a.launches,
+        d.log()
+    );
+    assert_eq!(a.memory.swap_fallback, None, "{}", pretty(&s));
+    assert_eq!(
+        s.scheduler.counters.fallbacks, 0,
+        "{:?}",
+        s.scheduler.counters
+    );
+}
