@@ -14,30 +14,41 @@ use common::daemon::{Daemon, pretty};
 
 const MIB: u64 = 1 << 20;
 
-/// A `memory:` block and on-demand models of `footprint` each.
-fn budgeted(d: &Daemon, ram_mib: u64, fairness: &str, models: &[(&str, u64)]) -> String {
+/// A `memory:` block and on-demand models of `footprint` each, with a
+/// context of `ctx_size`.
+fn budgeted(
+    d: &Daemon,
+    ram_mib: u64,
+    fairness: &str,
+    ctx_size: u32,
+    models: &[(&str, u64)],
+) -> String {
     let mut body = String::new();
     for (m, footprint) in models {
         body.push_str(&format!(
-            "  {m}:\n    model: {m}.gguf\n    on_demand: true\n    memory: {footprint}MiB\n"
+            "  {m}:\n    model: {m}.gguf\n    on_demand: true\n    memory: {footprint}MiB\n    ctx_size: {ctx_size}\n"
         ));
     }
-    d.spec_text(&body).replace(
-        "models:\n",
-        &format!(
-            "memory:\n  ram: {{ total: {ram_mib}MiB, reserve: 0B }}\n  fairness: {fairness}\nmodels:\n"
-        ),
-    )
+    with_budget(d, &format!("{ram_mib}MiB"), fairness, &body)
 }
 
-#[test]
-fn three_on_demand_models_any_two_fit_share_the_budget_without_a_failed_request() {
-    let Some(d) = Daemon::start(&["a", "b", "c"], "") else {
-        return;
-    };
+/// What six clients saw sending requests of `max_tokens` to three
+/// on-demand models of 40 MiB in a 100 MiB ram budget for 25 s, checked
+/// all along: never a failed request, never more reserved than the budget,
+/// never more than two llama-servers, never a cut request.
+struct Churn {
+    served: usize,
+    samples: usize,
+    most_running: usize,
+    most_reserved: u64,
+    counters: rocm_llm::schedule::arbiter::Counters,
+}
+
+fn three_models_churn(ctx_size: u32, max_tokens: u32) -> Option<Churn> {
+    let d = Daemon::start(&["a", "b", "c"], "")?;
     common::daemon::write_by_rename(
         &d.spec,
-        &budgeted(&d, 100, "1s", &[("a", 40), ("b", 40), ("c", 40)]),
+        &budgeted(&d, 100, "1s", ctx_size, &[("a", 40), ("b", 40), ("c", 40)]),
     );
     d.wait_status("the budget applied", |s| {
         s.scheduler
@@ -62,7 +73,7 @@ fn three_on_demand_models_any_two_fit_share_the_budget_without_a_failed_request(
                 while !stop.load(Ordering::SeqCst) {
                     let model = models[n % 3];
                     n += 1 + i % 2;
-                    let line = chat_at(&listen, model);
+                    let line = chat_at(&listen, model, max_tokens);
                     if line.contains(" 200 ") {
                         served.fetch_add(1, Ordering::SeqCst);
                     } else {
@@ -82,13 +93,7 @@ fn three_on_demand_models_any_two_fit_share_the_budget_without_a_failed_request(
     while Instant::now() < until {
         let s = d.status();
         let running = d.children();
-        let cpu = s
-            .scheduler
-            .devices
-            .iter()
-            .find(|b| b.device == "CPU")
-            .cloned()
-            .expect("a CPU budget");
+        let cpu = cpu_budget(&s);
         assert!(
             cpu.reserved_bytes <= cpu.budget_bytes,
             "reserved {} over the budget {}: {}",
@@ -107,6 +112,7 @@ fn three_on_demand_models_any_two_fit_share_the_budget_without_a_failed_request(
         most_running = most_running.max(running.len());
         most_reserved = most_reserved.max(cpu.reserved_bytes);
         samples += 1;
+        // The pace of the sampling, not a wait for anything.
         std::thread::sleep(Duration::from_millis(50));
     }
     stop.store(true, Ordering::SeqCst);
@@ -120,26 +126,62 @@ fn three_on_demand_models_any_two_fit_share_the_budget_without_a_failed_request(
         "failed requests: {failures:?}\n{}",
         d.log()
     );
-    let served = served.load(Ordering::SeqCst);
-    assert!(served > 30, "only {served} requests served");
-    assert_eq!(most_running, 2, "two models ran at once at some point");
-    assert_eq!(most_reserved, 80 * MIB);
-    let c = s.scheduler.counters;
-    assert!(
-        c.swaps > 0 && c.waits > 0,
-        "the third model had to wait for room: {c:?}"
-    );
-    assert_eq!(c.refused, 0);
     for m in ["a", "b", "c"] {
         assert_eq!(s.models[m].cut, 0, "{m} cut a request");
     }
-    eprintln!("{served} requests in 25 s over {samples} samples; counters {c:?}");
+    let churn = Churn {
+        served: served.load(Ordering::SeqCst),
+        samples,
+        most_running,
+        most_reserved,
+        counters: s.scheduler.counters,
+    };
+    eprintln!(
+        "{} requests of {max_tokens} tokens in 25 s over {} samples; counters {:?}",
+        churn.served, churn.samples, churn.counters
+    );
+    Some(churn)
 }
 
-fn chat_at(listen: &str, model: &str) -> String {
+#[test]
+fn three_on_demand_models_any_two_fit_share_the_budget_without_a_failed_request() {
+    let Some(c) = three_models_churn(256, 8) else {
+        return;
+    };
+    assert!(c.served > 30, "only {} requests served", c.served);
+    assert_eq!(c.most_running, 2, "two models ran at once at some point");
+    assert_eq!(c.most_reserved, 80 * MIB);
+    assert!(
+        c.counters.swaps > 0 && c.counters.waits > 0,
+        "the third model had to wait for room: {:?}",
+        c.counters
+    );
+    assert_eq!(c.counters.refused, 0);
+}
+
+/// Requests long enough that the models are never idle: the waiting one
+/// gets its turn by a yield, and still no request fails or is cut.
+#[test]
+fn three_busy_on_demand_models_take_turns_by_yielding_without_a_failed_request() {
+    let Some(c) = three_models_churn(2048, 1000) else {
+        return;
+    };
+    assert!(c.served > 6, "only {} requests served", c.served);
+    assert!(
+        c.counters.yields > 0,
+        "no model yielded its turn: {:?}",
+        c.counters
+    );
+    assert!(c.counters.swaps > 0, "{:?}", c.counters);
+    assert_eq!(c.counters.refused, 0);
+}
+
+/// A chat completion of `max_tokens` tokens (EOS ignored): the status
+/// line of a 200, else the whole answer.
+fn chat_at(listen: &str, model: &str, max_tokens: u32) -> String {
     use std::io::Write;
     let body = format!(
-        r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":8}}"#
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":{max_tokens},"ignore_eos":true}}"#
     );
     let Ok(mut c) = std::net::TcpStream::connect(listen) else {
         return "cannot connect".into();
@@ -181,11 +223,7 @@ fn epoch_now() -> f64 {
 
 /// Streams a chat completion for `model` of `max_tokens` tokens, EOS
 /// ignored, on a thread of its own; `chunks_seen` counts as they come.
-fn stream_chat(listen: &str, model: &str, max_tokens: u32) -> std::thread::JoinHandle<Streamed> {
-    stream_chat_counted(listen, model, max_tokens, Arc::new(AtomicUsize::new(0)))
-}
-
-fn stream_chat_counted(
+fn stream_chat(
     listen: &str,
     model: &str,
     max_tokens: u32,
@@ -329,7 +367,7 @@ fn long_stream_on_a_while_b_waits(fairness: &str) -> Option<Contest> {
     });
 
     let chunks = Arc::new(AtomicUsize::new(0));
-    let stream = stream_chat_counted(&d.listen, "a", LONG_STREAM_TOKENS, chunks.clone());
+    let stream = stream_chat(&d.listen, "a", LONG_STREAM_TOKENS, chunks.clone());
     common::eventually(common::PATIENCE, "A streams", || {
         chunks.load(Ordering::SeqCst) > 0 || stream.is_finished()
     });
@@ -342,7 +380,7 @@ fn long_stream_on_a_while_b_waits(fairness: &str) -> Option<Contest> {
     let b_asked_at = epoch_now();
     let listen = d.listen.clone();
     let b = std::thread::spawn(move || {
-        let line = chat_at(&listen, "b");
+        let line = chat_at(&listen, "b", 8);
         (line, epoch_now())
     });
     let (mut b_waited_for, mut yielded_mid_stream) = (Vec::new(), false);
@@ -584,7 +622,7 @@ fn a_model_whose_measured_size_grew_past_the_room_is_refused_at_once_and_evicts_
     .unwrap();
 
     let asked = Instant::now();
-    let answer = chat_at(&d.listen, "big");
+    let answer = chat_at(&d.listen, "big", 8);
     let took = asked.elapsed();
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
     assert!(head.starts_with("HTTP/1.1 503 "), "{answer}\n{}", d.log());
@@ -626,7 +664,7 @@ fn a_model_whose_measured_size_grew_past_the_room_is_refused_at_once_and_evicts_
 
     // Forgotten, big is the estimate again: it fits beside a.
     std::fs::remove_file(d.dir.path().join("state/measured.json")).unwrap();
-    let line = chat_at(&d.listen, "big");
+    let line = chat_at(&d.listen, "big", 8);
     assert!(line.contains(" 200 "), "{line}\n{}", d.log());
     let s = d.status();
     assert_eq!(Daemon::pid(&s, "a"), a_pid, "a was not touched");
