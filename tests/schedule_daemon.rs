@@ -331,6 +331,9 @@ struct Contest {
     b_waited_for: Vec<Vec<String>>,
     /// Whether the yield counter moved while A's stream still ran.
     yielded_mid_stream: bool,
+    /// Whether A's owner had given its memory up (stopped taking requests,
+    /// to stop once they finish) while its stream still ran.
+    a_gave_way_mid_stream: bool,
     /// The last status.
     last: rocm_llm::daemon::status::StatusReport,
 }
@@ -383,15 +386,17 @@ fn long_stream_on_a_while_b_waits(fairness: &str) -> Option<Contest> {
         let line = chat_at(&listen, "b", 8);
         (line, epoch_now())
     });
-    let (mut b_waited_for, mut yielded_mid_stream) = (Vec::new(), false);
+    let (mut b_waited_for, mut yielded_mid_stream, mut a_gave_way_mid_stream) =
+        (Vec::new(), false, false);
     // Samples the status until B is answered.
     common::eventually(common::PATIENCE * 2, "B is answered", || {
         let s = d.status();
         if let Some(w) = &s.models["b"].memory.waiting_for {
             b_waited_for.push(w.clone());
         }
-        if s.scheduler.counters.yields > 0 && !stream.is_finished() {
-            yielded_mid_stream = true;
+        if !stream.is_finished() {
+            yielded_mid_stream |= s.scheduler.counters.yields > 0;
+            a_gave_way_mid_stream |= s.models["a"].memory.made_room > 0;
         }
         b.is_finished()
     });
@@ -406,6 +411,7 @@ fn long_stream_on_a_while_b_waits(fairness: &str) -> Option<Contest> {
         b_line,
         b_waited_for,
         yielded_mid_stream,
+        a_gave_way_mid_stream,
         last,
     })
 }
@@ -487,6 +493,11 @@ fn a_long_stream_whose_turn_is_over_yields_to_the_waiting_model_and_finishes_unc
         "A was not asked to yield while it streamed: {counters:?}\n{}",
         c.d.log()
     );
+    assert!(
+        c.a_gave_way_mid_stream,
+        "A's owner did not give way while it streamed: {}",
+        pretty(&c.last)
+    );
     assert_eq!(counters.yields, 1, "{counters:?}");
     assert_eq!(
         counters.evictions, 0,
@@ -509,7 +520,7 @@ fn a_long_stream_within_its_turn_keeps_the_memory_until_it_is_idle() {
     };
     assert_a_finished_then_b_served(&c);
     let counters = c.last.scheduler.counters;
-    assert!(!c.yielded_mid_stream);
+    assert!(!c.yielded_mid_stream && !c.a_gave_way_mid_stream);
     assert_eq!(counters.yields, 0, "A's turn was not over: {counters:?}");
     assert_eq!(
         counters.evictions, 1,
