@@ -244,7 +244,7 @@ fn stream_chat(
             .unwrap();
         rt.block_on(async move {
             let mut out = Streamed::default();
-            let resp = match reqwest::Client::new().post(&url).json(&body).send().await {
+            let mut resp = match reqwest::Client::new().post(&url).json(&body).send().await {
                 Ok(r) => r,
                 Err(e) => {
                     out.error = Some(e.to_string());
@@ -252,7 +252,6 @@ fn stream_chat(
                 }
             };
             out.status = resp.status().as_u16();
-            let mut resp = resp;
             let mut pending = String::new();
             loop {
                 match resp.chunk().await {
@@ -315,8 +314,8 @@ fn cpu_budget(
 }
 
 /// Tokens A streams: about 2000 take 2-3 s here, and the time grows
-/// faster than the count (attention over the whole context), so 4000 run
-/// several times a 1 s fairness bound even on a fast machine.
+/// faster than the count (attention over the whole context): 4000 took
+/// 6-16 s here, several times a 1 s fairness bound even on a fast machine.
 const LONG_STREAM_TOKENS: u32 = 4000;
 
 /// What happened while A streamed and B waited for A's memory.
