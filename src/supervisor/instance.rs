@@ -180,6 +180,8 @@ pub struct Snapshot {
     pub made_room: u64,
     /// The last `blue_green` swap done `stop_first` for lack of memory.
     pub swap_fallback: Option<String>,
+    /// While its start waits for memory: the models holding it.
+    pub waiting_for_memory: Option<Vec<String>>,
 }
 
 /// One process the owner started: the daemon's own record of when it
@@ -218,6 +220,16 @@ pub enum AcquireError {
     },
     #[error("model {model} was not ready within {waited:?}")]
     Timeout { model: String, waited: Duration },
+    /// Timed out while its start waited for memory other models hold.
+    #[error(
+        "model {model} waited {waited:?} for memory held by {}, which are serving (see the status API)",
+        held_by.join(", ")
+    )]
+    WaitingForMemory {
+        model: String,
+        waited: Duration,
+        held_by: Vec<String>,
+    },
     #[error("model {model} failed: {reason}")]
     Failed { model: String, reason: String },
     #[error("model {model} has been removed")]
@@ -238,6 +250,8 @@ enum Input {
     Report(Event),
     /// The memory arbiter's answer for a spawn.
     Granted(ProcId, Grant),
+    /// What its start waits for, as the memory arbiter sees it.
+    MemoryWait(Option<Vec<String>>),
     /// The memory arbiter asks it to stop for another model.
     MakeRoom {
         for_model: String,
@@ -266,6 +280,7 @@ impl std::fmt::Debug for Input {
             Input::Shutdown(_) => f.write_str("Shutdown"),
             Input::Report(e) => write!(f, "Report({e:?})"),
             Input::Granted(p, g) => write!(f, "Granted({p}, {g:?})"),
+            Input::MemoryWait(h) => write!(f, "MemoryWait({h:?})"),
             Input::MakeRoom { for_model, .. } => write!(f, "MakeRoom({for_model})"),
         }
     }
@@ -432,9 +447,17 @@ impl InstanceHandle {
                     });
                 }
                 Err(_) => {
-                    return Err(AcquireError::Timeout {
-                        model: self.name.to_string(),
-                        waited: wait,
+                    let held_by = rx.borrow().waiting_for_memory.clone();
+                    return Err(match held_by {
+                        Some(held_by) => AcquireError::WaitingForMemory {
+                            model: self.name.to_string(),
+                            waited: wait,
+                            held_by,
+                        },
+                        None => AcquireError::Timeout {
+                            model: self.name.to_string(),
+                            waited: wait,
+                        },
                     });
                 }
             }
@@ -468,6 +491,10 @@ impl Tenant for InstanceHandle {
             for_model: for_model.to_owned(),
             yield_turn,
         });
+    }
+
+    fn memory_wait(&self, held_by: Option<Vec<String>>) {
+        let _ = self.inbox.send(Input::MemoryWait(held_by));
     }
 }
 
@@ -625,6 +652,8 @@ pub(crate) fn start_with(
         shutdown_replies: Vec::new(),
         reply: None,
         arbiter: arbiter.clone(),
+        owner_id: crate::schedule::arbiter::next_owner_id(),
+        memory_wait: None,
     };
     let (publish, snapshot) = watch::channel(executor.snapshot());
     executor.publish = publish;
@@ -637,7 +666,7 @@ pub(crate) fn start_with(
         launches: Arc::clone(&executor.launches),
     };
     if let Some(a) = &arbiter {
-        a.register(&name, Arc::new(handle.clone()));
+        a.register(&name, executor.owner_id, Arc::new(handle.clone()));
     }
     if let Some(p) = predecessor {
         tokio::spawn(async move {
@@ -678,6 +707,7 @@ fn placeholder() -> Snapshot {
         no_room: 0,
         made_room: 0,
         swap_fallback: None,
+        waiting_for_memory: None,
     }
 }
 
@@ -698,6 +728,10 @@ struct Executor {
     reply: Option<oneshot::Sender<Result<(), OperateError>>>,
     /// Reserves memory before each spawn; `None`: no budget is kept.
     arbiter: Option<Arbiter>,
+    /// This owner's number with the arbiter.
+    owner_id: u64,
+    /// The models whose memory its start waits for, if it waits.
+    memory_wait: Option<Vec<String>>,
 }
 
 impl Executor {
@@ -735,6 +769,11 @@ impl Executor {
                         continue;
                     }
                 },
+                Input::MemoryWait(held_by) => {
+                    self.memory_wait = held_by;
+                    self.publish();
+                    continue;
+                }
                 Input::MakeRoom {
                     for_model,
                     yield_turn,
@@ -752,7 +791,7 @@ impl Executor {
             self.publish();
             if self.core.is_stopped() {
                 if let Some(a) = &self.arbiter {
-                    a.unregister(&self.name);
+                    a.unregister(&self.name, self.owner_id);
                 }
                 for reply in self.shutdown_replies.drain(..) {
                     let _ = reply.send(());
@@ -795,7 +834,7 @@ impl Executor {
                 && self.core.serving().is_some_and(|p| p.id == proc)
                 && let Some(a) = &self.arbiter
             {
-                a.loaded(&self.name, proc, Some(self.measured()));
+                a.loaded(&self.name, self.holder(proc), Some(self.measured()));
             }
             for effect in effects {
                 self.perform(effect, &mut queue);
@@ -829,7 +868,7 @@ impl Executor {
                     // as `Input::Granted`.
                     let answer = arbiter.reserve(Ask {
                         model: self.name.clone(),
-                        proc,
+                        proc: crate::schedule::arbiter::holder(self.owner_id, proc),
                         launch_id: self.spec.id.to_string(),
                         need: self.spec.memory.need.clone(),
                         declared: self.spec.memory.declared,
@@ -899,7 +938,7 @@ impl Executor {
             Effect::Retire { proc, drain } => {
                 let Some(r) = self.children.get(&proc) else {
                     if let Some(a) = &self.arbiter {
-                        a.cancel(&self.name, proc);
+                        a.cancel(&self.name, self.holder(proc));
                     }
                     queue.push_back(Event::Retired {
                         proc,
@@ -911,7 +950,7 @@ impl Executor {
                 };
                 let (child, gate) = (Arc::clone(&r.child), Arc::clone(&r.gate));
                 if let Some(a) = &self.arbiter {
-                    a.stopping(&self.name, proc);
+                    a.stopping(&self.name, self.holder(proc));
                 }
                 let grace = self.spec.config.lifecycle.stop_grace;
                 let inbox = self.inbox.clone();
@@ -986,7 +1025,7 @@ impl Executor {
             }
             Err(e) => {
                 if let Some(a) = &self.arbiter {
-                    a.cancel(&self.name, proc);
+                    a.cancel(&self.name, self.holder(proc));
                 }
                 Err(e)
             }
@@ -1011,7 +1050,7 @@ impl Executor {
     fn granted(&mut self, proc: ProcId, grant: Grant) -> Option<Event> {
         if !self.awaits_spawn(proc) || self.children.contains_key(&proc) {
             if let Some(a) = &self.arbiter {
-                a.cancel(&self.name, proc);
+                a.cancel(&self.name, self.holder(proc));
             }
             return None;
         }
@@ -1044,18 +1083,26 @@ impl Executor {
             tracing::debug!(model = %self.name, "a request came in; not stopping for {for_model}");
             return None;
         }
+        if let Some(a) = &self.arbiter {
+            a.made_room(yield_turn);
+        }
         Some(Event::MakeRoom {
             for_model,
             yield_turn,
         })
     }
 
+    /// The arbiter's number for `proc`.
+    fn holder(&self, proc: ProcId) -> u64 {
+        crate::schedule::arbiter::holder(self.owner_id, proc)
+    }
+
     /// `proc` has exited: the arbiter watches for its memory to come back.
     fn memory_gone(&self, proc: ProcId) {
         if let Some(a) = &self.arbiter {
             match self.children.get(&proc) {
-                Some(r) => a.gone(&self.name, proc, r.child.pid().unsigned_abs()),
-                None => a.cancel(&self.name, proc),
+                Some(r) => a.gone(&self.name, self.holder(proc), r.child.pid().unsigned_abs()),
+                None => a.cancel(&self.name, self.holder(proc)),
             }
         }
     }
@@ -1150,6 +1197,11 @@ impl Executor {
             no_room: core.no_room,
             made_room: core.made_room,
             swap_fallback: core.fallback.clone(),
+            // Only while a start is pending: a late message cannot leave it.
+            waiting_for_memory: self
+                .memory_wait
+                .clone()
+                .filter(|_| matches!(core.phase(), Phase::Starting(p) if p.pid.is_none())),
         }
     }
 
