@@ -327,9 +327,7 @@ fn run(dir: &Path, server: &Path, index: usize, workload: Workload, fairness: &s
                     let mut rng = Rng(SEED.wrapping_mul(1000) + agent as u64 + 1);
                     let mut model = agent % 2;
                     while issued.fetch_add(1, Ordering::SeqCst) < REQUESTS {
-                        std::thread::sleep(Duration::from_secs_f64(
-                            rng.uniform(THINK_MS) / 1000.0,
-                        ));
+                        std::thread::sleep(Duration::from_secs_f64(rng.uniform(THINK_MS) / 1000.0));
                         let tokens = rng.uniform(TOKENS) as u32;
                         send(&listen, ["a", "b"][model], tokens, &answers, &failed);
                         model = 1 - model;
@@ -466,10 +464,7 @@ fn main() {
             index += 1;
             let row = run(dir.path(), &server, index, *workload, fairness);
             let (swap_ratio, p99_ratio) = fifo.as_ref().map_or((1.0, 1.0), |f| {
-                (
-                    row.swaps_per_100() / f.swaps_per_100(),
-                    row.p99() / f.p99(),
-                )
+                (row.swaps_per_100() / f.swaps_per_100(), row.p99() / f.p99())
             });
             let goal = match &fifo {
                 None => "",

@@ -2,8 +2,8 @@
 //! drained before it is stopped.
 
 use std::sync::Arc;
-use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -242,7 +242,11 @@ mod tests {
         });
         let (a, b) = (gate.enter().unwrap(), gate.enter().unwrap());
         drop(a);
-        assert_eq!(calls.load(Ordering::SeqCst), 0, "one request is still inside");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "one request is still inside"
+        );
         drop(b);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         drop(gate.enter().unwrap());
