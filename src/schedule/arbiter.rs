@@ -125,6 +125,7 @@ enum Msg {
         by: FreedBy,
     },
     Budgets(Vec<(String, u64)>, Duration),
+    FreeWait(Duration),
     FellBack,
 }
 
@@ -301,6 +302,12 @@ impl Arbiter {
         let _ = self.tx.send(Msg::Budgets(budgets, fairness));
     }
 
+    /// A new bound on the wait for freed memory (a reload); waits already
+    /// running keep theirs.
+    pub fn set_free_wait(&self, bound: Duration) {
+        let _ = self.tx.send(Msg::FreeWait(bound));
+    }
+
     pub fn report(&self) -> MemoryReport {
         self.report.borrow().clone()
     }
@@ -456,6 +463,7 @@ impl Task {
                 self.ledger.set_budgets(b);
                 self.fairness = fairness;
             }
+            Msg::FreeWait(bound) => self.watch.bound = bound,
             Msg::FellBack => self.counters.fallbacks += 1,
         }
     }
