@@ -460,6 +460,7 @@ impl Daemon {
             );
         }
         let actions = self.apply(&desired);
+        self.forget_old_measurements(&desired);
         self.info.api_key_file = desired.api_key_file.clone();
         self.applied = Some(desired);
         self.info.generation += 1;
@@ -553,6 +554,21 @@ impl Daemon {
                     handle.shutdown().await;
                 }),
             );
+        }
+    }
+
+    /// Keeps `measured.json` to the launches the spec has now, so it does
+    /// not grow with every edit.
+    fn forget_old_measurements(&self, desired: &Desired) {
+        let ids: Vec<String> = desired
+            .models
+            .values()
+            .map(|m| InstanceSpec::new(m.clone(), &desired.llama_server).id.to_string())
+            .collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let measured = Measured::new(&self.options.state_dir);
+        if let Err(e) = measured.retain(&ids) {
+            tracing::warn!("cannot prune {}: {e}", measured.path().display());
         }
     }
 
