@@ -563,7 +563,11 @@ impl Daemon {
         let ids: Vec<String> = desired
             .models
             .values()
-            .map(|m| InstanceSpec::new(m.clone(), &desired.llama_server).id.to_string())
+            .map(|m| {
+                InstanceSpec::new(m.clone(), &desired.llama_server)
+                    .id
+                    .to_string()
+            })
             .collect();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         let measured = Measured::new(&self.options.state_dir);
