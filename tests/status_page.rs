@@ -866,6 +866,13 @@ fn a_model_waiting_for_memory_shows_who_holds_it_and_clears_once_served() {
         ),
     );
     let badge_after = seen_waiting.elapsed();
+    // For a look (not the docs' picture): the page while b waits.
+    let png = b.screenshot();
+    std::fs::write(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page-waiting.png"),
+        &png,
+    )
+    .unwrap();
     let budget = b.eval(
         "Array.from(document.querySelectorAll('#memory .device[data-device=\"CPU\"] .memrow')).map(r => r.innerText.replace(/\\s+/g, ' ')).join('\\n')",
     );
