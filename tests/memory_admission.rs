@@ -297,7 +297,7 @@ fn plan_on_the_rx7800xt_example_shows_the_fit() {
         "{fit}"
     );
     assert!(
-        fit.contains("#   gemma3-4b and llama3-8b do not fit together on ROCm0 (short by 2.77 GiB): one must stop before the other starts (not done automatically yet, docs/scheduler.md)"),
+        fit.contains("#   gemma3-4b and llama3-8b do not fit together on ROCm0 (short by 2.77 GiB): they take turns: the daemon stops the idle one (or, once its turn is over, the busy one after its requests finish) before the other loads (docs/scheduler.md)"),
         "{fit}"
     );
 }

@@ -30,14 +30,6 @@ fn budgeted(d: &Daemon, ram_mib: u64, fairness: &str, models: &[(&str, u64)]) ->
     )
 }
 
-/// Sends a chat completion and reads the whole answer: its status line.
-fn chat(d: &Daemon, model: &str) -> String {
-    let mut c = d.send_chat(model);
-    let mut answer = String::new();
-    let _ = c.read_to_string(&mut answer);
-    answer.lines().next().unwrap_or("").to_owned()
-}
-
 #[test]
 fn three_on_demand_models_any_two_fit_share_the_budget_without_a_failed_request() {
     let Some(d) = Daemon::start(&["a", "b", "c"], "") else {

@@ -687,7 +687,7 @@ pub fn render_fit(fit: &Fit) -> String {
                 let need = fit.always_on(d) + a.on(d) + b.on(d);
                 if a.on(d) > 0 && b.on(d) > 0 && need > budget.available() {
                     out.push_str(&format!(
-                        "#   {} and {} do not fit together on {} (short by {}): one must stop before the other starts (not done automatically yet, docs/scheduler.md)\n",
+                        "#   {} and {} do not fit together on {} (short by {}): they take turns: the daemon stops the idle one (or, once its turn is over, the busy one after its requests finish) before the other loads (docs/scheduler.md)\n",
                         a.model,
                         b.model,
                         d,

@@ -5,7 +5,8 @@
 //!   each device's budget (total minus reserve).
 //! - Each on-demand model must fit beside them, alone: two on-demand models
 //!   that do not fit together take turns at run time, by the policy in
-//!   [`super::policy`] once the daemon uses it (docs/scheduler.md).
+//!   [`super::policy`] as the daemon's arbiter applies it
+//!   ([`super::arbiter`], docs/scheduler.md).
 //!
 //! [`admit`] is the pure rule over budgets and footprints; [`check`] builds
 //! those from the validated spec, the detected machine and the estimate.

@@ -101,8 +101,14 @@ pub struct Ask {
 }
 
 enum Msg {
-    Register(String, Arc<dyn Tenant>),
-    Unregister(String),
+    /// An owner (by its number, unique in the daemon's life) begins.
+    Register(String, u64, Arc<dyn Tenant>),
+    /// It ended; a later owner of the same model may have registered since.
+    Unregister(String, u64),
+    /// A model did stop for another (it may refuse a request to).
+    MadeRoom {
+        yield_turn: bool,
+    },
     Reserve(Ask, oneshot::Sender<Grant>),
     /// The process will not start after all (or its start failed).
     Cancel(String, u64),
@@ -246,12 +252,19 @@ impl Arbiter {
         Arbiter { tx, report }
     }
 
-    pub fn register(&self, model: &str, tenant: Arc<dyn Tenant>) {
-        let _ = self.tx.send(Msg::Register(model.into(), tenant));
+    /// `owner`: a number no other owner in this process has (see
+    /// [`next_owner_id`]).
+    pub fn register(&self, model: &str, owner: u64, tenant: Arc<dyn Tenant>) {
+        let _ = self.tx.send(Msg::Register(model.into(), owner, tenant));
     }
 
-    pub fn unregister(&self, model: &str) {
-        let _ = self.tx.send(Msg::Unregister(model.into()));
+    pub fn unregister(&self, model: &str, owner: u64) {
+        let _ = self.tx.send(Msg::Unregister(model.into(), owner));
+    }
+
+    /// The model stopped for another, as [`Tenant::stop_for`] asked.
+    pub fn made_room(&self, yield_turn: bool) {
+        let _ = self.tx.send(Msg::MadeRoom { yield_turn });
     }
 
     /// Asks for room; the answer comes when there is some (or never will
@@ -322,7 +335,8 @@ struct Pending {
 
 struct Task {
     ledger: Ledger,
-    tenants: BTreeMap<String, Arc<dyn Tenant>>,
+    /// The current owner of each model: its number and its view.
+    tenants: BTreeMap<String, (u64, Arc<dyn Tenant>)>,
     pending: Vec<Pending>,
     /// Models asked to stop for another, and when.
     asked: BTreeMap<String, Instant>,
@@ -367,13 +381,17 @@ impl Task {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Register(model, tenant) => {
-                self.tenants.insert(model, tenant);
+            Msg::Register(model, owner, tenant) => {
+                self.tenants.insert(model, (owner, tenant));
             }
-            Msg::Unregister(model) => {
-                self.tenants.remove(&model);
-                self.refused.remove(&model);
+            Msg::Unregister(model, owner) => {
+                if self.tenants.get(&model).is_some_and(|(o, _)| *o == owner) {
+                    self.tenants.remove(&model);
+                    self.refused.remove(&model);
+                }
             }
+            Msg::MadeRoom { yield_turn: true } => self.counters.yields += 1,
+            Msg::MadeRoom { yield_turn: false } => self.counters.evictions += 1,
             Msg::Reserve(mut ask, reply) => {
                 if !ask.declared
                     && let Some(m) = self.measured.as_ref().and_then(|m| m.get(&ask.launch_id))
@@ -484,7 +502,7 @@ impl Task {
         self.tenants
             .iter()
             .filter(|(m, _)| self.ledger.models().contains(&m.as_str()))
-            .map(|(m, t)| {
+            .map(|(m, (_, t))| {
                 let o = t.occupancy();
                 Resident {
                     model: m.clone(),
@@ -553,7 +571,7 @@ impl Task {
     /// One waiting reservation: its answer, or `None` to keep waiting.
     fn try_grant(&mut self, p: &mut Pending, blocked: &BTreeSet<String>) -> Option<Grant> {
         let ask = &p.ask;
-        let tenant = self.tenants.get(&ask.model).cloned();
+        let tenant = self.tenants.get(&ask.model).map(|(_, t)| Arc::clone(t));
         if ask.beside {
             return match self.ledger.reserve(&ask.model, ask.proc, ask.need.clone()) {
                 Ok(()) => Some(Grant::Granted),
@@ -628,19 +646,14 @@ impl Task {
         if self.asked.contains_key(victim) {
             return;
         }
-        let Some(t) = self.tenants.get(victim) else {
+        let Some((_, t)) = self.tenants.get(victim) else {
             return;
         };
-        tracing::info!(
+        tracing::debug!(
             model = %victim,
-            "{} to make room for {for_model}",
-            if yield_turn { "its turn is over: draining and stopping" } else { "idle: stopping" }
+            "asked to stop for {for_model} ({})",
+            if yield_turn { "its turn is over" } else { "idle" }
         );
-        if yield_turn {
-            self.counters.yields += 1;
-        } else {
-            self.counters.evictions += 1;
-        }
         t.stop_for(for_model, yield_turn);
         self.asked.insert(victim.to_owned(), Instant::now());
     }
@@ -705,6 +718,21 @@ impl Task {
     }
 }
 
+/// A number for a new owner, unique for the process's life: it tells a
+/// model's successive owners apart, and makes the ledger's holders (owner
+/// number and process number together, [`holder`]) unique.
+pub fn next_owner_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The ledger's number for process `proc` of owner `owner`: a model's
+/// earlier owner may still be releasing its process 1 when the next owner
+/// starts its own process 1.
+pub fn holder(owner: u64, proc: u64) -> u64 {
+    (owner << 32) | (proc & 0xffff_ffff)
+}
+
 /// For messages: `1.50 GiB on ROCm0, 2.00 MiB on CPU`.
 pub fn describe(bytes: &Bytes) -> String {
     bytes
@@ -713,4 +741,236 @@ pub fn describe(bytes: &Bytes) -> String {
         .map(|(d, b)| format!("{} on {d}", human_bytes(*b)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    const MIB: u64 = 1 << 20;
+
+    #[derive(Default)]
+    struct FakeTenant {
+        occupancy: Mutex<Occupancy>,
+        asked: Mutex<Vec<(String, bool)>>,
+    }
+
+    impl Tenant for FakeTenant {
+        fn occupancy(&self) -> Occupancy {
+            self.occupancy.lock().unwrap().clone()
+        }
+        fn stop_for(&self, for_model: &str, yield_turn: bool) {
+            self.asked
+                .lock()
+                .unwrap()
+                .push((for_model.into(), yield_turn));
+        }
+    }
+
+    fn cpu(mib: u64) -> Bytes {
+        Bytes::from([(crate::schedule::HOST.to_owned(), mib * MIB)])
+    }
+
+    fn ask(model: &str, proc: u64, mib: u64) -> Ask {
+        Ask {
+            model: model.into(),
+            proc,
+            launch_id: format!("{model}-launch"),
+            need: cpu(mib),
+            declared: true,
+            beside: false,
+            on_demand: true,
+        }
+    }
+
+    /// An arbiter over a 100 MiB host budget and on-demand tenants, each
+    /// with one request queued.
+    fn setup(models: &[&str]) -> (Arbiter, BTreeMap<String, Arc<FakeTenant>>) {
+        let a = Arbiter::start(
+            vec![(crate::schedule::HOST.into(), 100 * MIB)],
+            None,
+            FreeWatch {
+                roots: ProbeRoots {
+                    sys: "/nonexistent".into(),
+                    proc: "/nonexistent".into(),
+                    nvidia_smi: "/nonexistent".into(),
+                },
+                ..FreeWatch::default()
+            },
+        );
+        let mut tenants = BTreeMap::new();
+        for (i, m) in models.iter().enumerate() {
+            let t = Arc::new(FakeTenant::default());
+            *t.occupancy.lock().unwrap() = Occupancy {
+                queued: 1,
+                on_demand: true,
+                ..Occupancy::default()
+            };
+            a.register(m, i as u64 + 1, t.clone());
+            tenants.insert((*m).to_owned(), t);
+        }
+        (a, tenants)
+    }
+
+    async fn settle(a: &Arbiter) -> MemoryReport {
+        // Every message sent so far is handled before a later report.
+        for _ in 0..5 {
+            tokio::time::sleep(TICK).await;
+        }
+        a.report()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_model_is_evicted_and_the_room_given_once_it_is_free() {
+        let (a, t) = setup(&["a", "b"]);
+        assert_eq!(a.reserve(ask("a", 1, 60)).await, Grant::Granted);
+        a.loaded("a", 1, Some(cpu(1)));
+        // a served and is idle now.
+        t["a"].occupancy.lock().unwrap().queued = 0;
+        let b = tokio::spawn(a.reserve(ask("b", 1, 60)));
+        let r = settle(&a).await;
+        assert_eq!(*t["a"].asked.lock().unwrap(), vec![("b".to_owned(), false)]);
+        assert_eq!(r.models["b"].waiting_for, Some(vec!["a".to_owned()]));
+        assert!(!b.is_finished(), "b waits while a still holds its memory");
+        // A declared footprint stays the reservation whatever was measured.
+        assert_eq!(r.models["a"].reserved, cpu(60));
+        assert_eq!(r.models["a"].measured, cpu(1));
+        a.made_room(false);
+        a.stopping("a", 1);
+        a.gone("a", 1, 4242);
+        assert_eq!(b.await.unwrap(), Grant::Granted);
+        let r = settle(&a).await;
+        assert_eq!(r.models["b"].reserved, cpu(60));
+        assert!(!r.models.contains_key("a"), "{r:?}");
+        assert_eq!(r.counters.evictions, 1);
+        assert_eq!(r.counters.swaps, 1);
+        assert_eq!(r.counters.waits, 1);
+        assert_eq!(r.devices[0].reserved_bytes, 60 * MIB);
+        assert_eq!(r.devices[0].free_bytes, 40 * MIB);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_model_keeps_its_turn_then_yields() {
+        let (a, t) = setup(&["a", "b"]);
+        a.set_budgets(
+            vec![(crate::schedule::HOST.into(), 100 * MIB)],
+            Duration::from_secs(5),
+        );
+        assert_eq!(a.reserve(ask("a", 1, 60)).await, Grant::Granted);
+        a.loaded("a", 1, None);
+        *t["a"].occupancy.lock().unwrap() = Occupancy {
+            in_flight: 1,
+            on_demand: true,
+            loaded_for: Duration::from_secs(60),
+            ..Occupancy::default()
+        };
+        let _b = tokio::spawn(a.reserve(ask("b", 1, 60)));
+        settle(&a).await;
+        assert!(
+            t["a"].asked.lock().unwrap().is_empty(),
+            "b has not waited the bound"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        settle(&a).await;
+        assert_eq!(*t["a"].asked.lock().unwrap(), vec![("b".to_owned(), true)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_cannot_fit_now_is_refused_and_nobody_is_asked_to_stop() {
+        let (a, t) = setup(&["a", "big"]);
+        // a is always-on: never a victim.
+        t["a"].occupancy.lock().unwrap().on_demand = false;
+        assert_eq!(a.reserve(ask("a", 1, 60)).await, Grant::Granted);
+        a.loaded("a", 1, None);
+        let g = a.reserve(ask("big", 1, 50)).await;
+        let Grant::NoRoom(why) = g else {
+            panic!("{g:?}")
+        };
+        assert!(why.contains("short by 10.00 MiB on CPU"), "{why}");
+        assert!(t["a"].asked.lock().unwrap().is_empty());
+        let r = settle(&a).await;
+        assert_eq!(r.counters.refused, 1);
+        assert_eq!(r.models["big"].refused.as_deref(), Some(why.as_str()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replacement_that_does_not_fit_beside_is_told_so() {
+        let (a, _t) = setup(&["a"]);
+        assert_eq!(a.reserve(ask("a", 1, 60)).await, Grant::Granted);
+        a.loaded("a", 1, None);
+        let g = a
+            .reserve(Ask {
+                beside: true,
+                ..ask("a", 2, 60)
+            })
+            .await;
+        assert!(matches!(g, Grant::NotBeside(_)), "{g:?}");
+        assert_eq!(
+            a.reserve(Ask {
+                beside: true,
+                ..ask("a", 3, 40)
+            })
+            .await,
+            Grant::Granted,
+            "40 MiB fit beside"
+        );
+        let r = settle(&a).await;
+        assert_eq!(r.models["a"].reserved, cpu(100));
+        assert_eq!(r.models["a"].phases, vec!["loaded", "loading"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_start_is_withdrawn_and_a_younger_one_does_not_jump_the_queue() {
+        let (a, t) = setup(&["a", "b", "c"]);
+        assert_eq!(a.reserve(ask("a", 1, 60)).await, Grant::Granted);
+        a.loaded("a", 1, None);
+        // a is busy for good: b waits for it, and c (which would fit in
+        // the 40 MiB free) must not take the room b waits for.
+        t["a"].occupancy.lock().unwrap().in_flight = 1;
+        let b = tokio::spawn(a.reserve(ask("b", 1, 50)));
+        settle(&a).await;
+        let c = tokio::spawn(a.reserve(ask("c", 1, 30)));
+        settle(&a).await;
+        assert!(!b.is_finished() && !c.is_finished());
+        // b's requests all gave up: its start is withdrawn, and c goes.
+        t["b"].occupancy.lock().unwrap().queued = 0;
+        tokio::time::sleep(ABANDONED_AFTER).await;
+        assert_eq!(b.await.unwrap(), Grant::Withdrawn);
+        assert_eq!(c.await.unwrap(), Grant::Granted);
+    }
+
+    #[tokio::test]
+    async fn an_estimate_is_replaced_by_what_the_load_measured_and_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Arbiter::start(
+            vec![(crate::schedule::HOST.into(), 100 * MIB)],
+            Some(Measured::new(dir.path())),
+            FreeWatch::default(),
+        );
+        let estimate = Ask {
+            declared: false,
+            ..ask("a", 1, 30)
+        };
+        assert_eq!(a.reserve(estimate).await, Grant::Granted);
+        a.loaded("a", 1, Some(cpu(42)));
+        a.stopping("a", 1);
+        a.gone("a", 1, u32::MAX);
+        // The next start of the same launch reserves what it measured.
+        let again = Ask {
+            declared: false,
+            ..ask("a", 2, 30)
+        };
+        assert_eq!(a.reserve(again).await, Grant::Granted);
+        let r = settle(&a).await;
+        assert_eq!(r.models["a"].reserved, cpu(42), "{r:?}");
+        assert_eq!(Measured::new(dir.path()).get("a-launch"), Some(cpu(42)));
+    }
+
+    #[test]
+    fn holders_of_successive_owners_differ() {
+        assert_ne!(holder(1, 1), holder(2, 1));
+        assert_eq!(holder(3, 7) & 0xffff_ffff, 7);
+    }
 }

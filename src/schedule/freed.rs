@@ -3,7 +3,7 @@
 //! VRAM with a lag after the process exits, so "exited" is not "free".
 //!
 //! The edge: it reads the probes under [`ProbeRoots`] (tests give fixture
-//! trees). Not wired into the owner yet (docs/scheduler.md).
+//! trees). The arbiter ([`super::arbiter`]) runs it after each exit.
 //!
 //! What counts as seen free, in this order:
 //! - the device's used memory (`mem_info_vram_used` of its card, or

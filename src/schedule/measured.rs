@@ -3,8 +3,8 @@
 //! reserves what it really took instead of the estimate
 //! (`<state_dir>/measured.json`). The file is replaced atomically (a
 //! temporary file renamed over it); a missing or corrupt file is an empty
-//! memory, never an error that stops a start. Not wired yet
-//! (docs/scheduler.md).
+//! memory, never an error that stops a start. The arbiter
+//! ([`super::arbiter`]) reads and writes it (docs/scheduler.md).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

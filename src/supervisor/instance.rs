@@ -625,6 +625,7 @@ pub(crate) fn start_with(
         shutdown_replies: Vec::new(),
         reply: None,
         arbiter: arbiter.clone(),
+        owner_id: crate::schedule::arbiter::next_owner_id(),
     };
     let (publish, snapshot) = watch::channel(executor.snapshot());
     executor.publish = publish;
@@ -637,7 +638,7 @@ pub(crate) fn start_with(
         launches: Arc::clone(&executor.launches),
     };
     if let Some(a) = &arbiter {
-        a.register(&name, Arc::new(handle.clone()));
+        a.register(&name, executor.owner_id, Arc::new(handle.clone()));
     }
     if let Some(p) = predecessor {
         tokio::spawn(async move {
@@ -698,6 +699,8 @@ struct Executor {
     reply: Option<oneshot::Sender<Result<(), OperateError>>>,
     /// Reserves memory before each spawn; `None`: no budget is kept.
     arbiter: Option<Arbiter>,
+    /// This owner's number with the arbiter.
+    owner_id: u64,
 }
 
 impl Executor {
@@ -752,7 +755,7 @@ impl Executor {
             self.publish();
             if self.core.is_stopped() {
                 if let Some(a) = &self.arbiter {
-                    a.unregister(&self.name);
+                    a.unregister(&self.name, self.owner_id);
                 }
                 for reply in self.shutdown_replies.drain(..) {
                     let _ = reply.send(());
@@ -795,7 +798,7 @@ impl Executor {
                 && self.core.serving().is_some_and(|p| p.id == proc)
                 && let Some(a) = &self.arbiter
             {
-                a.loaded(&self.name, proc, Some(self.measured()));
+                a.loaded(&self.name, self.holder(proc), Some(self.measured()));
             }
             for effect in effects {
                 self.perform(effect, &mut queue);
@@ -829,7 +832,7 @@ impl Executor {
                     // as `Input::Granted`.
                     let answer = arbiter.reserve(Ask {
                         model: self.name.clone(),
-                        proc,
+                        proc: crate::schedule::arbiter::holder(self.owner_id, proc),
                         launch_id: self.spec.id.to_string(),
                         need: self.spec.memory.need.clone(),
                         declared: self.spec.memory.declared,
@@ -899,7 +902,7 @@ impl Executor {
             Effect::Retire { proc, drain } => {
                 let Some(r) = self.children.get(&proc) else {
                     if let Some(a) = &self.arbiter {
-                        a.cancel(&self.name, proc);
+                        a.cancel(&self.name, self.holder(proc));
                     }
                     queue.push_back(Event::Retired {
                         proc,
@@ -911,7 +914,7 @@ impl Executor {
                 };
                 let (child, gate) = (Arc::clone(&r.child), Arc::clone(&r.gate));
                 if let Some(a) = &self.arbiter {
-                    a.stopping(&self.name, proc);
+                    a.stopping(&self.name, self.holder(proc));
                 }
                 let grace = self.spec.config.lifecycle.stop_grace;
                 let inbox = self.inbox.clone();
@@ -979,7 +982,7 @@ impl Executor {
             }
             Err(e) => {
                 if let Some(a) = &self.arbiter {
-                    a.cancel(&self.name, proc);
+                    a.cancel(&self.name, self.holder(proc));
                 }
                 Err(e)
             }
@@ -1004,7 +1007,7 @@ impl Executor {
     fn granted(&mut self, proc: ProcId, grant: Grant) -> Option<Event> {
         if !self.awaits_spawn(proc) || self.children.contains_key(&proc) {
             if let Some(a) = &self.arbiter {
-                a.cancel(&self.name, proc);
+                a.cancel(&self.name, self.holder(proc));
             }
             return None;
         }
@@ -1037,18 +1040,26 @@ impl Executor {
             tracing::debug!(model = %self.name, "a request came in; not stopping for {for_model}");
             return None;
         }
+        if let Some(a) = &self.arbiter {
+            a.made_room(yield_turn);
+        }
         Some(Event::MakeRoom {
             for_model,
             yield_turn,
         })
     }
 
+    /// The arbiter's number for `proc`.
+    fn holder(&self, proc: ProcId) -> u64 {
+        crate::schedule::arbiter::holder(self.owner_id, proc)
+    }
+
     /// `proc` has exited: the arbiter watches for its memory to come back.
     fn memory_gone(&self, proc: ProcId) {
         if let Some(a) = &self.arbiter {
             match self.children.get(&proc) {
-                Some(r) => a.gone(&self.name, proc, r.child.pid().unsigned_abs()),
-                None => a.cancel(&self.name, proc),
+                Some(r) => a.gone(&self.name, self.holder(proc), r.child.pid().unsigned_abs()),
+                None => a.cancel(&self.name, self.holder(proc)),
             }
         }
     }

@@ -145,7 +145,8 @@ pub(crate) enum Event {
         proc: ProcId,
         reason: String,
     },
-    /// Nobody waits for the on-demand model any more.
+    /// Nobody waits for the on-demand model any more (only for a start,
+    /// never for a replacement).
     Withdrawn {
         proc: ProcId,
     },
@@ -454,6 +455,7 @@ impl Core {
                 if let Phase::Starting(p) = &self.phase
                     && p.id == proc
                     && p.pid.is_none()
+                    && self.target.lifecycle.on_demand
                 {
                     let Phase::Starting(p) = std::mem::replace(&mut self.phase, Phase::Stopping)
                     else {
@@ -479,6 +481,12 @@ impl Core {
     /// with this reason; the next request asks again); an always-on one
     /// backs off and retries.
     fn on_no_room(&mut self, proc: ProcId, reason: String, now: Instant, fx: &mut Vec<Effect>) {
+        if matches!(&self.phase, Phase::Ready { replacement: Replacement::Loading(n), .. } if n.id == proc && n.pid.is_none())
+        {
+            // (The arbiter answers a replacement with `NotBeside`; this is
+            // the same outcome for a refusal.)
+            return self.on_not_beside(proc, reason, fx);
+        }
         let Phase::Starting(p) = &self.phase else {
             return;
         };

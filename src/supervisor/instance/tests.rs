@@ -239,3 +239,75 @@ async fn deadlines_run_on_the_owners_clock_idle_stop_and_crash_backoff() {
     assert!(s.last_restart.unwrap().1.contains("exited unexpectedly"));
     h.shutdown().await;
 }
+
+/// Two on-demand owners of 60 MiB each under one arbiter with 100 MiB: they
+/// cannot both be loaded.
+fn two_under_a_budget() -> (
+    InstanceHandle,
+    InstanceHandle,
+    Arc<FakeSpawner>,
+    tempfile::TempDir,
+) {
+    let fake = Arc::new(FakeSpawner::default());
+    let dir = tempfile::tempdir().unwrap();
+    let arbiter = Arbiter::start(
+        vec![(crate::schedule::HOST.into(), 100 << 20)],
+        None,
+        crate::schedule::arbiter::FreeWatch {
+            roots: crate::memory::probe::ProbeRoots {
+                sys: dir.path().join("no-sys"),
+                proc: dir.path().join("no-proc"),
+                nvidia_smi: dir.path().join("no-nvidia-smi"),
+            },
+            ..Default::default()
+        },
+    );
+    let start = |name: &str| {
+        let mut s = spec("    on_demand: true\n    memory: 60MiB\n");
+        s.config.name = name.into();
+        s.memory.need = Bytes::from([(crate::schedule::HOST.to_owned(), 60 << 20)]);
+        s.memory.declared = true;
+        start_with(
+            s,
+            StateFile::new(dir.path()),
+            Backoff::new(BackoffPolicy::default()).unwrap(),
+            None,
+            Arc::new(Shared(Arc::clone(&fake))),
+            Some(arbiter.clone()),
+        )
+    };
+    (start("a"), start("b"), fake, dir)
+}
+
+#[tokio::test]
+async fn a_model_with_a_request_inside_is_not_evicted_and_is_once_it_leaves() {
+    let (a, b, fake, _dir) = two_under_a_budget();
+    let lease = a.acquire().await.unwrap();
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move { b.acquire().await.map(|l| l.port()) }
+    });
+    // b waits for the memory a holds while a serves a request (a's turn
+    // lasts 40 s, far longer than this test).
+    until(&b, "b starting", |s| s.state == State::Starting).await;
+    for _ in 0..5 {
+        tokio::time::sleep(crate::schedule::arbiter::TICK).await;
+        assert_eq!(
+            a.snapshot().state,
+            State::Ready,
+            "a is never stopped with a request inside"
+        );
+        assert!(!waiter.is_finished());
+    }
+    assert_eq!(fake.live.lock().unwrap().len(), 1);
+    drop(lease);
+    assert!(
+        waiter.await.unwrap().is_ok(),
+        "b serves once a is idle and gone"
+    );
+    let s = a.snapshot();
+    assert_eq!((s.state, s.made_room, s.cut), (State::Idle, 1, 0));
+    assert_eq!(fake.most.load(Ordering::SeqCst), 1, "never both in memory");
+    a.shutdown().await;
+    b.shutdown().await;
+}

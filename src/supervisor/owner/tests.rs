@@ -141,6 +141,23 @@ fn event(words: &str, lifecycle: &Lifecycle) -> (Event, Duration) {
             proc: proc(),
             idle: secs_of(w[2]),
         },
+        "no_room" => Event::NoRoom {
+            proc: proc(),
+            reason: "short by 1.00 GiB on ROCm0".into(),
+        },
+        "not_beside" => Event::NotBeside {
+            proc: proc(),
+            reason: "short by 1.00 GiB on ROCm0".into(),
+        },
+        "withdrawn" => Event::Withdrawn { proc: proc() },
+        "evict" => Event::MakeRoom {
+            for_model: "x".into(),
+            yield_turn: false,
+        },
+        "yield" => Event::MakeRoom {
+            for_model: "x".into(),
+            yield_turn: true,
+        },
         "at" => return (Event::Timeout, secs_of(w[1])),
         other => panic!("unknown event {other:?}"),
     };
@@ -511,6 +528,54 @@ fn transitions() {
         "spawn_failed 1; at 1; spawn_failed 2; at 3; spawn_failed 3; at 7; spawn_failed 4; at 15; spawn_failed 5",
         "spawn 1@a |  | spawn 2@a |  | spawn 3@a |  | spawn 4@a |  | spawn 5@a |  => failed@75s",
     );
+    // Memory. A start the arbiter refuses: an on-demand model goes idle
+    // (its requests fail at once), an always-on one backs off.
+    check(
+        "on_demand",
+        "demand; no_room 1",
+        " | spawn 1@a | stop 1 => idle leaving 1",
+    );
+    check(
+        "",
+        "no_room 1; retired 1; at 1",
+        "spawn 1@a | stop 1 | forget 1 | spawn 2@a => starting 2",
+    );
+    // A refusal about a process already let go changes nothing.
+    check(
+        "",
+        "spawned 1; no_room 1",
+        "spawn 1@a | record 1, wait 1 |  => starting 1",
+    );
+    // Nobody waits any more: not started.
+    check(
+        "on_demand",
+        "demand; withdrawn 1",
+        " | spawn 1@a | stop 1 => idle leaving 1",
+    );
+    check("", "withdrawn 1", "spawn 1@a |  => starting 1");
+    // Evicted (idle) or yielding (busy): drained without a bound, then idle.
+    check(
+        "on_demand",
+        "demand; spawned 1; ready 1; evict",
+        " | spawn 1@a | record 1, wait 1 | watch 1 | drain 1 => idle leaving 1",
+    );
+    check(
+        "on_demand",
+        "demand; spawned 1; ready 1; yield; demand; retired 1",
+        " | spawn 1@a | record 1, wait 1 | watch 1 | drain 1 |  | forget 1, spawn 2@a => starting 2",
+    );
+    // Always-on models are never stopped to make room.
+    check(
+        "",
+        "spawned 1; ready 1; evict",
+        "spawn 1@a | record 1, wait 1 | watch 1 |  => ready 1",
+    );
+    // blue_green with no room beside the serving process: done stop_first.
+    check(
+        "blue_green",
+        "spawned 1; ready 1; replace b; not_beside 2; retired 2; retired 1",
+        "spawn 1@a | record 1, wait 1 | watch 1 | spawn 2@b | stop 2, drain 1 | forget 2 | forget 1, spawn 3@b => starting 3",
+    );
     // swap edited to stop_first while a blue_green replacement waits to retry.
     check(
         "blue_green",
@@ -578,6 +643,8 @@ enum Step {
     Crash(usize, bool),
     /// Probe a watched process (`true`: it answers).
     Probe(usize, bool),
+    /// The arbiter asks it to stop for another model (`true`: yield).
+    MakeRoom(bool),
 }
 
 fn step_strategy() -> impl Strategy<Value = Step> {
@@ -591,6 +658,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         2 => Just(Step::Timeout),
         1 => (any::<usize>(), any::<bool>()).prop_map(|(n, ok)| Step::Crash(n, ok)),
         1 => (any::<usize>(), any::<bool>()).prop_map(|(n, ok)| Step::Probe(n, ok)),
+        1 => any::<bool>().prop_map(Step::MakeRoom),
     ]
 }
 
@@ -614,6 +682,9 @@ struct World {
     /// spawns and idle measurements at once).
     immediate: Vec<Event>,
     spawn_ok: bool,
+    /// How the arbiter answers the next spawns: 0 room, 1 no room, 2 not
+    /// beside, 3 withdrawn.
+    refuse: u8,
     ready_ok: u8,
     max_live: usize,
 }
@@ -627,6 +698,21 @@ impl World {
     ) -> Result<(), String> {
         for e in effects {
             match e {
+                // As the arbiter answers: "not beside" only for a
+                // replacement, "withdrawn" only for an on-demand model's
+                // start (a refusal may come for either).
+                Effect::Spawn { proc, beside, .. }
+                    if self.refuse == 1
+                        || (self.refuse == 2 && beside)
+                        || (self.refuse == 3 && !beside && core.target().lifecycle.on_demand) =>
+                {
+                    let reason = "no room".to_owned();
+                    self.immediate.push(match self.refuse {
+                        1 => Event::NoRoom { proc, reason },
+                        2 => Event::NotBeside { proc, reason },
+                        _ => Event::Withdrawn { proc },
+                    });
+                }
                 Effect::Spawn { proc, launch, .. } => {
                     if launch != core.target().launch {
                         return Err(format!(
@@ -795,6 +881,12 @@ fn run(steps: &[Step], opts: (bool, bool, bool, u8)) -> Result<(), String> {
                     continue;
                 }
                 world.spawn_ok = how % 5 != 0;
+                world.refuse = match how % 11 {
+                    1 => 1,
+                    2 => 2,
+                    3 => 3,
+                    _ => 0,
+                };
                 world.ready_ok = how;
                 let p = world.pending.remove(n % world.pending.len());
                 match p {
@@ -863,6 +955,10 @@ fn run(steps: &[Step], opts: (bool, bool, bool, u8)) -> Result<(), String> {
                     },
                 }
             }
+            Step::MakeRoom(yield_turn) => Event::MakeRoom {
+                for_model: "other".into(),
+                yield_turn,
+            },
         };
         now += Duration::from_millis(10);
         deliver(&mut core, &mut world, ev, now)?;
