@@ -887,7 +887,7 @@ fn a_model_waiting_for_memory_shows_who_holds_it_and_clears_once_served() {
     );
     let counters = b.eval("document.querySelector('#memory .counters').textContent");
     assert!(
-        counters.as_str().unwrap().contains("waits 1"),
+        counters.as_str().unwrap().contains("waits 1 ·"),
         "the counters: {counters}"
     );
     // The CLI's table says the same.

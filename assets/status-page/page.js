@@ -275,8 +275,10 @@ function renderMemory(status) {
     const scale = Math.max(b ? b.budget_bytes : 0, b ? b.reserved_bytes : 0, b ? b.measured_bytes : 0, ...sums, 1);
     const section = el('div', { class: 'device', 'data-device': dev }, el('h3', {}, dev === 'CPU' ? 'CPU (host memory)' : dev));
     if (b) {
+      // A device only a reservation names has no budget (0).
+      const of = b.budget_bytes ? ' of ' + bytes(b.budget_bytes) + ', ' + bytes(b.free_bytes) + ' free' : ', no budget';
       section.append(memRow('budget', held.map(([name, h]) => [colour.get(name), h.reserved[dev], name + ' reserved']), scale,
-        bytes(b.reserved_bytes) + ' reserved of ' + bytes(b.budget_bytes) + ', ' + bytes(b.free_bytes) + ' free'));
+        bytes(b.reserved_bytes) + ' reserved' + of));
       section.append(memRow('measured', [['measured', b.measured_bytes, 'measured']], scale, bytes(b.measured_bytes) + ' measured'));
       for (const [name, h] of held) {
         const measured = (h.measured || {})[dev];

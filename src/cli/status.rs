@@ -256,12 +256,20 @@ fn render_scheduler(s: &rocm_llm::schedule::arbiter::MemoryReport) -> String {
     };
     let mut out = String::new();
     for d in &s.devices {
+        // A device only a reservation names has no budget (0).
+        let of = if d.budget_bytes == 0 {
+            ", no budget".to_owned()
+        } else {
+            format!(
+                " of {}, {} free",
+                human_bytes(d.budget_bytes),
+                human_bytes(d.free_bytes)
+            )
+        };
         out.push_str(&format!(
-            "budget {}: {} reserved of {}, {} free; {} measured\n",
+            "budget {}: {} reserved{of}; {} measured\n",
             d.device,
             human_bytes(d.reserved_bytes),
-            human_bytes(d.budget_bytes),
-            human_bytes(d.free_bytes),
             human_bytes(d.measured_bytes)
         ));
     }
@@ -394,7 +402,8 @@ mod tests {
 
     /// Two on-demand models that do not fit together in a 100 MiB host
     /// budget: `a` serves and holds 60 MiB, `b` waits for it, `c` was
-    /// refused (it can never fit); the per-device budget and the counters.
+    /// refused (it can never fit); the per-device budget (a device no
+    /// budget covers says so) and the counters.
     #[test]
     fn the_status_table_with_a_memory_budget() {
         const MIB: u64 = 1 << 20;
@@ -404,7 +413,7 @@ mod tests {
                 "a": model("ready", json!({
                     "pid": 5001, "port": 40011, "ready_ms": 640.0, "started_at": t - 95.0,
                     "in_flight": 1, "on_demand": true,
-                    "memory": {"log_devices": {}, "log_total_bytes": 0, "reserved": {"CPU": 60 * MIB}},
+                    "memory": {"log_devices": {}, "log_total_bytes": 0, "reserved": {"CPU": 60 * MIB, "Vulkan0": 8 * MIB}},
                 })),
                 "b": model("starting", json!({
                     "on_demand": true,
@@ -412,15 +421,18 @@ mod tests {
                 })),
                 "c": model("idle", json!({
                     "on_demand": true,
-                    "memory": {"log_devices": {}, "log_total_bytes": 0, "refused": "model c does not fit in the memory budget now, even with every idle on-demand model stopped: CPU short by 20.00 MiB"},
+                    "memory": {"log_devices": {}, "log_total_bytes": 0, "refused": "model c does not fit in the memory budget now, even with every idle on-demand model stopped: short by 20.00 MiB on CPU (needs 120.00 MiB, 100.00 MiB free)"},
                 })),
             }),
             json!({"scheduler": {
-                "devices": [{"device": "CPU", "budget_bytes": 100 * MIB, "reserved_bytes": 60 * MIB, "measured_bytes": 48 * MIB, "free_bytes": 40 * MIB}],
+                "devices": [
+                    {"device": "CPU", "budget_bytes": 100 * MIB, "reserved_bytes": 60 * MIB, "measured_bytes": 48 * MIB, "free_bytes": 40 * MIB},
+                    {"device": "Vulkan0", "budget_bytes": 0, "reserved_bytes": 8 * MIB, "measured_bytes": 6 * MIB, "free_bytes": 0},
+                ],
                 "models": {
-                    "a": {"reserved": {"CPU": 60 * MIB}, "measured": {"CPU": 48 * MIB}, "phases": ["loaded"], "waiting_for": null, "waiting_s": null, "refused": null},
+                    "a": {"reserved": {"CPU": 60 * MIB, "Vulkan0": 8 * MIB}, "measured": {"CPU": 48 * MIB, "Vulkan0": 6 * MIB}, "phases": ["loaded"], "waiting_for": null, "waiting_s": null, "refused": null},
                     "b": {"reserved": {}, "measured": {}, "phases": [], "waiting_for": ["a"], "waiting_s": 3.2, "refused": null},
-                    "c": {"reserved": {}, "measured": {}, "phases": [], "waiting_for": null, "waiting_s": null, "refused": "model c does not fit in the memory budget now, even with every idle on-demand model stopped: CPU short by 20.00 MiB"},
+                    "c": {"reserved": {}, "measured": {}, "phases": [], "waiting_for": null, "waiting_s": null, "refused": "model c does not fit in the memory budget now, even with every idle on-demand model stopped: short by 20.00 MiB on CPU (needs 120.00 MiB, 100.00 MiB free)"},
                 },
                 "counters": {"evictions": 4, "yields": 1, "refused": 1, "waits": 6, "swaps": 5, "fallbacks": 0, "free_timeouts": 0},
             }}),
