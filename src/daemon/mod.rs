@@ -454,6 +454,7 @@ impl Daemon {
             );
         }
         let actions = self.apply(&desired);
+        self.forget_old_measurements(&desired);
         self.info.api_key_file = desired.api_key_file.clone();
         self.applied = Some(desired);
         self.info.generation += 1;
@@ -548,6 +549,22 @@ impl Daemon {
                 }),
             );
         }
+    }
+
+    /// Keeps `measured.json` to the launches the spec has now, so it does
+    /// not grow with every edit.
+    fn forget_old_measurements(&self, desired: &Desired) {
+        let ids: Vec<String> = desired
+            .models
+            .values()
+            .map(|m| {
+                InstanceSpec::new(m.clone(), &desired.llama_server)
+                    .id
+                    .to_string()
+            })
+            .collect();
+        // The arbiter is the file's one writer.
+        self.arbiter.keep_measured(ids);
     }
 
     /// What an owner runs, with the footprint admission found for it.

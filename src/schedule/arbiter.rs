@@ -132,6 +132,8 @@ enum Msg {
     },
     Budgets(Vec<(String, u64)>, Duration),
     FellBack,
+    /// Forget the measured figures of every other launch.
+    KeepMeasured(Vec<String>),
 }
 
 /// How the arbiter watches for freed memory.
@@ -314,6 +316,12 @@ impl Arbiter {
         let _ = self.tx.send(Msg::Budgets(budgets, fairness));
     }
 
+    /// Keeps the remembered figures of these launches only (the spec's
+    /// current ones), so `measured.json` does not grow with every edit.
+    pub fn keep_measured(&self, launch_ids: Vec<String>) {
+        let _ = self.tx.send(Msg::KeepMeasured(launch_ids));
+    }
+
     pub fn report(&self) -> MemoryReport {
         self.report.borrow().clone()
     }
@@ -475,6 +483,14 @@ impl Task {
                 self.fairness = fairness;
             }
             Msg::FellBack => self.counters.fallbacks += 1,
+            Msg::KeepMeasured(ids) => {
+                if let Some(store) = &self.measured {
+                    let keep: Vec<&str> = ids.iter().map(String::as_str).collect();
+                    if let Err(e) = store.retain(&keep) {
+                        tracing::warn!("cannot prune {}: {e}", store.path().display());
+                    }
+                }
+            }
         }
     }
 
