@@ -569,11 +569,8 @@ impl Daemon {
                     .to_string()
             })
             .collect();
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let measured = Measured::new(&self.options.state_dir);
-        if let Err(e) = measured.retain(&ids) {
-            tracing::warn!("cannot prune {}: {e}", measured.path().display());
-        }
+        // The arbiter is the file's one writer.
+        self.arbiter.keep_measured(ids);
     }
 
     /// What an owner runs, with the footprint admission found for it.

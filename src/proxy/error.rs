@@ -83,6 +83,7 @@ fn unknown_model_message(id: &str, available: &[String]) -> String {
 fn acquire_message(e: &AcquireError) -> String {
     match e {
         AcquireError::Timeout { .. } => format!("{e}; it is still loading, try again"),
+        AcquireError::WaitingForMemory { .. } => format!("{e}; try again"),
         AcquireError::Gone { .. } => format!("{e} or is being replaced; try again"),
         AcquireError::QueueFull { .. }
         | AcquireError::Failed { .. }
@@ -99,6 +100,9 @@ impl ProxyError {
             ProxyError::ShuttingDown => ("shutting_down", 5),
             ProxyError::Acquire(AcquireError::QueueFull { .. }) => ("queue_full", 2),
             ProxyError::Acquire(AcquireError::Timeout { .. }) => ("model_loading", 5),
+            ProxyError::Acquire(AcquireError::WaitingForMemory { .. }) => {
+                ("waiting_for_memory", 10)
+            }
             ProxyError::Acquire(AcquireError::Failed { .. }) => ("model_failed", 30),
             ProxyError::Acquire(AcquireError::Gone { .. }) => ("model_unavailable", 1),
             ProxyError::Acquire(AcquireError::NoRoom { .. }) => ("insufficient_memory", 10),

@@ -65,6 +65,9 @@ pub trait Tenant: Send + Sync + 'static {
     /// new ones wait for its next start; without, the owner stops only if
     /// no request is inside at that moment.
     fn stop_for(&self, for_model: &str, yield_turn: bool);
+    /// Its start waits for memory these models hold (`None`: no longer),
+    /// so its requests can say why they wait.
+    fn memory_wait(&self, held_by: Option<Vec<String>>);
 }
 
 /// The answer to [`Arbiter::reserve`].
@@ -133,6 +136,8 @@ enum Msg {
     Budgets(Vec<(String, u64)>, Duration),
     FreeWait(Duration),
     FellBack,
+    /// Forget the measured figures of every other launch.
+    KeepMeasured(Vec<String>),
 }
 
 /// How the arbiter watches for freed memory.
@@ -321,6 +326,12 @@ impl Arbiter {
         let _ = self.tx.send(Msg::FreeWait(bound));
     }
 
+    /// Keeps the remembered figures of these launches only (the spec's
+    /// current ones), so `measured.json` does not grow with every edit.
+    pub fn keep_measured(&self, launch_ids: Vec<String>) {
+        let _ = self.tx.send(Msg::KeepMeasured(launch_ids));
+    }
+
     pub fn report(&self) -> MemoryReport {
         self.report.borrow().clone()
     }
@@ -338,6 +349,8 @@ struct Pending {
     /// Set when other models were stopped for it.
     made_room: bool,
     held_by: Vec<String>,
+    /// What its owner was last told it waits for.
+    told: Option<Vec<String>>,
 }
 
 struct Task {
@@ -413,6 +426,7 @@ impl Task {
                     waited: false,
                     made_room: false,
                     held_by: Vec::new(),
+                    told: None,
                 });
             }
             Msg::Cancel(model, proc) => {
@@ -483,6 +497,14 @@ impl Task {
             }
             Msg::FreeWait(bound) => self.watch.bound = bound,
             Msg::FellBack => self.counters.fallbacks += 1,
+            Msg::KeepMeasured(ids) => {
+                if let Some(store) = &self.measured {
+                    let keep: Vec<&str> = ids.iter().map(String::as_str).collect();
+                    if let Err(e) = store.retain(&keep) {
+                        tracing::warn!("cannot prune {}: {e}", store.path().display());
+                    }
+                }
+            }
         }
     }
 
@@ -540,8 +562,14 @@ impl Task {
             if p.reply.is_closed() {
                 continue;
             }
+            let tenant = self.tenants.get(&p.ask.model).map(|(_, t)| Arc::clone(t));
             match self.try_grant(&mut p, &blocked) {
                 Some(grant) => {
+                    if p.told.is_some()
+                        && let Some(t) = &tenant
+                    {
+                        t.memory_wait(None);
+                    }
                     if grant == Grant::Granted {
                         if p.made_room {
                             self.counters.swaps += 1;
@@ -570,6 +598,12 @@ impl Task {
                             .filter(|(_, b)| **b > 0)
                             .map(|(d, _)| d.clone()),
                     );
+                    if p.told.as_ref() != Some(&p.held_by)
+                        && let Some(t) = &tenant
+                    {
+                        t.memory_wait(Some(p.held_by.clone()));
+                        p.told = Some(p.held_by.clone());
+                    }
                     self.pending.push(p);
                 }
             }
@@ -775,6 +809,7 @@ mod tests {
                 .unwrap()
                 .push((for_model.into(), yield_turn));
         }
+        fn memory_wait(&self, _: Option<Vec<String>>) {}
     }
 
     fn cpu(mib: u64) -> Bytes {

@@ -180,6 +180,8 @@ pub struct Snapshot {
     pub made_room: u64,
     /// The last `blue_green` swap done `stop_first` for lack of memory.
     pub swap_fallback: Option<String>,
+    /// While its start waits for memory: the models holding it.
+    pub waiting_for_memory: Option<Vec<String>>,
 }
 
 /// One process the owner started: the daemon's own record of when it
@@ -218,6 +220,16 @@ pub enum AcquireError {
     },
     #[error("model {model} was not ready within {waited:?}")]
     Timeout { model: String, waited: Duration },
+    /// Timed out while its start waited for memory other models hold.
+    #[error(
+        "model {model} waited {waited:?} for memory held by {}, which are serving (see the status API)",
+        held_by.join(", ")
+    )]
+    WaitingForMemory {
+        model: String,
+        waited: Duration,
+        held_by: Vec<String>,
+    },
     #[error("model {model} failed: {reason}")]
     Failed { model: String, reason: String },
     #[error("model {model} has been removed")]
@@ -238,6 +250,8 @@ enum Input {
     Report(Event),
     /// The memory arbiter's answer for a spawn.
     Granted(ProcId, Grant),
+    /// What its start waits for, as the memory arbiter sees it.
+    MemoryWait(Option<Vec<String>>),
     /// The memory arbiter asks it to stop for another model.
     MakeRoom {
         for_model: String,
@@ -266,6 +280,7 @@ impl std::fmt::Debug for Input {
             Input::Shutdown(_) => f.write_str("Shutdown"),
             Input::Report(e) => write!(f, "Report({e:?})"),
             Input::Granted(p, g) => write!(f, "Granted({p}, {g:?})"),
+            Input::MemoryWait(h) => write!(f, "MemoryWait({h:?})"),
             Input::MakeRoom { for_model, .. } => write!(f, "MakeRoom({for_model})"),
         }
     }
@@ -432,9 +447,17 @@ impl InstanceHandle {
                     });
                 }
                 Err(_) => {
-                    return Err(AcquireError::Timeout {
-                        model: self.name.to_string(),
-                        waited: wait,
+                    let held_by = rx.borrow().waiting_for_memory.clone();
+                    return Err(match held_by {
+                        Some(held_by) => AcquireError::WaitingForMemory {
+                            model: self.name.to_string(),
+                            waited: wait,
+                            held_by,
+                        },
+                        None => AcquireError::Timeout {
+                            model: self.name.to_string(),
+                            waited: wait,
+                        },
                     });
                 }
             }
@@ -468,6 +491,10 @@ impl Tenant for InstanceHandle {
             for_model: for_model.to_owned(),
             yield_turn,
         });
+    }
+
+    fn memory_wait(&self, held_by: Option<Vec<String>>) {
+        let _ = self.inbox.send(Input::MemoryWait(held_by));
     }
 }
 
@@ -626,6 +653,7 @@ pub(crate) fn start_with(
         reply: None,
         arbiter: arbiter.clone(),
         owner_id: crate::schedule::arbiter::next_owner_id(),
+        memory_wait: None,
     };
     let (publish, snapshot) = watch::channel(executor.snapshot());
     executor.publish = publish;
@@ -679,6 +707,7 @@ fn placeholder() -> Snapshot {
         no_room: 0,
         made_room: 0,
         swap_fallback: None,
+        waiting_for_memory: None,
     }
 }
 
@@ -701,6 +730,8 @@ struct Executor {
     arbiter: Option<Arbiter>,
     /// This owner's number with the arbiter.
     owner_id: u64,
+    /// The models whose memory its start waits for, if it waits.
+    memory_wait: Option<Vec<String>>,
 }
 
 impl Executor {
@@ -738,6 +769,11 @@ impl Executor {
                         continue;
                     }
                 },
+                Input::MemoryWait(held_by) => {
+                    self.memory_wait = held_by;
+                    self.publish();
+                    continue;
+                }
                 Input::MakeRoom {
                     for_model,
                     yield_turn,
@@ -1154,6 +1190,11 @@ impl Executor {
             no_room: core.no_room,
             made_room: core.made_room,
             swap_fallback: core.fallback.clone(),
+            // Only while a start is pending: a late message cannot leave it.
+            waiting_for_memory: self
+                .memory_wait
+                .clone()
+                .filter(|_| matches!(core.phase(), Phase::Starting(p) if p.pid.is_none())),
         }
     }
 

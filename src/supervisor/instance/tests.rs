@@ -242,7 +242,9 @@ async fn deadlines_run_on_the_owners_clock_idle_stop_and_crash_backoff() {
 
 /// Two on-demand owners of 60 MiB each under one arbiter with 100 MiB: they
 /// cannot both be loaded.
-fn two_under_a_budget() -> (
+fn two_under_a_budget(
+    b_options: &str,
+) -> (
     InstanceHandle,
     InstanceHandle,
     Arc<FakeSpawner>,
@@ -262,8 +264,8 @@ fn two_under_a_budget() -> (
             ..Default::default()
         },
     );
-    let start = |name: &str| {
-        let mut s = spec("    on_demand: true\n    memory: 60MiB\n");
+    let start = |name: &str, more: &str| {
+        let mut s = spec(&format!("    on_demand: true\n    memory: 60MiB\n{more}"));
         s.config.name = name.into();
         s.memory.need = Bytes::from([(crate::schedule::HOST.to_owned(), 60 << 20)]);
         s.memory.declared = true;
@@ -276,12 +278,12 @@ fn two_under_a_budget() -> (
             Some(arbiter.clone()),
         )
     };
-    (start("a"), start("b"), fake, dir)
+    (start("a", ""), start("b", b_options), fake, dir)
 }
 
 #[tokio::test]
 async fn a_model_with_a_request_inside_is_not_evicted_and_is_once_it_leaves() {
-    let (a, b, fake, _dir) = two_under_a_budget();
+    let (a, b, fake, _dir) = two_under_a_budget("");
     let lease = a.acquire().await.unwrap();
     let waiter = tokio::spawn({
         let b = b.clone();
@@ -289,7 +291,10 @@ async fn a_model_with_a_request_inside_is_not_evicted_and_is_once_it_leaves() {
     });
     // b waits for the memory a holds while a serves a request (a's turn
     // lasts 40 s, far longer than this test).
-    until(&b, "b starting", |s| s.state == State::Starting).await;
+    until(&b, "b says what it waits for", |s| {
+        s.state == State::Starting && s.waiting_for_memory == Some(vec!["a".to_owned()])
+    })
+    .await;
     for _ in 0..5 {
         tokio::time::sleep(crate::schedule::arbiter::TICK).await;
         assert_eq!(
@@ -310,4 +315,20 @@ async fn a_model_with_a_request_inside_is_not_evicted_and_is_once_it_leaves() {
     assert_eq!(fake.most.load(Ordering::SeqCst), 1, "never both in memory");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_that_waits_too_long_for_memory_says_who_holds_it() {
+    let (a, b, _fake, _dir) = two_under_a_budget("    wait_timeout: 300ms\n");
+    let _lease = a.acquire().await.unwrap();
+    let err = b.acquire().await.unwrap_err();
+    assert_eq!(
+        err,
+        AcquireError::WaitingForMemory {
+            model: "b".into(),
+            waited: Duration::from_millis(300),
+            held_by: vec!["a".into()],
+        }
+    );
+    assert!(err.to_string().contains("memory held by a"), "{err}");
 }
