@@ -260,7 +260,10 @@ fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
     );
     write_by_rename(&d.spec, &spec);
     let s = d.wait_status("the stubborn fake starting", |s| {
-        state(s, "a") == Some(State::Starting) && s.daemon.generation == 2
+        // A start has a pid once its memory is reserved and it is spawned.
+        state(s, "a") == Some(State::Starting)
+            && s.daemon.generation == 2
+            && s.models["a"].pid.is_some()
     });
     let stubborn = Daemon::pid(&s, "a");
     // Remove it: SIGTERM is ignored, so SIGKILL must follow after 1 s.

@@ -763,6 +763,179 @@ fn status_shows_load_progress_while_starting() {
     assert!(!p.stage.is_empty(), "{p:?}");
 }
 
+/// Sends a chat completion on a raw connection and returns it: `stream`
+/// with `ignore_eos` and `max_tokens` makes a long stream (the tiny model
+/// runs to max_tokens anyway).
+fn send_chat(listen: &str, model: &str, stream: bool, max_tokens: u32) -> TcpStream {
+    let body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+        "ignore_eos": true,
+    })
+    .to_string();
+    let mut c = TcpStream::connect(listen).expect("connect to the endpoint");
+    write!(
+        c,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the request");
+    c
+}
+
+/// Two on-demand models of 60 MiB declared in a 100 MiB host budget: while
+/// `a` streams (its turn, `fairness: 10m`, is not over, so it does not
+/// yield), a request for `b` waits. The page shows `b` waiting for memory
+/// held by `a`, in its row and in the Memory panel, within a second of the
+/// status saying so, and `a`'s reservation against the budget; once the
+/// stream ends `b` loads and serves, and the badge goes.
+#[test]
+fn a_model_waiting_for_memory_shows_who_holds_it_and_clears_once_served() {
+    let _serial = serial();
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let Some(d) = Daemon::start(&["a", "b"], "") else {
+        return;
+    };
+    const MIB: u64 = 1 << 20;
+    let models = "  a:\n    model: a.gguf\n    on_demand: true\n    memory: 60MiB\n    ctx_size: 32768\n  b:\n    model: b.gguf\n    on_demand: true\n    memory: 60MiB\n";
+    common::daemon::write_by_rename(
+        &d.spec,
+        &d.spec_text(models).replace(
+            "models:\n",
+            "memory:\n  ram: { total: 100MiB, reserve: 0B }\n  fairness: 10m\nmodels:\n",
+        ),
+    );
+    d.wait_status("the budget applied", |s| {
+        s.models.len() == 2
+            && s.scheduler
+                .devices
+                .iter()
+                .any(|b| b.device == "CPU" && b.budget_bytes == 100 * MIB)
+    });
+    let mut b = Browser::launch(&chromium);
+    b.goto(&format!("http://{}/", d.control));
+    b.eval("window.cspViolations = []; document.addEventListener('securitypolicyviolation', e => cspViolations.push(e.violatedDirective + ' ' + e.blockedURI))");
+    b.wait_js(
+        Duration::from_secs(30),
+        "both models listed",
+        &format!(
+            "{} === 'idle' && {} === 'idle'",
+            row_state("a"),
+            row_state("b")
+        ),
+    );
+
+    // `a` busy with a stream that outlasts the test: it is read no further
+    // than its first chunk, so it cannot end before the test hangs up.
+    let mut stream = send_chat(&d.listen, "a", true, 30_000);
+    stream.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    let mut head = String::new();
+    let mut buf = [0u8; 4096];
+    while !head.contains("data: ") {
+        let n = stream.read(&mut buf).expect("read a's stream");
+        assert!(n > 0, "a's stream ended: {head}\n{}", d.log());
+        head.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    let listen = d.listen.clone();
+    let for_b = std::thread::spawn(move || {
+        let mut c = send_chat(&listen, "b", false, 2);
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        answer
+    });
+    let waiting = d.wait_status("b waits for a", |s| {
+        s.models["b"].memory.waiting_for.as_deref() == Some(&["a".to_owned()][..])
+    });
+    assert_eq!(
+        waiting.models["a"].memory.reserved.get("CPU"),
+        Some(&(60 * MIB))
+    );
+    let seen_waiting = Instant::now();
+    let badge = "waiting for memory (held by a)";
+    b.wait_js(
+        Duration::from_secs(1),
+        "the waiting badge in b's row and in the Memory panel",
+        &format!(
+            "(document.querySelector('tr[data-model=\"b\"] .badge-waiting') || {{}}).textContent === '{badge}' && (document.querySelector('#memory .memwait[data-model=\"b\"]') || {{}}).textContent.includes('{badge}')"
+        ),
+    );
+    let badge_after = seen_waiting.elapsed();
+    // For a look (not the docs' picture): the page while b waits.
+    let png = b.screenshot();
+    std::fs::write(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page-waiting.png"),
+        &png,
+    )
+    .unwrap();
+    let budget = b.eval(
+        "Array.from(document.querySelectorAll('#memory .device[data-device=\"CPU\"] .memrow')).map(r => r.innerText.replace(/\\s+/g, ' ')).join('\\n')",
+    );
+    let budget = budget.as_str().unwrap();
+    assert!(
+        budget.contains("budget 60.0 MiB reserved of 100.0 MiB, 40.0 MiB free"),
+        "the budget row: {budget}"
+    );
+    assert!(
+        budget.contains("a (reserved) 60.0 MiB (loaded"),
+        "a's reservation: {budget}"
+    );
+    let counters = b.eval("document.querySelector('#memory .counters').textContent");
+    assert!(
+        counters.as_str().unwrap().contains("waits 1 ·"),
+        "the counters: {counters}"
+    );
+    // The CLI's table says the same.
+    let cli = Command::new(env!("CARGO_BIN_EXE_rocm-llm"))
+        .args(["status", "--control", &d.control])
+        .env_remove("ROCM_LLM_API_KEY")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("b ") && l.contains(badge)),
+        "{table}"
+    );
+    assert!(
+        table.contains("budget CPU: 60.00 MiB reserved of 100.00 MiB"),
+        "{table}"
+    );
+
+    // The stream ends: `a` goes idle, gives its memory up, `b` serves.
+    let hung_up = Instant::now();
+    drop(stream);
+    let answer = for_b.join().unwrap();
+    let served_after = hung_up.elapsed();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "b: {answer}\n{}",
+        d.log()
+    );
+    b.wait_js(
+        common::PATIENCE,
+        "b ready and no badge any more",
+        &format!(
+            "{} === 'ready' && document.querySelector('tr[data-model=\"b\"] .badge').hidden && !document.querySelector('#memory .memwait')",
+            row_state("b")
+        ),
+    );
+    let status = d.status();
+    assert_eq!(status.models["b"].memory.waiting_for, None);
+    assert_eq!(status.models["a"].cut, 0, "a's stream was not cut");
+    assert_eq!(b.eval("window.cspViolations"), json!([]), "CSP violations");
+    eprintln!(
+        "badge shown {badge_after:?} after /status said b waits; b served {served_after:?} after a's stream was hung up; counters {:?}",
+        status.scheduler.counters
+    );
+}
+
 fn metric_names(expr: &str) -> Vec<String> {
     let mut names = Vec::new();
     let mut rest = expr;
@@ -813,6 +986,13 @@ fn the_grafana_dashboard_queries_only_metrics_the_daemon_exports() {
         "rocm_llm_proxy_requests_total",
         "rocm_llm_proxy_time_to_first_byte_seconds_bucket",
         "rocm_llm_model_memory_bytes",
+        "rocm_llm_memory_budget_bytes",
+        "rocm_llm_model_memory_reserved_bytes",
+        "rocm_llm_model_waiting_for_memory",
+        "rocm_llm_scheduler_evictions_total",
+        "rocm_llm_scheduler_yields_total",
+        "rocm_llm_scheduler_swaps_total",
+        "rocm_llm_scheduler_refused_total",
     ] {
         assert!(names.contains(needed), "the dashboard covers {needed}");
     }
@@ -840,7 +1020,8 @@ fn the_grafana_dashboard_queries_only_metrics_the_daemon_exports() {
 }
 
 /// A screenshot in a realistic state: a real model ready (SmolLM2 when
-/// available), an on-demand one idle, a rejected edit. Written to target/,
+/// available) holding its reservation in a 1 GiB host budget, an
+/// on-demand one idle, a rejected edit. Written to target/,
 /// or to docs/status-page.png with ROCM_LLM_UPDATE_SCREENSHOT=1.
 #[test]
 fn screenshot_of_a_realistic_state() {
@@ -862,8 +1043,26 @@ fn screenshot_of_a_realistic_state() {
     let Some(d) = Daemon::start(&["chat", "coder"], &models) else {
         return;
     };
+    let with_budget = |models: &str| {
+        d.spec_text(models).replace(
+            "models:\n",
+            "memory:\n  ram: { total: 1GiB, reserve: 0B }\nmodels:\n",
+        )
+    };
+    common::daemon::write_by_rename(&d.spec, &with_budget(&models));
     let first = if real.is_some() { "smollm2" } else { "chat" };
-    d.wait_ready(&[first]);
+    d.wait_status(
+        "the budget applied, the first model ready and reserved",
+        |s| {
+            s.models
+                .get(first)
+                .is_some_and(|m| m.state == State::Ready && !m.memory.reserved.is_empty())
+                && s.scheduler
+                    .devices
+                    .iter()
+                    .any(|b| b.device == "CPU" && b.budget_bytes == 1 << 30)
+        },
+    );
     let mut b = Browser::launch(&chromium);
     b.goto(&format!("http://{}/", d.control));
     b.wait_js(
@@ -873,7 +1072,7 @@ fn screenshot_of_a_realistic_state() {
     );
     // The page renders within its own Content-Security-Policy.
     b.eval("window.cspViolations = []; document.addEventListener('securitypolicyviolation', e => cspViolations.push(e.violatedDirective + ' ' + e.blockedURI))");
-    let bad = d.spec_text(&models.replace("idle_timeout: 5m", "idle_timeout: soon"));
+    let bad = with_budget(&models.replace("idle_timeout: 5m", "idle_timeout: soon"));
     common::daemon::write_by_rename(&d.spec, &bad);
     b.wait_js(
         Duration::from_secs(30),
@@ -887,8 +1086,8 @@ fn screenshot_of_a_realistic_state() {
     b.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))");
     b.wait_js(
         Duration::from_secs(30),
-        "a memory bar with width",
-        "Array.from(document.querySelectorAll('#memory .bar span')).some(e => e.getBoundingClientRect().width > 0)",
+        "a memory bar and a reservation with width",
+        "Array.from(document.querySelectorAll('#memory .bar span')).some(e => e.getBoundingClientRect().width > 0) && Array.from(document.querySelectorAll('#memory .reservation .bar span')).some(e => e.getBoundingClientRect().width > 0)",
     );
     assert_eq!(b.eval("window.cspViolations"), json!([]), "CSP violations");
     let png = b.screenshot();

@@ -106,9 +106,29 @@ function buttonsFor(name, state) {
   return td;
 }
 
+// What a model's start waits for, as the CLI's state column says it:
+// [kind, text], or null.
+function memoryBadge(m) {
+  const mem = m.memory || {};
+  if (mem.waiting_for) {
+    const held = mem.waiting_for.length ? ' (held by ' + mem.waiting_for.join(', ') + ')' : '';
+    return ['waiting', 'waiting for memory' + held];
+  }
+  if (mem.refused) return ['refused', 'no room'];
+  return null;
+}
+
+function setBadge(node, badge) {
+  const cls = badge ? 'badge badge-' + badge[0] : 'badge';
+  if (node.className !== cls) node.className = cls;
+  setText(node, badge ? badge[1] : '');
+  node.hidden = !badge;
+}
+
 function detailFor(m) {
   const notes = [];
   if (m.progress) notes.push(progressCell(m.progress));
+  if (m.memory && m.memory.refused) notes.push(el('span', { class: 'error refused' }, 'no room: ' + m.memory.refused));
   if (m.last_error) notes.push(el('span', { class: 'error last-error' }, 'last error: ' + m.last_error));
   else if (m.last_restart) notes.push(el('span', {}, 'restarted ' + ago(m.last_restart.at) + ': ' + m.last_restart.reason));
   for (const w of m.warnings || []) notes.push(el('span', { class: 'error' }, 'warning: ' + w));
@@ -132,7 +152,7 @@ function renderModels(models) {
       tr = el('tr', { 'data-model': name }, el('td', { class: 'name' }, name));
       for (let i = 0; i < 10; i++) tr.append(el('td'));
       tr.append(el('td', { class: 'actions' }));
-      tr.cells[1].append(el('span', { class: 'state' }));
+      tr.cells[1].append(el('span', { class: 'state' }), el('span', { class: 'badge', hidden: '' }));
       tr.cells[2].className = 'since';
     }
     // Keep the table's order without moving rows that are in place.
@@ -141,6 +161,7 @@ function renderModels(models) {
     const state = tr.cells[1].firstChild;
     setText(state, m.state);
     if (state.className !== 'state state-' + m.state) state.className = 'state state-' + m.state;
+    setBadge(tr.cells[1].lastChild, memoryBadge(m));
     tr.dataset.since = m.state_since || '';
     setText(tr.cells[2], ago(m.state_since));
     tr.cells[2].title = m.state_since ? new Date(m.state_since * 1000).toISOString() : '';
@@ -198,9 +219,20 @@ function memRow(label, segments, scale, figures) {
   return el('div', { class: 'memrow' }, el('span', { class: 'label' }, label), bar, el('span', { class: 'figures' }, figures));
 }
 
+// Models' own colours in the budget bars (the scheduler's reservations).
+const MODEL_COLOURS = 6;
+
+function counterText(c) {
+  return 'scheduler: evictions ' + c.evictions + ' · yields ' + c.yields + ' · refused ' + c.refused +
+    ' · waits ' + c.waits + ' · swaps ' + c.swaps + ' · blue_green fallbacks ' + c.fallbacks +
+    ' · free-wait timeouts ' + c.free_timeouts;
+}
+
 function renderMemory(status) {
   const box = $('memory');
   box.replaceChildren();
+  const sched = status.scheduler || {};
+  const holdings = sched.models || {};
   const byDevice = new Map(); // device name -> [label, parts, gpu bytes, source]
   const add = (dev, row) => {
     if (!byDevice.has(dev)) byDevice.set(dev, []);
@@ -221,8 +253,7 @@ function renderMemory(status) {
     const free = d.total - d.used;
     box.append(el('h3', {}, d.name));
     box.append(memRow('driver', [['used', d.used, 'used']], d.total, bytes(d.used) + ' used of ' + bytes(d.total) + ', ' + bytes(free) + ' free'));
-    // Whatever else the status reports per device (budget, reserved,
-    // estimates): shown as figures.
+    // Whatever else the driver reports per device: shown as figures.
     const extra = Object.entries(d).filter(([k, v]) => typeof v === 'number' && !['total', 'used', 'card', 'index'].includes(k));
     if (extra.length) box.append(el('p', { class: 'figures' }, extra.map(([k, v]) => k + ' ' + bytes(v)).join(' · ')));
     for (const [name, parts, , source] of byDevice.get(d.name) || []) {
@@ -231,23 +262,61 @@ function renderMemory(status) {
     }
     byDevice.delete(d.name);
   }
-  // Devices only llama-server named (the host, or a GPU no probe saw).
-  for (const [dev, rows] of byDevice) {
+  // The llama.cpp devices (the host's CPU, ROCm0, ...): the scheduler's
+  // budget, its reservations per model and what was measured, then the
+  // buffers llama-server reported there.
+  const colour = new Map(Object.keys(holdings).map((name, i) => [name, 'model-' + (i % MODEL_COLOURS)]));
+  const budgets = new Map((sched.devices || []).map((b) => [b.device, b]));
+  for (const dev of new Set([...budgets.keys(), ...byDevice.keys()])) {
+    const rows = byDevice.get(dev) || [];
     const sums = rows.map(([, parts]) => PARTS.reduce((a, p) => a + (parts[p] || 0), 0));
-    const scale = Math.max(...sums, 1);
-    box.append(el('h3', {}, dev === 'CPU' ? 'CPU (host memory)' : dev));
+    const b = budgets.get(dev);
+    const held = Object.entries(holdings).filter(([, h]) => (h.reserved || {})[dev] > 0);
+    const scale = Math.max(b ? b.budget_bytes : 0, b ? b.reserved_bytes : 0, b ? b.measured_bytes : 0, ...sums, 1);
+    const section = el('div', { class: 'device', 'data-device': dev }, el('h3', {}, dev === 'CPU' ? 'CPU (host memory)' : dev));
+    if (b) {
+      // A device only a reservation names has no budget (0).
+      const of = b.budget_bytes ? ' of ' + bytes(b.budget_bytes) + ', ' + bytes(b.free_bytes) + ' free' : ', no budget';
+      section.append(memRow('budget', held.map(([name, h]) => [colour.get(name), h.reserved[dev], name + ' reserved']), scale,
+        bytes(b.reserved_bytes) + ' reserved' + of));
+      section.append(memRow('measured', [['measured', b.measured_bytes, 'measured']], scale, bytes(b.measured_bytes) + ' measured'));
+      for (const [name, h] of held) {
+        const measured = (h.measured || {})[dev];
+        const fig = bytes(h.reserved[dev]) + (h.phases && h.phases.length ? ' (' + h.phases.join(', ') + ')' : '') +
+          (measured ? ', ' + bytes(measured) + ' measured' : '');
+        const row = memRow(name + ' (reserved)', [[colour.get(name), h.reserved[dev], 'reserved']], scale, fig);
+        row.classList.add('reservation');
+        row.dataset.model = name;
+        section.append(row);
+      }
+    }
     rows.forEach(([name, parts, gpu, source], i) => {
       const fig = bytes(sums[i]) + ' (' + source + ')' + (gpu ? ', GPU ' + bytes(gpu) + ' (driver)' : '');
-      box.append(memRow(name, PARTS.map((p) => [p, parts[p] || 0, p]), scale, fig));
+      section.append(memRow(name, PARTS.map((p) => [p, parts[p] || 0, p]), scale, fig));
     });
+    box.append(section);
   }
+  // Starts that wait for memory, and the last refusals.
+  for (const [name, m] of Object.entries(status.models)) {
+    const badge = memoryBadge(m);
+    if (!badge) continue;
+    const span = el('span', {});
+    setBadge(span, badge);
+    const waited = (holdings[name] || {}).waiting_s;
+    const note = badge[0] === 'waiting' ? (waited ? 'for ' + duration(waited) : '') : m.memory.refused;
+    box.append(el('p', { class: 'memwait', 'data-model': name }, el('span', { class: 'label' }, name), span, ' ', el('span', { class: 'figures' }, note)));
+  }
+  const c = sched.counters;
+  const counted = c && Object.values(c).some((n) => n > 0);
   if (!box.childElementCount) {
     box.append(el('p', { class: 'figures' }, 'no measurements yet: they appear once a model has loaded'));
   } else {
     const legend = el('p', { class: 'legend figures' });
     for (const p of PARTS) legend.append(el('span', { class: 'seg-' + p }), p);
+    if (budgets.size) legend.append(el('span', { class: 'seg-measured' }), 'measured (the reservations have each model\'s colour)');
     box.append(legend);
   }
+  if (c && (budgets.size || counted)) box.append(el('p', { class: 'figures counters' }, counterText(c)));
 }
 
 function renderSpec(status) {

@@ -99,7 +99,7 @@ pub fn render(status: &StatusReport, now: SystemTime) -> String {
         let dash = || "-".to_owned();
         rows.push(vec![
             name.clone(),
-            m.state.as_str().to_owned(),
+            state_cell(m),
             m.pid.map_or_else(dash, |p| p.to_string()),
             m.port.map_or_else(dash, |p| p.to_string()),
             m.ready_ms.map_or_else(dash, |ms| format!("{ms:.0}ms")),
@@ -110,6 +110,9 @@ pub fn render(status: &StatusReport, now: SystemTime) -> String {
             m.in_flight.to_string(),
             m.launch_id.clone(),
         ]);
+        if let Some(why) = &m.memory.refused {
+            errors.push(format!("no room  {name}: {why}"));
+        }
         if let Some(e) = &m.last_error {
             errors.push(format!("error  {name}: {}", e.lines().next().unwrap_or(e)));
         } else if let Some(r) = &m.last_restart {
@@ -163,6 +166,28 @@ pub fn render(status: &StatusReport, now: SystemTime) -> String {
     out
 }
 
+/// `waiting for memory (held by a, b)`: the start of a model that waits
+/// for others to give memory up.
+pub fn waiting_text(held_by: &[String]) -> String {
+    if held_by.is_empty() {
+        "waiting for memory".to_owned()
+    } else {
+        format!("waiting for memory (held by {})", held_by.join(", "))
+    }
+}
+
+/// The state, or what a start waits for: a starting model that waits for
+/// memory is not loading anything yet.
+fn state_cell(m: &rocm_llm::daemon::status::ModelStatus) -> String {
+    let state = m.state.as_str();
+    match (&m.memory.waiting_for, &m.memory.refused) {
+        (Some(held_by), _) if m.state == State::Starting => waiting_text(held_by),
+        (Some(held_by), _) => format!("{state}, {}", waiting_text(held_by)),
+        (None, Some(_)) => format!("{state} (no room)"),
+        (None, None) => state.to_owned(),
+    }
+}
+
 /// Measured memory: per model what llama-server reported per device and
 /// what the GPU drivers see; per GPU total, used and free.
 fn render_memory(status: &StatusReport) -> String {
@@ -211,6 +236,59 @@ fn render_memory(status: &StatusReport) -> String {
             human_bytes(d.used),
             human_bytes(d.total),
             human_bytes(d.free())
+        ));
+    }
+    out.push_str(&render_scheduler(&status.scheduler));
+    out
+}
+
+/// The scheduler's side: per llama.cpp device its budget, what is reserved
+/// and measured, and what is free; per model what it holds; the counters.
+/// Nothing without a budget or anything counted.
+fn render_scheduler(s: &rocm_llm::schedule::arbiter::MemoryReport) -> String {
+    use rocm_llm::memory::human_bytes;
+    let per_device = |bytes: &std::collections::BTreeMap<String, u64>| {
+        bytes
+            .iter()
+            .map(|(dev, b)| format!("{dev} {}", human_bytes(*b)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = String::new();
+    for d in &s.devices {
+        // A device only a reservation names has no budget (0).
+        let of = if d.budget_bytes == 0 {
+            ", no budget".to_owned()
+        } else {
+            format!(
+                " of {}, {} free",
+                human_bytes(d.budget_bytes),
+                human_bytes(d.free_bytes)
+            )
+        };
+        out.push_str(&format!(
+            "budget {}: {} reserved{of}; {} measured\n",
+            d.device,
+            human_bytes(d.reserved_bytes),
+            human_bytes(d.measured_bytes)
+        ));
+    }
+    for (name, h) in s.models.iter().filter(|(_, h)| !h.reserved.is_empty()) {
+        let mut line = format!("reserved {name}: {}", per_device(&h.reserved));
+        if !h.phases.is_empty() {
+            line.push_str(&format!(" ({})", h.phases.join(", ")));
+        }
+        if !h.measured.is_empty() {
+            line.push_str(&format!("; measured {}", per_device(&h.measured)));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let c = &s.counters;
+    if !s.devices.is_empty() || *c != Default::default() {
+        out.push_str(&format!(
+            "scheduler: evictions {}, yields {}, refused {}, waits {}, swaps {}, blue_green fallbacks {}, free-wait timeouts {}\n",
+            c.evictions, c.yields, c.refused, c.waits, c.swaps, c.fallbacks, c.free_timeouts
         ));
     }
     out
@@ -280,6 +358,87 @@ mod tests {
             let line = text.lines().find(|l| l.starts_with("loading"));
             assert_eq!(line, expected, "{text}");
         }
+    }
+
+    #[test]
+    fn the_state_column_says_what_a_start_waits_for() {
+        for (state, memory, expected) in [
+            ("ready", json!({}), "ready"),
+            (
+                "starting",
+                json!({"waiting_for": ["a", "b"]}),
+                "waiting for memory (held by a, b)",
+            ),
+            ("starting", json!({"waiting_for": []}), "waiting for memory"),
+            (
+                "swapping",
+                json!({"waiting_for": ["a"]}),
+                "swapping, waiting for memory (held by a)",
+            ),
+            (
+                "idle",
+                json!({"refused": "model m does not fit"}),
+                "idle (no room)",
+            ),
+        ] {
+            let mut mem = json!({"log_devices": {}, "log_total_bytes": 0});
+            for (k, v) in memory.as_object().unwrap() {
+                mem[k] = v.clone();
+            }
+            let status = report(
+                json!({"m": model(state, json!({"memory": mem}))}),
+                json!({}),
+                json!([]),
+            );
+            let text = render(&status, now());
+            let row = text.lines().nth(1).unwrap();
+            let cell = row.strip_prefix("m").unwrap().trim_start();
+            assert!(
+                cell.starts_with(&format!("{expected}  ")),
+                "{memory}: {text}"
+            );
+        }
+    }
+
+    /// Two on-demand models that do not fit together in a 100 MiB host
+    /// budget: `a` serves and holds 60 MiB, `b` waits for it, `c` was
+    /// refused (it can never fit); the per-device budget (a device no
+    /// budget covers says so) and the counters.
+    #[test]
+    fn the_status_table_with_a_memory_budget() {
+        const MIB: u64 = 1 << 20;
+        let t = NOW as f64;
+        let status = report(
+            json!({
+                "a": model("ready", json!({
+                    "pid": 5001, "port": 40011, "ready_ms": 640.0, "started_at": t - 95.0,
+                    "in_flight": 1, "on_demand": true,
+                    "memory": {"log_devices": {}, "log_total_bytes": 0, "reserved": {"CPU": 60 * MIB, "Vulkan0": 8 * MIB}},
+                })),
+                "b": model("starting", json!({
+                    "on_demand": true,
+                    "memory": {"log_devices": {}, "log_total_bytes": 0, "waiting_for": ["a"]},
+                })),
+                "c": model("idle", json!({
+                    "on_demand": true,
+                    "memory": {"log_devices": {}, "log_total_bytes": 0, "refused": "model c does not fit in the memory budget now, even with every idle on-demand model stopped: short by 20.00 MiB on CPU (needs 120.00 MiB, 100.00 MiB free)"},
+                })),
+            }),
+            json!({"scheduler": {
+                "devices": [
+                    {"device": "CPU", "budget_bytes": 100 * MIB, "reserved_bytes": 60 * MIB, "measured_bytes": 48 * MIB, "free_bytes": 40 * MIB},
+                    {"device": "Vulkan0", "budget_bytes": 0, "reserved_bytes": 8 * MIB, "measured_bytes": 6 * MIB, "free_bytes": 0},
+                ],
+                "models": {
+                    "a": {"reserved": {"CPU": 60 * MIB, "Vulkan0": 8 * MIB}, "measured": {"CPU": 48 * MIB, "Vulkan0": 6 * MIB}, "phases": ["loaded"], "waiting_for": null, "waiting_s": null, "refused": null},
+                    "b": {"reserved": {}, "measured": {}, "phases": [], "waiting_for": ["a"], "waiting_s": 3.2, "refused": null},
+                    "c": {"reserved": {}, "measured": {}, "phases": [], "waiting_for": null, "waiting_s": null, "refused": "model c does not fit in the memory budget now, even with every idle on-demand model stopped: short by 20.00 MiB on CPU (needs 120.00 MiB, 100.00 MiB free)"},
+                },
+                "counters": {"evictions": 4, "yields": 1, "refused": 1, "waits": 6, "swaps": 5, "fallbacks": 0, "free_timeouts": 0},
+            }}),
+            json!([]),
+        );
+        insta::assert_snapshot!(render(&status, now()));
     }
 
     /// The table as a person reads it: a serving model with a crash behind

@@ -422,6 +422,12 @@ impl Daemon {
                 .fairness
                 .unwrap_or(crate::schedule::policy::DEFAULT_FAIRNESS),
         );
+        self.arbiter.set_free_wait(
+            desired
+                .memory
+                .free_wait
+                .unwrap_or(crate::schedule::freed::DEFAULT_BOUND),
+        );
         self.fit = fit;
         // The key is read here, before any routes are published: every
         // table the proxy sees carries the key of the spec that made it.

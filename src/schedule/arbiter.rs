@@ -135,6 +135,7 @@ enum Msg {
         by: FreedBy,
     },
     Budgets(Vec<(String, u64)>, Duration),
+    FreeWait(Duration),
     FellBack,
     /// Something the arbiter reads changed (a model's last request left).
     LookAgain,
@@ -328,6 +329,12 @@ impl Arbiter {
         let _ = self.tx.send(Msg::Budgets(budgets, fairness));
     }
 
+    /// A new bound on the wait for freed memory (a reload); waits already
+    /// running keep theirs.
+    pub fn set_free_wait(&self, bound: Duration) {
+        let _ = self.tx.send(Msg::FreeWait(bound));
+    }
+
     /// Keeps the remembered figures of these launches only (the spec's
     /// current ones), so `measured.json` does not grow with every edit.
     pub fn keep_measured(&self, launch_ids: Vec<String>) {
@@ -500,6 +507,7 @@ impl Task {
                 self.ledger.set_budgets(b);
                 self.fairness = fairness;
             }
+            Msg::FreeWait(bound) => self.watch.bound = bound,
             Msg::FellBack => self.counters.fallbacks += 1,
             Msg::LookAgain => {}
             Msg::KeepMeasured(ids) => {

@@ -38,6 +38,9 @@ pub struct MemoryBudget {
     /// The anti-thrash bound; `None`: the default
     /// ([`crate::schedule::policy::DEFAULT_FAIRNESS`]).
     pub fairness: Option<std::time::Duration>,
+    /// The bound on the wait for freed memory; `None`: the default
+    /// ([`crate::schedule::freed::DEFAULT_BOUND`]).
+    pub free_wait: Option<std::time::Duration>,
 }
 
 pub const DEFAULT_VRAM_RESERVE: u64 = 512 << 20;

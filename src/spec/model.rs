@@ -496,6 +496,12 @@ pub struct MemorySpec {
     /// FIFO schedulers do).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fairness: Option<HumanDuration>,
+    /// How long a stopped model's memory may take to be seen free (the
+    /// device's used memory drops, or its KFD entry goes) before its
+    /// reservation is released anyway, logged and counted. Default `30s`:
+    /// AMD returns VRAM with a lag after the process exits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_wait: Option<HumanDuration>,
 }
 
 /// One kind of memory: how much there is and how much to leave alone.

@@ -870,5 +870,6 @@ fn memory_budget(spec: Option<&super::model::MemorySpec>) -> MemoryBudget {
             cpu: o.cpu.map(|s| s.0),
         },
         fairness: spec.and_then(|s| s.fairness).map(|d| d.0),
+        free_wait: spec.and_then(|s| s.free_wait).map(|d| d.0),
     }
 }

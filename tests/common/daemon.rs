@@ -22,6 +22,8 @@ pub struct Daemon {
     /// The real llama-server the spec names.
     pub llama_server: PathBuf,
     env: Vec<(String, std::ffi::OsString)>,
+    /// More arguments for `rocm-llm serve` (e.g. `--sys-root`).
+    args: Vec<std::ffi::OsString>,
 }
 
 impl Daemon {
@@ -37,7 +39,24 @@ impl Daemon {
         models: &str,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Option<Daemon> {
-        let llama_server = super::llama_server()?;
+        Some(Daemon::start_on(
+            super::llama_server()?,
+            model_files,
+            models,
+            env,
+            &[],
+        ))
+    }
+
+    /// [`Daemon::start_with_env`] with the spec naming `llama_server` and
+    /// `args` added to `rocm-llm serve`.
+    pub fn start_on(
+        llama_server: PathBuf,
+        model_files: &[&str],
+        models: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+        args: &[&std::ffi::OsStr],
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         super::write_tiny_models(dir.path(), model_files);
         let listen = format!("127.0.0.1:{}", free_port());
@@ -54,10 +73,11 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_os_string()))
                 .collect(),
+            args: args.iter().map(|a| a.to_os_string()).collect(),
         };
         d.write_spec(models);
         d.spawn();
-        Some(d)
+        d
     }
 
     /// The full spec text for a `models:` section.
@@ -116,6 +136,7 @@ impl Daemon {
             .arg(self.dir.path().join("state"))
             .arg("--log")
             .arg("info,llama_server=warn")
+            .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
