@@ -59,7 +59,7 @@ impl fmt::Display for DeviceShort {
 pub enum ReserveError {
     #[error("{model} process {proc} already holds a reservation")]
     AlreadyHeld { model: String, proc: u64 },
-    #[error("{loading} is loading on {device}; loads on one device go one at a time")]
+    #[error("{loading} is loading on {device}; loads on one GPU go one at a time")]
     DeviceLoading { device: String, loading: String },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
     Short(Vec<DeviceShort>),
@@ -171,12 +171,17 @@ impl Ledger {
             .collect()
     }
 
-    /// The model loading on one of `need`'s devices, if any: `(device, model)`.
+    /// The model loading on one of `need`'s GPUs, if any: `(device, model)`.
+    /// The host is not one: nothing sizes itself against its free memory
+    /// (a load there maps the file and allocates what it was told), while
+    /// every model has a host part, so counting it would make all loads
+    /// wait for each other.
     pub fn loading_on(&self, need: &Bytes) -> Option<(String, String)> {
         self.held.iter().find_map(|((m, _), r)| {
             (r.phase == Phase::Loading)
                 .then(|| {
                     need.keys()
+                        .filter(|d| d.as_str() != super::HOST)
                         .find(|d| need[*d] > 0 && r.bytes.get(*d).is_some_and(|b| *b > 0))
                         .map(|d| (d.clone(), m.clone()))
                 })
@@ -296,5 +301,9 @@ mod tests {
         assert_eq!(l.free("CPU"), 0);
         assert_eq!(l.free("Vulkan0"), u64::MAX);
         assert_eq!(l.held_on("ROCm0"), 4 * GIB);
+        // Loads on the host do not wait for each other (only GPUs' do).
+        l.freed("cpu", 1);
+        l.reserve("host1", 1, bytes(&[("CPU", GIB)])).unwrap();
+        l.reserve("host2", 1, bytes(&[("CPU", GIB)])).unwrap();
     }
 }

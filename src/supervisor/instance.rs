@@ -222,7 +222,7 @@ pub enum AcquireError {
     Timeout { model: String, waited: Duration },
     /// Timed out while its start waited for memory other models hold.
     #[error(
-        "model {model} waited {waited:?} for memory held by {}, which are serving (see the status API)",
+        "model {model} waited {waited:?} for memory held by {} (see the status API)",
         held_by.join(", ")
     )]
     WaitingForMemory {
