@@ -33,6 +33,7 @@ fn build(budget: u64, models: &[Model]) -> (Ledger, Vec<Resident>) {
                 last_used: *last_used,
                 on_demand: *on_demand,
                 loaded_for: std::time::Duration::ZERO,
+                served: 0,
             });
         }
     }

@@ -56,6 +56,8 @@ pub struct Occupancy {
     pub loaded_for: Duration,
     pub on_demand: bool,
     pub priority: i32,
+    /// Requests its serving process has let in.
+    pub served: u64,
 }
 
 /// What the arbiter may ask of a model's owner.
@@ -555,6 +557,7 @@ impl Task {
                     last_used: now_ms.saturating_sub(o.idle_for.as_millis() as u64),
                     on_demand: o.on_demand,
                     loaded_for: o.loaded_for,
+                    served: o.served,
                 }
             })
             .collect()
@@ -950,6 +953,7 @@ mod tests {
         a.loaded("a", 1, None);
         *t["a"].occupancy.lock().unwrap() = Occupancy {
             in_flight: 1,
+            served: 1,
             on_demand: true,
             loaded_for: Duration::from_secs(60),
             ..Occupancy::default()

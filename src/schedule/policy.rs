@@ -21,6 +21,8 @@ pub struct Resident {
     pub on_demand: bool,
     /// How long it has served since it became ready: its turn so far.
     pub loaded_for: Duration,
+    /// Requests its serving process has let in since it became ready.
+    pub served: u64,
 }
 
 impl Resident {
@@ -221,18 +223,23 @@ pub fn yielders(
     fairness: Duration,
 ) -> Vec<String> {
     let releasing = releasing(ledger);
+    // A busy model yields only once it has let in a request: with a short
+    // bound, two models could otherwise hand the memory back and forth
+    // without serving anything (each loads, and yields before the requests
+    // queued for it get in).
     let over = |r: &Resident| {
         r.idle()
-            || next_swap(
-                &Loaded {
-                    model: r.model.clone(),
-                    in_flight: r.in_flight,
-                    queued: r.queued,
-                    loaded_for: r.loaded_for,
-                },
-                std::slice::from_ref(waiting),
-                fairness,
-            ) == Swap::To(waiting.model.clone())
+            || r.served > 0
+                && next_swap(
+                    &Loaded {
+                        model: r.model.clone(),
+                        in_flight: r.in_flight,
+                        queued: r.queued,
+                        loaded_for: r.loaded_for,
+                    },
+                    std::slice::from_ref(waiting),
+                    fairness,
+                ) == Swap::To(waiting.model.clone())
     };
     let mut eligible: Vec<&Resident> = residents
         .iter()
@@ -362,6 +369,7 @@ mod tests {
             last_used,
             on_demand,
             loaded_for: Duration::from_secs(60),
+            served: 1,
         }
     }
 
@@ -611,6 +619,22 @@ mod tests {
                 12,
                 waiting(40),
                 names(&["b", "a"]),
+            ),
+            // A model that has let nothing in yet keeps its turn, even with
+            // the bound at 0 s (no hand-over without progress).
+            (
+                held2,
+                vec![
+                    Resident {
+                        served: 0,
+                        queued: 3,
+                        ..busy("a", 0, 0, 90, 1)
+                    },
+                    busy("b", 0, 1, 5, 2),
+                ],
+                8,
+                waiting(90),
+                vec![],
             ),
             // Always-on models never yield.
             (

@@ -2,7 +2,7 @@
 //! drained before it is stopped.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ pub struct Gate {
     /// The bearer key the process behind the gate requires.
     upstream_key: Option<Arc<str>>,
     in_flight: AtomicUsize,
+    /// Requests let in, ever.
+    admitted: AtomicU64,
     closed: AtomicBool,
     emptied: Notify,
     last_used: Mutex<Instant>,
@@ -78,6 +80,7 @@ impl Gate {
             port,
             upstream_key,
             in_flight: AtomicUsize::new(0),
+            admitted: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             emptied: Notify::new(),
             last_used: Mutex::new(Instant::now()),
@@ -104,9 +107,15 @@ impl Gate {
             self.leave();
             return None;
         }
+        self.admitted.fetch_add(1, Ordering::SeqCst);
         Some(Lease {
             gate: Arc::clone(self),
         })
+    }
+
+    /// Requests let in since the process behind it began serving.
+    pub fn admitted(&self) -> u64 {
+        self.admitted.load(Ordering::SeqCst)
     }
 
     fn leave(&self) {

@@ -483,6 +483,7 @@ impl Tenant for InstanceHandle {
             },
             on_demand: s.on_demand,
             priority: s.priority,
+            served: gate.map_or(0, |g| g.admitted()),
         }
     }
 
