@@ -386,6 +386,16 @@ fn start_sleeper(ignore_term: bool) -> (std::process::Child, InstanceRecord) {
         .spawn()
         .unwrap();
     let pid = i32::try_from(child.id()).unwrap();
+    // Wait for the shell to become `sleep`: while a process execs, its
+    // environment (where the daemon's mark is read) can read as empty.
+    common::eventually(common::PATIENCE, "the sleeper execs sleep", || {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "sleep" {
+            Ok(())
+        } else {
+            Err(comm)
+        }
+    });
     let record = InstanceRecord {
         model: "sleeper".into(),
         pid,
