@@ -105,14 +105,18 @@ fn swaps_crashes_and_mid_load_edits_never_overlap_two_instances() {
             });
         }
     }
+    // Converged, and every earlier process reaped: b's (blue_green) old
+    // one drains after its replacement is ready.
     let s = d.wait_status("converged on the last edit", |s| {
         converged(s)
-            && s.models["a"]
-                .launches
-                .iter()
-                .rev()
-                .skip(1)
-                .all(|r| r.exited_at.is_some())
+            && ["a", "b"].iter().all(|m| {
+                s.models[*m]
+                    .launches
+                    .iter()
+                    .rev()
+                    .skip(1)
+                    .all(|r| r.exited_at.is_some())
+            })
     });
     for (model, allowed) in [("a", 1), ("b", 2)] {
         let lives = lifetimes(&s, model);
