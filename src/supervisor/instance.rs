@@ -1034,22 +1034,10 @@ impl Executor {
         Event::Spawned { proc, result }
     }
 
-    /// Whether the core still waits to spawn `proc` (it may have moved on
-    /// while the memory was being found).
-    fn awaits_spawn(&self, proc: ProcId) -> bool {
-        match self.core.phase() {
-            Phase::Starting(p) => p.id == proc && p.pid.is_none(),
-            Phase::Ready {
-                replacement: super::owner::Replacement::Loading(n),
-                ..
-            } => n.id == proc && n.pid.is_none(),
-            _ => false,
-        }
-    }
-
-    /// The arbiter's answer for `proc`: the event for the core, if any.
+    /// The arbiter's answer for `proc`: the event for the core, if any (the
+    /// core may have moved on while the memory was being found).
     fn granted(&mut self, proc: ProcId, grant: Grant) -> Option<Event> {
-        if !self.awaits_spawn(proc) || self.children.contains_key(&proc) {
+        if !self.core.awaits_spawn(proc) || self.children.contains_key(&proc) {
             if let Some(a) = &self.arbiter {
                 a.cancel(&self.name, self.holder(proc));
             }

@@ -368,6 +368,31 @@ impl Core {
         }
     }
 
+    /// Whether `proc` is a start or a replacement that has not been
+    /// spawned yet (its memory is still being found).
+    pub(crate) fn awaits_spawn(&self, proc: ProcId) -> bool {
+        match &self.phase {
+            Phase::Starting(p) => p.id == proc && p.pid.is_none(),
+            Phase::Ready {
+                replacement: Replacement::Loading(n),
+                ..
+            } => n.id == proc && n.pid.is_none(),
+            _ => false,
+        }
+    }
+
+    /// Takes the start `proc` out of the phase (left `Stopping` for the
+    /// caller to set) if it has not been spawned yet.
+    fn take_unspawned_start(&mut self, proc: ProcId) -> Option<Proc> {
+        if !matches!(self.phase, Phase::Starting(_)) || !self.awaits_spawn(proc) {
+            return None;
+        }
+        match std::mem::replace(&mut self.phase, Phase::Stopping) {
+            Phase::Starting(p) => Some(p),
+            _ => unreachable!("matched above"),
+        }
+    }
+
     /// The process whose pid and port people see: the serving one, or the
     /// one loading to serve.
     pub(crate) fn current(&self) -> Option<&Proc> {
@@ -452,15 +477,9 @@ impl Core {
             Event::NoRoom { proc, reason } => self.on_no_room(proc, reason, now, &mut fx),
             Event::NotBeside { proc, reason } => self.on_not_beside(proc, reason, &mut fx),
             Event::Withdrawn { proc } => {
-                if let Phase::Starting(p) = &self.phase
-                    && p.id == proc
-                    && p.pid.is_none()
-                    && self.target.lifecycle.on_demand
+                if self.target.lifecycle.on_demand
+                    && let Some(p) = self.take_unspawned_start(proc)
                 {
-                    let Phase::Starting(p) = std::mem::replace(&mut self.phase, Phase::Stopping)
-                    else {
-                        unreachable!("matched above")
-                    };
                     fx.push(Effect::Log(
                         "nobody waits for it any more; not starting it".into(),
                     ));
@@ -481,22 +500,15 @@ impl Core {
     /// with this reason; the next request asks again); an always-on one
     /// backs off and retries.
     fn on_no_room(&mut self, proc: ProcId, reason: String, now: Instant, fx: &mut Vec<Effect>) {
-        if matches!(&self.phase, Phase::Ready { replacement: Replacement::Loading(n), .. } if n.id == proc && n.pid.is_none())
-        {
+        if matches!(&self.phase, Phase::Ready { .. }) {
             // (The arbiter answers a replacement with `NotBeside`; this is
             // the same outcome for a refusal.)
             return self.on_not_beside(proc, reason, fx);
         }
-        let Phase::Starting(p) = &self.phase else {
+        let Some(p) = self.take_unspawned_start(proc) else {
             return;
         };
-        if p.id != proc || p.pid.is_some() {
-            return;
-        }
         self.no_room += 1;
-        let Phase::Starting(p) = std::mem::replace(&mut self.phase, Phase::Stopping) else {
-            unreachable!("matched above")
-        };
         self.retire(p, fx);
         if self.target.lifecycle.on_demand {
             fx.push(Effect::Log(format!(
@@ -512,8 +524,7 @@ impl Core {
     /// `blue_green` needs the old and the new process in memory at once;
     /// when both do not fit, the swap is done `stop_first`.
     fn on_not_beside(&mut self, proc: ProcId, reason: String, fx: &mut Vec<Effect>) {
-        let is_it = matches!(&self.phase, Phase::Ready { replacement: Replacement::Loading(n), .. } if n.id == proc && n.pid.is_none());
-        if !is_it {
+        if !self.awaits_spawn(proc) || !matches!(self.phase, Phase::Ready { .. }) {
             return;
         }
         let Phase::Ready {
@@ -522,7 +533,7 @@ impl Core {
             ..
         } = std::mem::replace(&mut self.phase, Phase::Stopping)
         else {
-            unreachable!("matched above")
+            unreachable!("awaits_spawn: a replacement loading")
         };
         let message = format!("blue_green swap done stop_first: {reason}");
         fx.push(Effect::Log(message.clone()));
