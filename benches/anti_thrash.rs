@@ -7,6 +7,9 @@
 //! Run: `cargo bench --bench anti_thrash` (docs/scheduler.md has the
 //! figures and what the workloads are).
 
+mod common;
+use common::Rng;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -23,24 +26,6 @@ struct Costs {
     stop: T,
     /// Requests one model serves at once (llama-server's slots).
     slots: usize,
-}
-
-/// A small, seeded generator (xorshift64*), so every run is the same.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn uniform(&mut self, lo: T, hi: T) -> T {
-        lo + (hi - lo) * self.next()
-    }
-    fn exp(&mut self, mean: T) -> T {
-        -mean * (1.0 - self.next()).ln()
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -108,12 +93,12 @@ fn simulate(
         Workload::Agents { clients, think } => {
             for c in 0..clients {
                 next_model_of_client.push(c % 2);
-                let at = rng.uniform(think.0, think.1);
+                let at = rng.uniform(think);
                 pending.push(Request {
                     client: c,
                     model: c % 2,
                     arrival: at,
-                    service: rng.uniform(2.0, 6.0),
+                    service: rng.uniform((2.0, 6.0)),
                 });
                 next_model_of_client[c] = 1 - c % 2;
                 issued += 1;
@@ -127,7 +112,7 @@ fn simulate(
                     client: 0,
                     model: i % 2,
                     arrival: t,
-                    service: rng.uniform(2.0, 6.0),
+                    service: rng.uniform((2.0, 6.0)),
                 });
             }
             issued = requests;
@@ -267,8 +252,8 @@ fn simulate(
                 pending.push(Request {
                     client,
                     model,
-                    arrival: now + rng.uniform(think.0, think.1),
-                    service: rng.uniform(2.0, 6.0),
+                    arrival: now + rng.uniform(think),
+                    service: rng.uniform((2.0, 6.0)),
                 });
                 issued += 1;
             }

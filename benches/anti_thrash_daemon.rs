@@ -11,6 +11,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::Rng;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -40,25 +43,6 @@ const POLICIES: [(&str, &str); 3] = [
     ("ours, bound 180 ms (40 s scaled)", "180ms"),
     ("ours, bound 40 s (the default, unscaled)", "40s"),
 ];
-
-/// A small, seeded generator (xorshift64*), so every run draws the same
-/// think times and lengths per agent.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn uniform(&mut self, (lo, hi): (f64, f64)) -> f64 {
-        lo + (hi - lo) * self.next()
-    }
-    fn exp(&mut self, mean: f64) -> f64 {
-        -mean * (1.0 - self.next()).ln()
-    }
-}
 
 #[derive(Clone, Copy)]
 enum Workload {
