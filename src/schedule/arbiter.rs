@@ -532,11 +532,12 @@ impl Task {
             .iter()
             .filter(|(d, _)| d.as_str() != super::HOST)
             .max_by_key(|(_, b)| **b)?;
+        // One reading of the probes gives the device and its used memory.
         let drivers = crate::memory::probe::devices(&self.watch.roots);
         let probe = freed::driver_device(device, &drivers)?;
         Some(Watch {
             pid: 0,
-            used_at_stop: freed::used_now(&self.watch.roots, &probe),
+            used_at_stop: drivers.iter().find(|d| d.name == probe).map(|d| d.used),
             device: Some(probe),
             held: *held,
         })

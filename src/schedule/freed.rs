@@ -72,7 +72,12 @@ pub fn check(roots: &ProbeRoots, w: &Watch) -> Option<FreedBy> {
 pub async fn wait_freed(roots: &ProbeRoots, w: &Watch, bound: Duration, poll: Duration) -> FreedBy {
     let deadline = Instant::now() + bound;
     loop {
-        if let Some(by) = check(roots, w) {
+        // The probes read sysfs and may run nvidia-smi: off the async threads.
+        let (r, watch) = (roots.clone(), w.clone());
+        let seen = tokio::task::spawn_blocking(move || check(&r, &watch))
+            .await
+            .unwrap_or(Some(FreedBy::NothingToWatch));
+        if let Some(by) = seen {
             return by;
         }
         if Instant::now() >= deadline {
